@@ -1,0 +1,28 @@
+# Source me (bash): activates .venv and the colcon overlay with the interface packages that
+# scripts/setup.sh built (cleanpose_msgs, and the test-only vision_msgs / tf2_msgs).
+#   source scripts/env.sh
+# Works from any directory; does not run set-up (run scripts/setup.sh or `make setup` first).
+
+_cleanpose_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ ! -f "$_cleanpose_repo/.venv/bin/activate" ] || [ ! -f "$_cleanpose_repo/build/ros_ws/install/setup.bash" ]; then
+    echo "cleanpose env: not set up yet; run: bash $_cleanpose_repo/scripts/setup.sh" >&2
+    unset _cleanpose_repo
+    return 1 2>/dev/null || exit 1
+fi
+
+# shellcheck disable=SC1091
+source "$_cleanpose_repo/.venv/bin/activate"
+# The overlay's setup scripts read unset variables (AMENT_TRACE_SETUP_FILES, ...): relax nounset around them.
+_cleanpose_nounset=0
+case $- in *u*) _cleanpose_nounset=1; set +u ;; esac
+# The ROS wheels live in the venv itself, which acts as the underlay prefix for the overlay.
+case ":${AMENT_PREFIX_PATH:-}:" in *":$VIRTUAL_ENV:"*) ;; *)
+    export AMENT_PREFIX_PATH="${VIRTUAL_ENV}${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}" ;; esac
+case ":${CMAKE_PREFIX_PATH:-}:" in *":$VIRTUAL_ENV:"*) ;; *)
+    export CMAKE_PREFIX_PATH="${VIRTUAL_ENV}${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}" ;; esac
+# shellcheck disable=SC1091
+source "$_cleanpose_repo/build/ros_ws/install/local_setup.bash"
+[ "$_cleanpose_nounset" = 1 ] && set -u
+export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
+export CLEANPOSE_REPO="$_cleanpose_repo"
+unset _cleanpose_repo _cleanpose_nounset

@@ -1,0 +1,47 @@
+"""ament_python package cleanpose_ros: installs cleanpose_model, cleanpose_ros and training, the console
+entry points, and launch/config/rviz as ROS data files (share/cleanpose_ros/...).
+
+Works both under `colcon build` (ament_python) and `pip install -e .` (scripts/setup.sh). It must not import
+the project packages: they pull in torch / rclpy, which a build step should not need.
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "cleanpose_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=["cleanpose_model*", "cleanpose_ros*", "training*"]),
+    package_data={
+        "cleanpose_model": ["configs/*.yaml", "data/*"],
+    },
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", sorted(glob("launch/*.py"))),
+        (f"share/{PACKAGE}/config", sorted(glob("config/*.yaml"))),
+        (f"share/{PACKAGE}/rviz", sorted(glob("rviz/*.rviz"))),
+    ],
+    # Runtime dependencies come from package.xml (rosdep) on a robot and from requirements/*.txt here.
+    install_requires=["setuptools"],
+    zip_safe=False,
+    maintainer="cleanpose_ros maintainers",
+    maintainer_email="maintainers@cleanpose-ros.dev",
+    description="Category-level metric 6D pose and size from RGB-D and instance masks (CleanPose) for ROS 2",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    entry_points={
+        "console_scripts": [
+            "cleanpose_node = cleanpose_ros.node:main",
+            "cleanpose-bench = cleanpose_ros.bench:main",
+            "cleanpose-demo = cleanpose_ros.demo:main",
+            "cleanpose-convert = cleanpose_model.convert:main",
+            "cleanpose-synth = training.synthetic.__main__:main",
+            "cleanpose-train = training.train:main",
+            "cleanpose-eval = training.evaluation.evaluate:main",
+        ],
+    },
+)
