@@ -1,0 +1,329 @@
+"""Per-object network inputs from one RGB-D frame + instance masks, following the published CleanPose test
+protocol (docs: shared/spec/preprocessing.md §1.4-1.6) step for step:
+
+- square crop window: side = next multiple of 40 strictly above the box side, capped at 440, shifted (never
+  shrunk) into the image (`get_bbox`);
+- valid pixels = mask AND depth > 0, gathered row-major inside the window (`choose`); an object is kept only
+  when it has MORE than `min_points` (16) of them;
+- 1024 samples: with replacement when there are <= 1024 candidates (also exactly 1024), else without;
+- points = back-projection of the chosen pixels, float32 metres, no noise;
+- RGB crop -> cv2.resize(224, INTER_LINEAR) on uint8 -> /255 -> ImageNet normalisation;
+- choose remapped into the 224x224 crop with floor.
+
+Two implementations: a numpy/OpenCV CPU path (the reference; bit-exact with the protocol for the same
+random draws) and a torch path that runs on any device. The torch path draws its samples with the same
+numpy generator so both pick the same pixels; its bilinear resize is torch's (align_corners=False, float),
+which differs from OpenCV's fixed-point uint8 resize by at most about one grey level.
+
+Deviation from the protocol, only for images smaller than the 440 cap (never the case in NOCS): the window
+side is also capped at min(H, W) so the shifted window stays inside the image (the original would produce
+negative slice starts there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+IMAGE_SIZE = 224
+N_POINTS = 1024
+MIN_POINTS = 16
+WINDOW_CAP = 440
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+# The node wants "same frame -> same pose": when no generator is passed, every call draws from a fresh
+# generator with this seed, so identical inputs give identical samples.
+DEFAULT_SEED = 0
+
+
+def get_bbox(bbox, img_width: int = 480, img_length: int = 640) -> tuple[int, int, int, int]:
+    """Square crop window of the protocol. `bbox` = (y1, x1, y2, x2); img_width = number of ROWS,
+    img_length = number of COLS (the original's naming). Returns (rmin, rmax, cmin, cmax), max exclusive."""
+    y1, x1, y2, x2 = (int(v) for v in bbox)
+    window = (max(y2 - y1, x2 - x1) // 40 + 1) * 40
+    window = min(window, WINDOW_CAP, int(img_width), int(img_length))
+    half = int(window / 2)
+    cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+    rmin, rmax, cmin, cmax = cy - half, cy + half, cx - half, cx + half
+    if rmin < 0:
+        rmax -= rmin
+        rmin = 0
+    if cmin < 0:
+        cmax -= cmin
+        cmin = 0
+    if rmax > img_width:
+        rmin -= rmax - img_width
+        rmax = img_width
+    if cmax > img_length:
+        cmin -= cmax - img_length
+        cmax = img_length
+    return rmin, rmax, cmin, cmax
+
+
+def mask_to_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y1, x1, y2, x2) with exclusive max of a mask's non-zero pixels (NOCS `extract_bboxes` layout)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def sample_indices(n: int, n_points: int, rng) -> np.ndarray:
+    """Protocol sampling: with replacement when n <= n_points (including equality), else without.
+    `rng` may be a np.random.Generator or a legacy RandomState (same `choice` signature)."""
+    if n <= n_points:
+        return np.asarray(rng.choice(n, n_points), dtype=np.int64)
+    return np.asarray(rng.choice(n, n_points, replace=False), dtype=np.int64)
+
+
+def remap_choose(choose: np.ndarray, crop_side: int, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """Pixel index in the square crop -> pixel index in the resized image_size x image_size crop (floor)."""
+    ratio = image_size / crop_side
+    col = choose % crop_side
+    row = choose // crop_side
+    return (np.floor(row * ratio) * image_size + np.floor(col * ratio)).astype(np.int64)
+
+
+def normalize_rgb(crop_uint8: np.ndarray, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """uint8 RGB crop -> (3, S, S) float32, resized with OpenCV bilinear and ImageNet-normalised."""
+    resized = cv2.resize(crop_uint8, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    x = resized.astype(np.float32) / np.float32(255.0)
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+@dataclass
+class FrameInputs:
+    """One frame as the preprocessing sees it (no ROS types)."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8, RGB order
+    depth_m: np.ndarray  # (H, W) float metres, 0 / NaN = invalid
+    K: np.ndarray  # (3, 3)
+
+
+@dataclass
+class ObjectInputs:
+    """Per-object network inputs of one frame (numpy), plus bookkeeping the node and the tests use."""
+
+    rgb: np.ndarray  # (n, 3, 224, 224) float32
+    pts: np.ndarray  # (n, N, 3) float32 metres, camera frame
+    choose: np.ndarray  # (n, N) int64 in [0, 224*224)
+    category: np.ndarray  # (n,) int64, 0-based model category
+    kept: np.ndarray  # (n,) int64 index of each kept object in the caller's detection list
+    num_points: np.ndarray  # (n,) int64 valid pixels inside the window before sampling
+    windows: np.ndarray  # (n, 4) int64 (rmin, rmax, cmin, cmax)
+
+    def __len__(self) -> int:
+        return int(self.kept.shape[0])
+
+    def to_batch(self, device="cpu", dtype=None):
+        """The model API's ObjectBatch on `device` (float tensors in `dtype`, default float32)."""
+        import torch
+
+        from cleanpose_model.inference import ObjectBatch
+
+        dtype = dtype or torch.float32
+        return ObjectBatch(
+            rgb=torch.from_numpy(self.rgb).to(device=device, dtype=dtype),
+            pts=torch.from_numpy(self.pts).to(device=device, dtype=dtype),
+            choose=torch.from_numpy(self.choose).to(device=device),
+            category=torch.from_numpy(self.category).to(device=device),
+        )
+
+
+def _empty(n_points: int, image_size: int) -> ObjectInputs:
+    return ObjectInputs(
+        rgb=np.zeros((0, 3, image_size, image_size), np.float32),
+        pts=np.zeros((0, n_points, 3), np.float32),
+        choose=np.zeros((0, n_points), np.int64),
+        category=np.zeros((0,), np.int64),
+        kept=np.zeros((0,), np.int64),
+        num_points=np.zeros((0,), np.int64),
+        windows=np.zeros((0, 4), np.int64),
+    )
+
+
+def _check_frame(rgb, depth_m, K, masks, boxes, categories) -> None:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    h, w = rgb.shape[:2]
+    if depth_m.shape != (h, w):
+        raise ValueError(f"depth {depth_m.shape} does not match rgb {(h, w)}")
+    if np.shape(K) != (3, 3):
+        raise ValueError(f"K must be 3x3, got {np.shape(K)}")
+    if masks.ndim != 3 or masks.shape[1:] != (h, w):
+        raise ValueError(f"masks must be (n, {h}, {w}), got {masks.shape}")
+    n = masks.shape[0]
+    if len(boxes) != n or len(categories) != n:
+        raise ValueError(f"{n} masks but {len(boxes)} boxes and {len(categories)} categories")
+
+
+def build_object_inputs_np(
+    rgb: np.ndarray,
+    depth_m: np.ndarray,
+    K: np.ndarray,
+    masks: np.ndarray,
+    boxes,
+    categories,
+    rng=None,
+    n_points: int = N_POINTS,
+    min_points: int = MIN_POINTS,
+    image_size: int = IMAGE_SIZE,
+) -> ObjectInputs:
+    """Numpy/OpenCV reference path. boxes: (n, 4) (y1, x1, y2, x2), exclusive max. Objects with
+    <= min_points valid pixels in their window are dropped (absent from `kept`)."""
+    masks = np.asarray(masks)
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    categories = np.asarray(categories, dtype=np.int64).reshape(-1)
+    _check_frame(rgb, depth_m, K, masks, boxes, categories)
+    if rng is None:
+        rng = np.random.default_rng(DEFAULT_SEED)
+    h, w = depth_m.shape
+    depth = np.asarray(depth_m, dtype=np.float64)
+    # NaN compares False already; +inf must not become a point.
+    valid_depth = np.isfinite(depth) & (depth > 0)
+    fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+
+    out = {k: [] for k in ("rgb", "pts", "choose", "category", "kept", "num_points", "windows")}
+    for j in range(masks.shape[0]):
+        rmin, rmax, cmin, cmax = get_bbox(boxes[j], h, w)
+        valid = (masks[j, rmin:rmax, cmin:cmax] > 0) & valid_depth[rmin:rmax, cmin:cmax]
+        choose = np.flatnonzero(valid)
+        if len(choose) <= min_points:
+            continue
+        choose = choose[sample_indices(len(choose), n_points, rng)]
+        side = cmax - cmin
+        row = choose // side
+        col = choose % side
+        z = depth[rmin + row, cmin + col]
+        u = (cmin + col).astype(np.float64)
+        v = (rmin + row).astype(np.float64)
+        pts = np.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], axis=1).astype(np.float32)
+        out["rgb"].append(normalize_rgb(rgb[rmin:rmax, cmin:cmax], image_size))
+        out["pts"].append(pts)
+        out["choose"].append(remap_choose(choose, rmax - rmin, image_size))
+        out["category"].append(categories[j])
+        out["kept"].append(j)
+        out["num_points"].append(int(valid.sum()))
+        out["windows"].append((rmin, rmax, cmin, cmax))
+    if not out["kept"]:
+        return _empty(n_points, image_size)
+    return ObjectInputs(
+        rgb=np.stack(out["rgb"]),
+        pts=np.stack(out["pts"]),
+        choose=np.stack(out["choose"]),
+        category=np.asarray(out["category"], np.int64),
+        kept=np.asarray(out["kept"], np.int64),
+        num_points=np.asarray(out["num_points"], np.int64),
+        windows=np.asarray(out["windows"], np.int64).reshape(-1, 4),
+    )
+
+
+def build_object_inputs(
+    rgb_uint8: np.ndarray,
+    depth_m: np.ndarray,
+    K: np.ndarray,
+    masks: np.ndarray,
+    boxes,
+    categories,
+    rng=None,
+    n_points: int = N_POINTS,
+    min_points: int = MIN_POINTS,
+    device="cpu",
+    dtype=None,
+):
+    """DESIGN.md contract: -> (ObjectBatch on `device`, kept_indices). Runs the numpy reference path."""
+    objs = build_object_inputs_np(rgb_uint8, depth_m, K, masks, boxes, categories, rng, n_points, min_points)
+    return objs.to_batch(device, dtype), objs.kept
+
+
+def build_object_inputs_torch(
+    rgb,
+    depth_m,
+    K,
+    masks,
+    boxes,
+    categories,
+    rng=None,
+    n_points: int = N_POINTS,
+    min_points: int = MIN_POINTS,
+    image_size: int = IMAGE_SIZE,
+):
+    """Same construction in torch on the device of `depth_m` (rgb (H,W,3) uint8, depth (H,W) float,
+    masks (n,H,W) bool/uint8 tensors; boxes/categories host arrays). Returns (ObjectBatch, kept, num_points,
+    windows) with the batch tensors on that device. Sampling uses the numpy generator on the host (one
+    small device->host copy of the per-object counts), so it picks the same pixels as the numpy path."""
+    import torch
+    import torch.nn.functional as F
+
+    from cleanpose_model.inference import ObjectBatch
+
+    if rng is None:
+        rng = np.random.default_rng(DEFAULT_SEED)
+    dev = depth_m.device
+    h, w = depth_m.shape
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    categories = np.asarray(categories, dtype=np.int64).reshape(-1)
+    if masks.shape[0] != len(boxes) or masks.shape[0] != len(categories):
+        raise ValueError(f"{masks.shape[0]} masks but {len(boxes)} boxes and {len(categories)} categories")
+    depth = depth_m.to(torch.float64)
+    valid_depth = torch.isfinite(depth) & (depth > 0)
+    Kt = np.asarray(K, dtype=np.float64)
+    fx, fy, cx, cy = float(Kt[0, 0]), float(Kt[1, 1]), float(Kt[0, 2]), float(Kt[1, 2])
+    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=dev).view(3, 1, 1)
+
+    wins = [get_bbox(b, h, w) for b in boxes]
+    valids = [(masks[j, r0:r1, c0:c1] > 0) & valid_depth[r0:r1, c0:c1]
+              for j, (r0, r1, c0, c1) in enumerate(wins)]
+    counts = torch.stack([v.sum() for v in valids]).cpu().numpy() if valids else np.zeros(0, np.int64)
+
+    rgbs, ptss, chooses, kept, nums, windows = [], [], [], [], [], []
+    for j, (r0, r1, c0, c1) in enumerate(wins):
+        n = int(counts[j])
+        if n <= min_points:
+            continue
+        choose_all = torch.nonzero(valids[j].reshape(-1), as_tuple=False).squeeze(1)
+        sel = torch.from_numpy(sample_indices(n, n_points, rng)).to(dev)
+        choose = choose_all[sel]
+        side = c1 - c0
+        row = torch.div(choose, side, rounding_mode="floor")
+        col = choose % side
+        z = depth[r0 + row, c0 + col]
+        u = (c0 + col).to(torch.float64)
+        v = (r0 + row).to(torch.float64)
+        ptss.append(torch.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], dim=1).to(torch.float32))
+        crop = rgb[r0:r1, c0:c1].permute(2, 0, 1).unsqueeze(0).to(torch.float32)
+        crop = F.interpolate(crop, size=(image_size, image_size), mode="bilinear", align_corners=False)[0]
+        rgbs.append((crop / 255.0 - mean) / std)
+        ratio = image_size / (r1 - r0)
+        rr = torch.floor(torch.div(choose, r1 - r0, rounding_mode="floor").to(torch.float64) * ratio)
+        cc = torch.floor((choose % (r1 - r0)).to(torch.float64) * ratio)
+        chooses.append((rr * image_size + cc).to(torch.int64))
+        kept.append(j)
+        nums.append(n)
+        windows.append((r0, r1, c0, c1))
+    if not kept:
+        batch = ObjectBatch(
+            rgb=torch.zeros((0, 3, image_size, image_size), device=dev),
+            pts=torch.zeros((0, n_points, 3), device=dev),
+            choose=torch.zeros((0, n_points), dtype=torch.int64, device=dev),
+            category=torch.zeros((0,), dtype=torch.int64, device=dev),
+        )
+    else:
+        batch = ObjectBatch(
+            rgb=torch.stack(rgbs),
+            pts=torch.stack(ptss),
+            choose=torch.stack(chooses),
+            category=torch.from_numpy(categories[kept]).to(dev),
+        )
+    return (
+        batch,
+        np.asarray(kept, np.int64),
+        np.asarray(nums, np.int64),
+        np.asarray(windows, np.int64).reshape(-1, 4),
+    )
