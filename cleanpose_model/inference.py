@@ -104,11 +104,11 @@ class PoseEstimator:
         self.dtype = dtype
         self.cfg = cfg if cfg is not None else getattr(net, "cfg", None)
         self.net = net.to(device=self.device, dtype=dtype).eval()
-        self.uses_queue = hasattr(net, "FD_Encoder")
+        self.uses_queue = getattr(net, "FD_Encoder", None) is not None
         if isinstance(queue, torch.Tensor):
             queue = ConfounderQueue(queue, getattr(self.cfg, "select_num", 12))
         if self.uses_queue and queue is None:
-            raise QueueError("this CleanPose network needs a confounder queue (tensor_list.pkl), none was given")
+            raise QueueError("this CleanPose network needs a confounder queue (tensor_list.pkl); none given")
         self.queue = queue.to(self.device, dtype) if (queue is not None and self.uses_queue) else None
         if queue_mode not in ("deterministic", "random", "all", "spread"):
             raise ValueError(f"queue_mode must be 'deterministic' or 'random', got {queue_mode!r}")
@@ -143,7 +143,8 @@ class PoseEstimator:
             return self._empty()
         b = batch.to(self.device, self.dtype)
         if int(b.category.min()) < 0 or int(b.category.max()) >= len(self.categories):
-            raise ValueError(f"category ids must be in [0, {len(self.categories) - 1}], got {b.category.tolist()}")
+            raise ValueError(f"category ids must be in [0, {len(self.categories) - 1}], "
+                             f"got {b.category.tolist()}")
         with torch.inference_mode():
             queue_feats = None
             if self.queue is not None:
@@ -153,7 +154,7 @@ class PoseEstimator:
                           size=out["pred_size"], keypoints=out["pred_kpt_3d"])
 
     def warmup(self, n_objects: int = 1, n_points: int = 1024) -> None:
-        """Run one forward on synthetic inputs (allocator, kernel selection); leaves the random-mode RNG as is."""
+        """One forward on synthetic inputs (allocator, kernel selection); the random-mode RNG is untouched."""
         g = torch.Generator().manual_seed(0)
         pts = torch.rand(n_objects, n_points, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, 0.7])
         batch = ObjectBatch(

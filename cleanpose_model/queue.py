@@ -97,7 +97,7 @@ class ConfounderQueue:
         raise ValueError(f"unknown queue mode {mode!r}; expected one of {MODES}")
 
     def gather(self, category: torch.Tensor, indices) -> torch.Tensor:
-        """(B, k, d) features for objects of the given categories, from per-category ``indices`` (cat_num, k)."""
+        """(B, k, d) features per object, from per-category ``indices`` (cat_num, k)."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.features.device)
         per_cat = torch.gather(self.features, 1, idx[:, :, None].expand(-1, -1, self.dim))
         return per_cat[category.reshape(-1).to(self.features.device)]

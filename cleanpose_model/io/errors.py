@@ -1,7 +1,7 @@
 """Exception types for loading weights, queues and checkpoints.
 
-Every loader in ``cleanpose_model.io`` turns low-level failures (torch/pickle/safetensors tracebacks) into one of
-these, so a user sees which file is wrong and why, not a stack from deep inside torch.
+Every loader in ``cleanpose_model.io`` turns low-level failures (torch/pickle/safetensors tracebacks) into one
+of these, so a user sees which file is wrong and why, not a stack from deep inside torch.
 """
 
 from __future__ import annotations

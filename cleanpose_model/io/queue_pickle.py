@@ -79,8 +79,8 @@ def load_tensor_list(path) -> list[list[torch.Tensor]]:
 
 def _validate(obj, path: str) -> list[list[torch.Tensor]]:
     if not isinstance(obj, (list, tuple)) or not obj:
-        raise QueueError(f"not a valid queue pickle: {path}: expected a non-empty list of per-category lists, "
-                         f"got {type(obj).__name__}")
+        raise QueueError(f"not a valid queue pickle: {path}: expected a non-empty list of per-category "
+                         f"lists, got {type(obj).__name__}")
     out: list[list[torch.Tensor]] = []
     dim = None
     for c, entries in enumerate(obj):
@@ -95,8 +95,8 @@ def _validate(obj, path: str) -> list[list[torch.Tensor]]:
             if dim is None:
                 dim = t.shape[1]
             if t.shape[1] != dim:
-                raise QueueError(f"not a valid queue pickle: {path}: entry [{c}][{j}] has {t.shape[1]} features, "
-                                 f"the others {dim}")
+                raise QueueError(f"not a valid queue pickle: {path}: entry [{c}][{j}] has {t.shape[1]} "
+                                 f"features, the others {dim}")
             cat.append(t)
         out.append(cat)
     return out
