@@ -1,10 +1,10 @@
 """Shared pytest fixtures and hooks for the whole test tree.
 
-- Every test session gets its own ROS_DOMAIN_ID (held by a file lock), so DDS traffic of concurrent test runs on
-  one machine (several engineers, CI jobs) never mixes. Child processes inherit it through the environment.
+- Every test session gets its own ROS_DOMAIN_ID (held by a file lock), so DDS traffic of concurrent test
+  runs on one machine (several engineers, CI jobs) never mixes. Child processes inherit it.
 - Tests marked ``gpu`` are skipped when torch sees no CUDA device.
-- ``ros_overlay`` makes sure the colcon overlay (build/ros_ws) is built and importable; ``rclpy_context`` gives a
-  test its own initialized rclpy context on the session's domain.
+- ``ros_overlay`` makes sure the colcon overlay (build/ros_ws) is built and importable; ``rclpy_context``
+  gives a test its own initialized rclpy context on the session's domain.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID')} RMW_IMPLEMENTATION={os.environ.get('RMW_IMPLEMENTATION')}"
+    env = os.environ
+    return f"ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID')} RMW_IMPLEMENTATION={env.get('RMW_IMPLEMENTATION')}"
 
 
 def _cuda_available() -> bool:
@@ -90,7 +91,7 @@ def _overlay_problem() -> str | None:
 def ros_overlay() -> Path:
     """The colcon install prefix holding cleanpose_msgs, vision_msgs and tf2_msgs, built and current.
 
-    Runs scripts/setup.sh, which is a no-op when its stamps match and rebuilds the overlay when a .msg changed.
+    Runs scripts/setup.sh: a no-op when its stamps match; it rebuilds the overlay when a .msg changed.
     Under `make test` / CI (CLEANPOSE_REQUIRE_ROS=1 or CI set) a missing overlay fails the test instead of
     skipping it: the environment is what those runs check.
     """

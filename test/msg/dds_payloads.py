@@ -53,7 +53,7 @@ def _detection_2d(k: int, rng: np.random.Generator, stamp_ns: int):
 
 
 def segmentation_masks(n: int = 3, seed: int = 1):
-    """FORMAT_MASKS with n full-size 640x480 mono8 masks; every byte value occurs, so nothing may be normalised."""
+    """FORMAT_MASKS, n full-size 640x480 mono8 masks; every byte value occurs, so none may be normalised."""
     from cleanpose_msgs.msg import InstanceSegmentation
 
     rng = np.random.default_rng(seed)
@@ -123,7 +123,7 @@ def object_pose_array(n: int = 5):
 
 
 def detection_3d_array(n: int = 2):
-    """vision_msgs/Detection3DArray as the node fills it (pose in both results[0].pose.pose and bbox.center)."""
+    """vision_msgs/Detection3DArray as the node fills it (pose in results[0].pose.pose and bbox.center)."""
     from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
     msg = Detection3DArray(header=_header(1_700_000_004_000_000_000))

@@ -1,11 +1,11 @@
 """One side of the DDS round trip, run as its own process by test_roundtrip_dds.py.
 
-  python dds_peer.py pub --ns NS --done FILE --timeout S
-      publishes every payload of dds_payloads.PAYLOADS once (reliable, transient-local, so a subscriber that
-      matches later still gets it) and keeps its node alive until FILE exists or the timeout passes.
-  python dds_peer.py sub --ns NS --out DIR --timeout S
-      subscribes to every payload topic, writes each first message it gets, serialized (CDR), to DIR/<topic>.cdr,
-      then touches DIR/done. Exit 0 when all arrived, 3 on timeout.
+python dds_peer.py pub --ns NS --done FILE --timeout S
+    publishes every payload of dds_payloads.PAYLOADS once (reliable, transient-local, so a subscriber that
+    matches later still gets it) and keeps its node alive until FILE exists or the timeout passes.
+python dds_peer.py sub --ns NS --out DIR --timeout S
+    subscribes to every payload topic, writes the first message of each, serialized (CDR), to
+    DIR/<topic>.cdr, then touches DIR/done. Exit 0 when all arrived, 3 on timeout.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import rclpy  # noqa: E402
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from rclpy.serialization import serialize_message  # noqa: E402
-
-from dds_payloads import PAYLOADS, message_type  # noqa: E402
+import rclpy
+from dds_payloads import PAYLOADS, message_type
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
 
 QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,

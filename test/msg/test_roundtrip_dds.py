@@ -45,6 +45,7 @@ def exchange(ros_overlay, tmp_path_factory) -> Path:
     # A fresh namespace per run on top of the per-session ROS_DOMAIN_ID (test/conftest.py).
     ns = f"/cleanpose_test_{uuid.uuid4().hex[:8]}"
     env = dict(os.environ)
+    done = out / "done"
     sub = subprocess.Popen(
         [sys.executable, str(PEER), "sub", "--ns", ns, "--out", str(out), "--timeout", str(TIMEOUT_S)],
         env=env,
@@ -52,7 +53,7 @@ def exchange(ros_overlay, tmp_path_factory) -> Path:
         text=True,
     )
     pub = subprocess.Popen(
-        [sys.executable, str(PEER), "pub", "--ns", ns, "--done", str(out / "done"), "--timeout", str(TIMEOUT_S)],
+        [sys.executable, str(PEER), "pub", "--ns", ns, "--timeout", str(TIMEOUT_S), "--done", str(done)],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -133,12 +134,14 @@ def test_label_image_arrives_bit_exact(exchange: Path) -> None:
     assert len(got.masks) == 0
     assert got.label_image.encoding == "16UC1"
     labels = np.frombuffer(bytes(got.label_image.data), np.uint16).reshape(480, 640)
-    np.testing.assert_array_equal(labels, np.frombuffer(bytes(want.label_image.data), np.uint16).reshape(480, 640))
+    want_labels = np.frombuffer(bytes(want.label_image.data), np.uint16).reshape(480, 640)
+    np.testing.assert_array_equal(labels, want_labels)
     assert labels.max() == len(got.detections)
 
 
 def test_comparison_detects_a_changed_field() -> None:
-    """The equality helper must name a one-bit difference deep inside a message, or the tests above prove nothing."""
+    """The equality helper must name a one-ulp difference deep inside a message, else the tests above prove
+    nothing."""
     pytest.importorskip("cleanpose_msgs.msg", reason="colcon overlay not sourced")
     payloads = _payloads()
     want = payloads.object_pose_array()
