@@ -1,0 +1,235 @@
+"""CLI: `python -m training.synthetic {nocs,bag} ...` (console script `cleanpose-synth`).
+
+Examples:
+    python -m training.synthetic nocs --out data/synth --split train --scenes 20 --frames 50 --seed 0
+    python -m training.synthetic nocs --out data/synth --split test --scenes 4 --frames 25 \
+        --seed 1 --mask-noise 3,0.1
+    python -m training.synthetic bag --out bags/demo --frames 300 --objects-per-frame 3-5 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .bag_writer import BagOptions, write_bag
+from .nocs_writer import MaskNoise, NocsWriter
+from .render import DepthNoise, Frame, Lighting, Renderer
+from .scene import Camera, arc_trajectory, random_views, sample_scene
+from .shapes import CATEGORIES
+
+
+def scene_rngs(seed: int, purpose: str, n: int) -> list[np.random.Generator]:
+    """Independent generators per scene, derived from (seed, purpose) so splits/bags never share streams."""
+    ss = np.random.SeedSequence([seed, zlib.crc32(purpose.encode())])
+    return [np.random.default_rng(s) for s in ss.spawn(n)]
+
+
+def _objects_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    a, b = int(lo), int(hi or lo)
+    if not 1 <= a <= b:
+        raise argparse.ArgumentTypeError(f"expected A-B with 1 <= A <= B, got {text!r}")
+    return a, b
+
+
+def _categories(text: str) -> tuple[str, ...]:
+    cats = tuple(c.strip() for c in text.split(",") if c.strip())
+    bad = [c for c in cats if c not in CATEGORIES]
+    if bad or not cats:
+        raise argparse.ArgumentTypeError(f"unknown categories {bad}; choose from {','.join(CATEGORIES)}")
+    return cats
+
+
+def _mask_noise(text: str) -> MaskNoise:
+    r, _, j = text.partition(",")
+    return MaskNoise(max_radius_px=int(r), score_jitter=float(j or 0.0))
+
+
+def generate_nocs(
+    out: str | Path,
+    *,
+    split: str = "train",
+    scenes: int = 1,
+    frames: int = 10,
+    objects: tuple[int, int] = (3, 6),
+    categories: tuple[str, ...] = CATEGORIES,
+    seed: int = 0,
+    width: int = 640,
+    height: int = 480,
+    write_results: bool = True,
+    mask_noise: MaskNoise | None = None,
+    min_valid_depth_pixels: int = 64,
+    shadows: bool = True,
+    progress: bool = False,
+) -> NocsWriter:
+    camera = Camera.real275(width, height)
+    writer = NocsWriter(
+        out,
+        split,
+        camera,
+        min_valid_depth_pixels=min_valid_depth_pixels,
+        write_results=write_results,
+        mask_noise=mask_noise,
+    )
+    bar = tqdm(total=scenes * frames, unit="frame", disable=not progress, desc=f"nocs/{split}")
+    for k, rng in enumerate(scene_rngs(seed, f"nocs/{split}", scenes)):
+        scene = sample_scene(rng, int(rng.integers(objects[0], objects[1] + 1)), categories)
+        writer.add_scene_models(scene, rng)
+        renderer = Renderer(scene, camera, shadows=shadows)
+        for i, T in enumerate(random_views(rng, scene, frames)):
+            frame = renderer.render(T, rng, lighting=Lighting.random(rng), noise=DepthNoise())
+            writer.write_frame(k + 1, i, frame, rng)
+            bar.update(1)
+    bar.close()
+    writer.finish()
+    return writer
+
+
+def bag_frames(
+    rng: np.random.Generator,
+    frames: int,
+    objects: tuple[int, int],
+    categories: tuple[str, ...],
+    camera: Camera,
+    rate_hz: float,
+    shadows: bool = True,
+) -> Iterator[Frame]:
+    """Frames of one static scene along a smooth arc; the light stays fixed so only the camera moves."""
+    scene = sample_scene(rng, int(rng.integers(objects[0], objects[1] + 1)), categories)
+    renderer = Renderer(scene, camera, shadows=shadows)
+    lighting = Lighting.random(rng)
+    for T in arc_trajectory(rng, scene, frames, rate_hz=rate_hz):
+        yield renderer.render(T, rng, lighting=lighting, rgb_noise_sigma=2.0)
+
+
+def generate_bag(
+    out: str | Path,
+    *,
+    frames: int = 90,
+    objects: tuple[int, int] = (3, 6),
+    categories: tuple[str, ...] = CATEGORIES,
+    seed: int = 0,
+    width: int = 640,
+    height: int = 480,
+    storage: str = "mcap",
+    rate_hz: float = 30.0,
+    mask_noise: MaskNoise | None = None,
+    shadows: bool = True,
+    scene_index: int = 0,
+    progress: bool = False,
+) -> int:
+    camera = Camera.real275(width, height)
+    rng = scene_rngs(seed, "bag", scene_index + 1)[scene_index]
+    it = bag_frames(rng, frames, objects, categories, camera, rate_hz, shadows)
+    it = tqdm(it, total=frames, unit="frame", disable=not progress, desc=f"bag {Path(out).name}")
+    opts = BagOptions(storage=storage, rate_hz=rate_hz, mask_noise=mask_noise)
+    # Mask noise draws from its own stream, so switching it on does not change the rendered frames.
+    return write_bag(out, it, scene_rngs(seed, "bag/detections", scene_index + 1)[scene_index], opts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cleanpose-synth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("nocs", "NOCS/DPDN dataset layout"), ("bag", "rosbag2 camera sequence(s)")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument(
+            "--out",
+            required=True,
+            type=Path,
+            help="dataset root (nocs) or bag path (bag; with --scenes > 1 a folder of bags)",
+        )
+        s.add_argument(
+            "--frames",
+            type=int,
+            default=10 if name == "nocs" else 90,
+            help="frames per scene (nocs) or per bag",
+        )
+        s.add_argument("--scenes", type=int, default=1)
+        s.add_argument("--objects-per-frame", type=_objects_range, default=(3, 6), metavar="A-B")
+        s.add_argument("--categories", type=_categories, default=CATEGORIES, help="comma-separated subset")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--width", type=int, default=640)
+        s.add_argument("--height", type=int, default=480)
+        s.add_argument(
+            "--mask-noise",
+            type=_mask_noise,
+            default=None,
+            metavar="R[,J]",
+            help="perturb GT masks used as detections: erode/dilate up to R px, score jitter sigma J",
+        )
+        s.add_argument("--no-shadows", action="store_true", help="skip shadow rays (faster)")
+        if name == "nocs":
+            s.add_argument("--split", default="train")
+            s.add_argument(
+                "--results",
+                choices=["auto", "yes", "no"],
+                default="auto",
+                help="write segmentation_results pickles (auto: for every split but 'train')",
+            )
+            s.add_argument("--min-valid-depth", type=int, default=64)
+        else:
+            s.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+            s.add_argument("--rate", type=float, default=30.0, help="camera rate (Hz) of the stamps")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    if args.command == "nocs":
+        results = args.results == "yes" or (args.results == "auto" and args.split != "train")
+        generate_nocs(
+            args.out,
+            split=args.split,
+            scenes=args.scenes,
+            frames=args.frames,
+            objects=args.objects_per_frame,
+            categories=args.categories,
+            seed=args.seed,
+            width=args.width,
+            height=args.height,
+            write_results=results,
+            mask_noise=args.mask_noise,
+            min_valid_depth_pixels=args.min_valid_depth,
+            shadows=not args.no_shadows,
+            progress=True,
+        )
+        n = args.scenes * args.frames
+    else:
+        paths = [args.out] if args.scenes == 1 else [args.out / f"scene_{k}" for k in range(args.scenes)]
+        if args.scenes > 1:
+            args.out.mkdir(parents=True, exist_ok=True)
+        n = 0
+        for k, path in enumerate(paths):
+            n += generate_bag(
+                path,
+                frames=args.frames,
+                objects=args.objects_per_frame,
+                categories=args.categories,
+                seed=args.seed,
+                width=args.width,
+                height=args.height,
+                storage=args.storage,
+                rate_hz=args.rate,
+                mask_noise=args.mask_noise,
+                shadows=not args.no_shadows,
+                scene_index=k,
+                progress=True,
+            )
+    dt = time.perf_counter() - t0
+    print(f"wrote {n} frames to {args.out} in {dt:.1f} s ({n / max(dt, 1e-9):.2f} frames/s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""CPU ray casting of a scene (Open3D RaycastingScene) with sensor-like depth and lit RGB, plus ground truth.
+
+Ray of pixel (u, v) (integer column/row) has camera-frame direction ((u - cx)/fx, (v - cy)/fy, 1), so the ray
+parameter at the hit is the depth z and back-projection with the NOCS formula x = (u - cx) z / fx lands
+exactly on the surface point (before noise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import open3d as o3d
+
+from .scene import Camera, Scene
+
+
+@dataclass
+class DepthNoise:
+    """Structured-light style depth model (values in metres)."""
+
+    enabled: bool = True
+    # Axial noise sigma(z) = a + b (z - 0.4)^2 (Nguyen et al. 2012, Kinect).
+    sigma_a: float = 0.0012
+    sigma_b: float = 0.0019
+    # Disparity quantisation: z = f b / d with d rounded to 1/subpixel px.
+    baseline_m: float = 0.05
+    subpixel: float = 8.0
+    edge_jump_m: float = 0.02  # neighbour depth jump that marks a depth edge
+    edge_dropout: float = 0.6  # probability that a (dilated) edge pixel is missing
+    random_dropout: float = 0.003
+    grazing_cos: float = 0.12  # surfaces seen more obliquely than this return nothing
+    min_m: float = 0.15
+    max_m: float = 3.0
+
+
+@dataclass
+class Lighting:
+    direction_world: np.ndarray  # unit vector toward the light
+    ambient: float
+    diffuse: float
+    color: np.ndarray  # (3,) light tint
+    specular: float
+    shininess: float
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> Lighting:
+        az, el = rng.uniform(0, 2 * np.pi), np.deg2rad(rng.uniform(30.0, 80.0))
+        d = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+        tint = 1.0 + rng.uniform(-0.08, 0.08, 3)
+        return cls(
+            direction_world=d,
+            ambient=rng.uniform(0.25, 0.5),
+            diffuse=rng.uniform(0.5, 0.85),
+            color=tint,
+            specular=rng.uniform(0.0, 0.25),
+            shininess=rng.uniform(10, 40),
+        )
+
+
+@dataclass
+class Frame:
+    """One rendered view and its ground truth; per-instance arrays are index-aligned (visible objects)."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8 RGB
+    depth_mm: np.ndarray  # (H, W) uint16, 0 = missing
+    depth_clean_m: np.ndarray  # (H, W) float32 noiseless depth (0 where nothing hit)
+    instance_map: np.ndarray  # (H, W) int16: scene object index, -1 = table / background
+    T_world_cam: np.ndarray  # (4, 4)
+    K: np.ndarray  # (3, 3)
+    object_indices: np.ndarray  # (n,) index into scene.objects
+    instance_ids: np.ndarray  # (n,) 1-based stable ids
+    category_ids: np.ndarray  # (n,) 0-based NOCS category
+    model_ids: list[str]
+    masks: np.ndarray  # (n, H, W) bool visible masks
+    boxes: np.ndarray  # (n, 4) int32 y1, x1, y2, x2 (max exclusive)
+    rotations: np.ndarray  # (n, 3, 3) object -> camera
+    translations: np.ndarray  # (n, 3) m
+    scales: np.ndarray  # (n,) NOCS scale = metric box diagonal
+    sizes: np.ndarray  # (n, 3) metric full extents
+    nocs_extents: np.ndarray  # (n, 3) normalised extents (norm 1)
+    handle_visibility: np.ndarray  # (n,) int: 1 unless a mug whose handle is not visible
+    valid_depth_pixels: np.ndarray  # (n,) mask pixels with valid noisy depth
+    extras: dict = field(default_factory=dict)
+
+
+class Renderer:
+    """Holds the ray-casting scene of one static layout; render() draws any number of views of it."""
+
+    def __init__(self, scene: Scene, camera: Camera, plane_half_m: float = 6.0, shadows: bool = True):
+        self.scene = scene
+        self.camera = camera
+        self.shadows = shadows
+        self._rc = o3d.t.geometry.RaycastingScene()
+        h = plane_half_m
+        plane_v = np.array([[-h, -h, 0], [h, -h, 0], [h, h, 0], [-h, h, 0]], np.float32)
+        plane_t = np.array([[0, 1, 2], [0, 2, 3]], np.uint32)
+        self._plane_id = self._rc.add_triangles(o3d.core.Tensor(plane_v), o3d.core.Tensor(plane_t))
+        self._geom_to_obj = {}
+        tri_cols, offsets, handle_flags = [], [], []
+        off = 0
+        for k, obj in enumerate(scene.objects):
+            v = obj.world_vertices().astype(np.float32)
+            gid = self._rc.add_triangles(
+                o3d.core.Tensor(v), o3d.core.Tensor(obj.model.triangles.astype(np.uint32))
+            )
+            self._geom_to_obj[gid] = k
+            tri_cols.append(obj.model.colors[obj.model.triangles])
+            handle_flags.append(obj.model.part_mask("handle"))
+            offsets.append(off)
+            off += len(obj.model.triangles)
+        n_geom = max([self._plane_id, *self._geom_to_obj]) + 1
+        # Lookup tables indexed by geometry id: object index and first row in the stacked triangle tables.
+        self._obj_of_geom = np.full(n_geom + 1, -1, np.int32)
+        self._tri_offset = np.zeros(n_geom + 1, np.int64)
+        for gid, k in self._geom_to_obj.items():
+            self._obj_of_geom[gid] = k
+            self._tri_offset[gid] = offsets[k]
+        self._tri_cols = np.concatenate(tri_cols) if tri_cols else np.zeros((0, 3, 3), np.float32)
+        self._tri_handle = np.concatenate(handle_flags) if handle_flags else np.zeros(0, bool)
+        K = camera.K
+        u, v = np.meshgrid(np.arange(camera.width), np.arange(camera.height))
+        self._dirs_cam = (
+            np.stack(
+                [(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u, dtype=np.float64)], -1
+            )
+            .reshape(-1, 3)
+            .astype(np.float32)
+        )
+        self._inv_dir_norm = (1.0 / np.linalg.norm(self._dirs_cam, axis=1)).astype(np.float32)
+
+    def render(
+        self,
+        T_world_cam: np.ndarray,
+        rng: np.random.Generator,
+        lighting: Lighting | None = None,
+        noise: DepthNoise | None = None,
+        rgb_noise_sigma: float | None = None,
+        handle_min_pixels: int = 10,
+    ) -> Frame:
+        cam = self.camera
+        H, W = cam.height, cam.width
+        noise = noise or DepthNoise()
+        lighting = lighting or Lighting.random(rng)
+        R_wc, eye = T_world_cam[:3, :3], T_world_cam[:3, 3]
+        N = H * W
+        dirs = self._dirs_cam @ R_wc.T.astype(np.float32)
+        rays = np.empty((N, 6), np.float32)
+        rays[:, :3] = eye
+        rays[:, 3:] = dirs
+        hit = self._rc.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=0)
+        t_hit = hit["t_hit"].numpy()
+        valid = np.isfinite(t_hit)
+        vi = np.flatnonzero(valid)
+        gid = hit["geometry_ids"].numpy()[vi].astype(np.int64)
+        prim = hit["primitive_ids"].numpy()[vi].astype(np.int64)
+        obj_v = self._obj_of_geom[gid]  # per valid pixel: object index or -1 (table)
+        depth = np.zeros(N, np.float32)
+        depth[vi] = t_hit[vi]
+        dv = dirs[vi]
+        pts = eye.astype(np.float32)[None] + dv * depth[vi, None]
+
+        # --- colour: albedo (barycentric vertex colours on objects, tiled texture on the table) ---------
+        albedo = np.empty((len(vi), 3), np.float32)
+        on_obj = obj_v >= 0
+        rows = self._tri_offset[gid[on_obj]] + prim[on_obj]
+        tc = self._tri_cols[rows]
+        uvs = hit["primitive_uvs"].numpy()[vi[on_obj]]
+        w1, w2 = uvs[:, 0:1], uvs[:, 1:2]
+        albedo[on_obj] = tc[:, 0] * (1 - w1 - w2) + tc[:, 1] * w1 + tc[:, 2] * w2
+        tex = self.scene.table_texture
+        ts = tex.shape[0]
+        q = np.floor(pts[~on_obj, :2] * (ts / self.scene.texture_period_m)).astype(np.int64) % ts
+        albedo[~on_obj] = tex[q[:, 1], q[:, 0]]
+        # --- shading: ambient + Lambert (+ shadow ray) + a little Blinn-Phong on objects ----------------
+        n = hit["primitive_normals"].numpy()[vi]
+        facing = np.einsum("ij,ij->i", n, dv)
+        n *= np.where(facing > 0, -1.0, 1.0).astype(np.float32)[:, None]  # toward the viewer (inner walls)
+        L = lighting.direction_world.astype(np.float32)
+        ndl = np.clip(n @ L, 0, None)
+        if self.shadows:
+            cand = np.flatnonzero(ndl > 0)
+            srays = np.empty((len(cand), 6), np.float32)
+            srays[:, :3] = pts[cand] + 1e-3 * n[cand]
+            srays[:, 3:] = L
+            occluded = self._rc.test_occlusions(o3d.core.Tensor.from_numpy(srays), nthreads=0).numpy()
+            ndl[cand[occluded]] = 0.0
+        shade = lighting.ambient + lighting.diffuse * ndl
+        color = albedo * (shade[:, None] * lighting.color[None].astype(np.float32))
+        if lighting.specular > 0 and on_obj.any():
+            inv = self._inv_dir_norm[vi[on_obj], None]
+            half = L[None] - dv[on_obj] * inv
+            half /= np.linalg.norm(half, axis=1, keepdims=True)
+            spec = np.clip(np.einsum("ij,ij->i", n[on_obj], half), 0, None) ** lighting.shininess
+            color[on_obj] += (lighting.specular * spec * (ndl[on_obj] > 0))[:, None]
+        img = np.empty((N, 3), np.float32)
+        img[:] = np.array([0.55, 0.6, 0.68], np.float32) * 255.0  # nothing hit: a plain far wall
+        img[vi] = color * 255.0
+        sigma = rgb_noise_sigma if rgb_noise_sigma is not None else rng.uniform(1.0, 4.0)
+        img += rng.standard_normal((N, 3), dtype=np.float32) * np.float32(sigma)
+        rgb = np.clip(img, 0, 255).astype(np.uint8).reshape(H, W, 3)
+
+        # --- depth --------------------------------------------------------------------------------------
+        z = depth.reshape(H, W)
+        cos_view = np.zeros(N, np.float32)
+        cos_view[vi] = np.abs(facing) * self._inv_dir_norm[vi]
+        depth_mm = self._sensor_depth(z, cos_view.reshape(H, W), valid.reshape(H, W), noise, rng)
+        obj_idx = np.full(N, -1, np.int16)
+        obj_idx[vi] = obj_v
+        is_obj = np.zeros(N, bool)
+        is_obj[vi[on_obj]] = True
+
+        # --- ground truth -------------------------------------------------------------------------------
+        inst = obj_idx.reshape(H, W).astype(np.int16)
+        R_cw, t_cw = R_wc.T, -R_wc.T @ eye
+        present = np.unique(inst[inst >= 0])
+        masks = np.stack([inst == k for k in present]) if len(present) else np.zeros((0, H, W), bool)
+        boxes, rots, trans, hv, nvalid = [], [], [], [], []
+        handle_hits = np.zeros(H * W, bool)
+        if self._tri_handle.size:
+            handle_hits[is_obj] = self._tri_handle[rows]
+        handle_hits = handle_hits.reshape(H, W)
+        for k, m in zip(present, masks):
+            obj = self.scene.objects[k]
+            rr = np.flatnonzero(m.any(1))
+            cc = np.flatnonzero(m.any(0))
+            boxes.append([rr[0], cc[0], rr[-1] + 1, cc[-1] + 1])
+            rots.append(R_cw @ obj.R_world)
+            trans.append(R_cw @ obj.t_world + t_cw)
+            vis = 1
+            if obj.model.has_handle:
+                vis = int(np.count_nonzero(handle_hits & m) >= handle_min_pixels)
+            hv.append(vis)
+            nvalid.append(int(np.count_nonzero(depth_mm[m] > 0)))
+        objs = [self.scene.objects[k] for k in present]
+        return Frame(
+            rgb=rgb,
+            depth_mm=depth_mm,
+            depth_clean_m=z,
+            instance_map=inst,
+            T_world_cam=np.asarray(T_world_cam, np.float64),
+            K=cam.K.copy(),
+            object_indices=present.astype(np.int64),
+            instance_ids=np.array([o.instance_id for o in objs], np.int64),
+            category_ids=np.array([o.model.category_id for o in objs], np.int64),
+            model_ids=[o.model.model_id for o in objs],
+            masks=masks,
+            boxes=np.asarray(boxes, np.int32).reshape(-1, 4),
+            rotations=np.asarray(rots, np.float64).reshape(-1, 3, 3),
+            translations=np.asarray(trans, np.float64).reshape(-1, 3),
+            scales=np.array([o.scale for o in objs], np.float64),
+            sizes=np.array([o.size for o in objs], np.float64).reshape(-1, 3),
+            nocs_extents=np.array([o.model.extents for o in objs], np.float64).reshape(-1, 3),
+            handle_visibility=np.asarray(hv, np.int64),
+            valid_depth_pixels=np.asarray(nvalid, np.int64),
+        )
+
+    def _sensor_depth(
+        self,
+        z: np.ndarray,
+        cos_view: np.ndarray,
+        valid: np.ndarray,
+        noise: DepthNoise,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        H, W = z.shape
+        if not noise.enabled:
+            return np.where(valid, np.round(z * 1000.0), 0).astype(np.uint16)
+        zn = z + rng.standard_normal(z.shape, dtype=np.float32) * (
+            np.float32(noise.sigma_a) + np.float32(noise.sigma_b) * (z - np.float32(0.4)) ** 2
+        )
+        fb = self.camera.K[0, 0] * noise.baseline_m
+        disp = np.round(fb / np.maximum(zn, 1e-3) * noise.subpixel) / noise.subpixel
+        zn = np.where(disp > 0, fb / np.maximum(disp, 1e-6), 0.0)
+        ok = valid & (z > noise.min_m) & (z < noise.max_m) & (cos_view > noise.grazing_cos)
+        # Depth edges: a large jump to any 4-neighbour; dilated once, then dropped at random (ragged edges).
+        zz = np.where(valid, z, 1e3)
+        jump = np.zeros((H, W), bool)
+        dv = np.abs(np.diff(zz, axis=0)) > noise.edge_jump_m
+        dh = np.abs(np.diff(zz, axis=1)) > noise.edge_jump_m
+        jump[1:] |= dv
+        jump[:-1] |= dv
+        jump[:, 1:] |= dh
+        jump[:, :-1] |= dh
+        edge = cv2.dilate(jump.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        # One uniform draw serves both dropouts (disjoint ranges of it), halving the RNG cost.
+        r = rng.random((H, W), dtype=np.float32)
+        drop = (edge & (r < noise.edge_dropout)) | (r > 1.0 - noise.random_dropout)
+        ok &= ~drop
+        return np.where(ok, np.round(zn * 1000.0), 0).clip(0, 65535).astype(np.uint16)
+
+
+def project_box_corners(size: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """(8, 2) pixel (u, v) of the 3D box corners, in the evaluation's corner order."""
+    s = (
+        np.array(
+            [
+                [1, 1, 1],
+                [1, 1, -1],
+                [-1, 1, 1],
+                [-1, 1, -1],
+                [1, -1, 1],
+                [1, -1, -1],
+                [-1, -1, 1],
+                [-1, -1, -1],
+            ]
+        )
+        * (np.asarray(size) / 2)[None]
+    )
+    p = s @ R.T + t
+    uv = p @ K.T
+    return uv[:, :2] / uv[:, 2:3]
+
+
+def draw_boxes(frame: Frame, names: list[str] | None = None) -> np.ndarray:
+    """RGB image with the projected GT 3D boxes, object axes and labels drawn (for looking at frames)."""
+    from .shapes import CATEGORIES
+
+    img = np.ascontiguousarray(frame.rgb[..., ::-1]).copy()  # BGR for OpenCV drawing
+    edges = [(0, 1), (0, 2), (1, 3), (2, 3), (4, 5), (4, 6), (5, 7), (6, 7), (0, 4), (1, 5), (2, 6), (3, 7)]
+    palette = [(0, 220, 255), (255, 120, 0), (60, 255, 60), (255, 60, 220), (0, 80, 255), (255, 255, 0)]
+    for i in range(len(frame.instance_ids)):
+        col = palette[int(frame.category_ids[i]) % len(palette)]
+        uv = project_box_corners(frame.sizes[i], frame.rotations[i], frame.translations[i], frame.K)
+        for a, b in edges:
+            cv2.line(
+                img,
+                tuple(np.round(uv[a]).astype(int)),
+                tuple(np.round(uv[b]).astype(int)),
+                col,
+                1,
+                cv2.LINE_AA,
+            )
+        R, t = frame.rotations[i], frame.translations[i]
+        o = frame.K @ t
+        o = o[:2] / o[2]
+        for ax, acol in zip(np.eye(3), [(0, 0, 255), (0, 255, 0), (255, 0, 0)]):
+            p = frame.K @ (t + R @ ax * frame.sizes[i].max() * 0.4)
+            cv2.line(img, tuple(np.round(o).astype(int)), tuple(np.round(p[:2] / p[2]).astype(int)), acol, 2)
+        label = CATEGORIES[int(frame.category_ids[i])]
+        if label == "mug":
+            label += f" h={int(frame.handle_visibility[i])}"
+        y1, x1 = frame.boxes[i, :2]
+        cv2.putText(
+            img, label, (int(x1), max(int(y1) - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, col, 1, cv2.LINE_AA
+        )
+    return img[..., ::-1].copy()
