@@ -1,0 +1,20 @@
+"""Datasets: NOCS (DPDN layout), HouseCat6D and the synthetic generator's output through the NOCS loader."""
+
+from .common import DatasetError, get_bbox
+from .depth_fill import fill_in_multiscale, fill_missing
+from .housecat6d import HouseCat6DTestDataset, HouseCat6DTrainingDataset
+from .nocs import MixedBatchSampler, MixedNOCSData, NOCSTestDataset, NOCSTrainingDataset, collate_single
+
+__all__ = [
+    "DatasetError",
+    "HouseCat6DTestDataset",
+    "HouseCat6DTrainingDataset",
+    "MixedBatchSampler",
+    "MixedNOCSData",
+    "NOCSTestDataset",
+    "NOCSTrainingDataset",
+    "collate_single",
+    "fill_in_multiscale",
+    "fill_missing",
+    "get_bbox",
+]

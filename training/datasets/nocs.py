@@ -1,0 +1,428 @@
+"""NOCS (CAMERA25 / REAL275, DPDN layout) and synthetic-generator datasets (preprocessing.md §1, §3, §4).
+
+Randomness: every sample draws from a Generator keyed on (seed, epoch, index), so the samples do not depend on
+the DataLoader worker count or on which worker loads them; `set_epoch` replaces the published `reset()`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from . import augment as aug
+from .common import (
+    CAMERA_INTRINSICS,
+    NOCS_SYM_IDS,
+    REAL_INTRINSICS,
+    DatasetError,
+    build_instance,
+    canonicalise_symmetric_rotation,
+    get_bbox,
+    load_pickle,
+    normalise_rgb,
+    outlier_mask,
+    read_list_file,
+    read_mask_channel,
+    read_rgb,
+    remap_choose,
+    require_dir,
+    require_file,
+    worker_rng,
+)
+from .depth_fill import fill_missing, load_composed_depth, load_depth
+
+TRAIN_LABEL_KEYS = ("class_ids", "bboxes", "scales", "sizes", "rotations", "translations", "instance_ids",
+                    "model_list")
+RESULT_KEYS = ("image_path", "pred_masks", "pred_bboxes", "pred_class_ids", "pred_scores", "gt_class_ids",
+               "gt_bboxes", "gt_RTs", "gt_scales")
+
+_TRAIN_TYPES = {
+    # data_type: (list file, object models, intrinsics, composed depth)
+    "syn": ("camera/train_list.txt", "obj_models/camera_train.pkl", CAMERA_INTRINSICS, True),
+    "real_withLabel": ("real/train_list.txt", "obj_models/real_train.pkl", REAL_INTRINSICS, False),
+}
+_SYNTH_LIST_CANDIDATES = ("train_list.txt", "train/train_list.txt")
+_SYNTH_MODEL_CANDIDATES = ("obj_models/train.pkl", "obj_models/synthetic_train.pkl", "obj_models/models.pkl")
+_SYNTH_INTRINSICS_CANDIDATES = ("intrinsics.txt", "intrinsics.json", "camera_intrinsics.txt")
+
+
+def parse_intrinsics(value) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) from 4 numbers, a 3x3 matrix or a file (text 3x3 / 4 numbers; JSON K / fx..cy)."""
+    if value is None:
+        raise ValueError("no intrinsics given")
+    if isinstance(value, (str, os.PathLike)):
+        path = require_file(value, "camera intrinsics file")
+        try:
+            if str(path).endswith(".json"):
+                import json
+
+                d = json.loads(path.read_text())
+                if "K" in d:
+                    value = np.asarray(d["K"], dtype=np.float64)
+                else:
+                    value = (d["fx"], d["fy"], d["cx"], d["cy"])
+            else:
+                value = np.loadtxt(path, dtype=np.float64).reshape(-1)
+        except (ValueError, KeyError) as e:
+            raise DatasetError(f"cannot parse camera intrinsics '{path}': {e}; expected a 3x3 matrix or "
+                               "fx fy cx cy (text), or JSON with K or fx/fy/cx/cy") from e
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.size == 9:
+        K = arr.reshape(3, 3)
+        return float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+    if arr.size == 4:
+        return tuple(float(v) for v in arr)  # type: ignore[return-value]
+    raise DatasetError(f"intrinsics have {arr.size} values: expected a 3x3 matrix or (fx, fy, cx, cy)")
+
+
+def _first_existing(root: Path, candidates: Sequence[str], what: str) -> Path:
+    for c in candidates:
+        if (root / c).is_file():
+            return root / c
+    tried = ", ".join(str(root / c) for c in candidates)
+    raise DatasetError(f"missing {what}: none of {tried} exists")
+
+
+def _to_tensor_sample(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        out[k] = torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+    return out
+
+
+class NOCSTrainingDataset(Dataset):
+    """One random instance of one image per item; the sample dict follows preprocessing.md §3.10."""
+
+    def __init__(self, data_dir, data_type: str = "syn", num_img_per_epoch: int = -1, sample_num: int = 1024,
+                 threshold: float = 0.1, intrinsics=None, fill_depth: bool = True, augment: bool = True,
+                 image_size: int = 224, seed: int = 0, list_file: str | None = None,
+                 models_file: str | None = None, max_retries: int = 50):
+        self.data_dir = require_dir(data_dir, f"NOCS dataset root (data_type={data_type!r})")
+        if data_type in _TRAIN_TYPES:
+            lst, models, K, composed = _TRAIN_TYPES[data_type]
+            list_path = self.data_dir / (list_file or lst)
+            models_path = self.data_dir / (models_file or models)
+            self.intrinsics = parse_intrinsics(intrinsics) if intrinsics is not None else K
+            self.composed_depth = composed
+            # list entries are relative to camera/ or real/
+            self.img_root = self.data_dir / lst.split("/")[0]
+        elif data_type == "synthetic":
+            root = self.data_dir
+            list_path = (root / list_file if list_file
+                         else _first_existing(root, _SYNTH_LIST_CANDIDATES, "synthetic train list"))
+            models_path = (root / models_file if models_file
+                           else _first_existing(root, _SYNTH_MODEL_CANDIDATES, "synthetic object models"))
+            if intrinsics is None:
+                intrinsics = _first_existing(root, _SYNTH_INTRINSICS_CANDIDATES, "synthetic intrinsics")
+            self.intrinsics = parse_intrinsics(intrinsics)
+            self.composed_depth = False
+            self.img_root = self.data_dir
+        else:
+            raise ValueError(f"data_type must be 'syn', 'real_withLabel' or 'synthetic', got {data_type!r}")
+        self.data_type = data_type
+        self.img_list = read_list_file(list_path, f"{data_type} image list")
+        first = self.img_root / f"{self.img_list[0]}_color.png"
+        require_file(first, f"colour image of the first entry of '{list_path}' (entries are relative to "
+                            f"'{self.img_root}')")
+        self.models = load_pickle(models_path, "object model pickle")
+        if not isinstance(self.models, dict) or not self.models:
+            raise DatasetError(f"object model pickle '{models_path}': expected a non-empty dict id -> (N,3)")
+        self.num_img_per_epoch = num_img_per_epoch
+        self.sample_num = sample_num
+        self.threshold = threshold
+        self.fill_depth = fill_depth
+        self.augment = augment
+        self.image_size = image_size
+        self.seed = seed
+        self.max_retries = max_retries
+        self.epoch = 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Published `reset()`: choose this epoch's image indices."""
+        self.epoch = epoch
+        n = len(self.img_list)
+        if self.num_img_per_epoch is None or self.num_img_per_epoch < 0:
+            self.img_index = np.arange(n)
+            return
+        rng = np.random.default_rng([self.seed, epoch, 0x5E7])
+        replace = n <= self.num_img_per_epoch
+        self.img_index = rng.choice(n, self.num_img_per_epoch, replace=replace)
+
+    reset = set_epoch
+
+    def __len__(self) -> int:
+        return len(self.img_index)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = worker_rng(self.seed, self.epoch, index)
+        img = int(self.img_index[index])
+        for _ in range(self.max_retries):
+            sample = self._read(img, rng)
+            if sample is not None:
+                return _to_tensor_sample(sample)
+            img = int(rng.integers(len(self.img_list)))
+        raise DatasetError(f"no usable sample after {self.max_retries} tries starting at item {index} of "
+                           f"{self.data_type}: composed depth missing or instances without valid depth")
+
+    def _read(self, img: int, rng: np.random.Generator) -> dict | None:
+        prefix = self.img_root / self.img_list[img]
+        depth = load_composed_depth(prefix) if self.composed_depth else load_depth(prefix)
+        if depth is None:
+            return None
+        depth = fill_missing(depth, 1000.0, 1) if self.fill_depth else depth.astype(np.float32)
+        label_path = f"{prefix}_label.pkl"
+        gts = load_pickle(label_path, "label pickle", TRAIN_LABEL_KEYS)
+        n = len(gts["instance_ids"])
+        if n == 0 or len(gts["class_ids"]) != n:
+            raise DatasetError(f"label pickle '{label_path}' has {n} instance_ids and "
+                               f"{len(gts['class_ids'])} class_ids: expected the same non-zero count")
+        mask = read_mask_channel(f"{prefix}_mask.png")
+        idx = int(rng.integers(n))
+        cat_id = int(gts["class_ids"][idx]) - 1
+        window = get_bbox(gts["bboxes"][idx], depth.shape[0], depth.shape[1])
+        inst = (mask == gts["instance_ids"][idx]) & (depth > 0)
+        rgb_full = read_rgb(f"{prefix}_color.png")
+        built = build_instance(rgb_full, depth, inst, window, self.intrinsics, self.sample_num, rng,
+                               self.image_size)
+        if built is None:
+            return None
+        pts, rgb, choose = built
+        if self.augment:
+            pts = aug.add_point_noise(pts, rng)
+            rgb = aug.augment_rgb(rgb, rng)
+        translation = np.asarray(gts["translations"][idx], dtype=np.float32)
+        rotation = np.asarray(gts["rotations"][idx], dtype=np.float64)
+        size = (np.asarray(gts["scales"][idx]) * np.asarray(gts["sizes"][idx])).astype(np.float32)
+        if cat_id in NOCS_SYM_IDS:
+            rotation = canonicalise_symmetric_rotation(rotation)
+        rotation = rotation.astype(np.float32)
+        model_id = gts["model_list"][idx]
+        if model_id not in self.models:
+            raise DatasetError(f"label pickle '{label_path}' refers to model '{model_id}', which the object "
+                               "model pickle does not contain")
+        model = np.asarray(self.models[model_id], dtype=np.float32)
+        qo, pc_mask = outlier_mask(pts.astype(np.float64), rotation.astype(np.float64),
+                                   translation.astype(np.float64), size.astype(np.float64),
+                                   model.astype(np.float64), self.threshold)
+        return {
+            "pts": pts.astype(np.float32),
+            "rgb": normalise_rgb(rgb),
+            "choose": remap_choose(choose, window, self.image_size),
+            "category_label": np.array([cat_id], dtype=np.int64),
+            "model": model,
+            "qo": qo,
+            "translation_label": translation,
+            "rotation_label": rotation,
+            "size_label": size,
+            "pc_mask": pc_mask,
+        }
+
+
+class MixedBatchSampler(Sampler):
+    """Batches of `batch_sizes[k]` indices from each part of a ConcatDataset, part 0 first (30 syn + 10 real).
+
+    Each part is shuffled every epoch and cut into full batches (drop_last); the epoch has as many batches as
+    the part with the fewest full batches, capped at `num_batches`. With world_size > 1 each rank takes a
+    disjoint strided share of every part's permutation.
+    """
+
+    def __init__(self, part_sizes: Sequence[int], batch_sizes: Sequence[int] = (30, 10),
+                 num_batches: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if len(part_sizes) != len(batch_sizes):
+            raise ValueError("part_sizes and batch_sizes must have the same length")
+        self.part_sizes = list(part_sizes)
+        self.batch_sizes = list(batch_sizes)
+        self.offsets = np.cumsum([0, *self.part_sizes[:-1]]).tolist()
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        full = min((n // world_size) // b for n, b in zip(self.part_sizes, self.batch_sizes))
+        if full == 0:
+            raise ValueError(f"parts of sizes {self.part_sizes} cannot fill one batch of {self.batch_sizes} "
+                             f"per rank with world_size={world_size}")
+        self.num_batches = full if num_batches is None else min(full, num_batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 0xB47C])
+        perms = [rng.permutation(n)[self.rank::self.world_size] + off
+                 for n, off in zip(self.part_sizes, self.offsets)]
+        for b in range(self.num_batches):
+            batch: list[int] = []
+            for perm, bs in zip(perms, self.batch_sizes):
+                batch.extend(int(i) for i in perm[b * bs:(b + 1) * bs])
+            yield batch
+
+
+class MixedNOCSData:
+    """CAMERA + REAL training data as published: 30 syn + 10 real per batch, syn rows first."""
+
+    def __init__(self, data_dir, syn_bs: int = 30, real_bs: int = 10, num_mini_batch_per_epoch: int = 4000,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, syn_type: str = "syn", **dataset_kwargs):
+        n_batches = num_mini_batch_per_epoch
+        self.syn = NOCSTrainingDataset(data_dir, syn_type, syn_bs * n_batches * world_size, seed=seed,
+                                       **dataset_kwargs)
+        self.real = NOCSTrainingDataset(data_dir, "real_withLabel", real_bs * n_batches * world_size,
+                                        seed=seed + 1, **dataset_kwargs)
+        self.dataset = torch.utils.data.ConcatDataset([self.syn, self.real])
+        self.sampler = MixedBatchSampler([len(self.syn), len(self.real)], (syn_bs, real_bs), n_batches,
+                                         seed=seed, rank=rank, world_size=world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        # call before creating the epoch's iterator: workers copy the datasets' epoch state at that moment
+        self.syn.set_epoch(epoch)
+        self.real.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def loader(self, num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=num_workers,
+                                           pin_memory=pin_memory)
+
+
+# ----------------------------------------------------------------------------------------------- test split
+
+_RESULT_DIRS = {
+    "REAL275": ("results/nocs_results/real_test", "segmentation_results/REAL275"),
+    "CAMERA25": ("results/nocs_results/val", "segmentation_results/CAMERA25"),
+    "synthetic": ("segmentation_results/test", "segmentation_results", "results", "."),
+}
+
+
+def find_results_dir(data_dir: Path, dataset: str) -> Path:
+    for c in _RESULT_DIRS[dataset]:
+        if glob.glob(str(data_dir / c / "results_*.pkl")):
+            return data_dir / c
+    tried = ", ".join(str(data_dir / c / "results_*.pkl") for c in _RESULT_DIRS[dataset])
+    raise DatasetError(f"no detection pickles for {dataset}: looked for {tried}")
+
+
+class NOCSTestDataset(Dataset):
+    """One item per test image: every kept detection of the image plus the GT the evaluator needs (§1)."""
+
+    def __init__(self, data_dir, dataset: str = "REAL275", results_dir=None, intrinsics=None,
+                 sample_num: int = 1024, image_size: int = 224, fill_depth: bool = True, seed: int = 42,
+                 min_points: int = 16, resample_empty: bool = True):
+        if dataset not in _RESULT_DIRS:
+            raise ValueError(f"dataset must be one of {sorted(_RESULT_DIRS)}, got {dataset!r}")
+        self.data_dir = require_dir(data_dir, f"{dataset} dataset root")
+        self.dataset = dataset
+        self.results_dir = (require_dir(results_dir, "detection results directory") if results_dir
+                            else find_results_dir(self.data_dir, dataset))
+        self.result_files = sorted(glob.glob(str(self.results_dir / "results_*.pkl")))
+        if not self.result_files:
+            raise DatasetError(f"no results_*.pkl in '{self.results_dir}'")
+        if intrinsics is not None:
+            self.intrinsics = parse_intrinsics(intrinsics)
+        elif dataset == "REAL275":
+            self.intrinsics = REAL_INTRINSICS
+        elif dataset == "CAMERA25":
+            self.intrinsics = CAMERA_INTRINSICS
+        else:
+            self.intrinsics = parse_intrinsics(
+                _first_existing(self.data_dir, _SYNTH_INTRINSICS_CANDIDATES, "synthetic intrinsics"))
+        self.sample_num, self.image_size = sample_num, image_size
+        self.fill_depth, self.seed, self.min_points = fill_depth, seed, min_points
+        self.resample_empty = resample_empty
+
+    def __len__(self) -> int:
+        return len(self.result_files)
+
+    def image_prefix(self, image_path: str) -> Path:
+        # published pickles store 'data/<...>' relative to the repository: the first 5 characters are dropped
+        rel = image_path[5:] if image_path.startswith("data/") else image_path
+        return self.data_dir / rel
+
+    def __getitem__(self, index: int) -> dict:
+        rng = worker_rng(self.seed, 0, index)
+        i = index
+        for _ in range(100):
+            item = self._read(i, rng)
+            if item is not None:
+                return item
+            if not self.resample_empty:
+                break
+            i = int(rng.integers(len(self)))
+        return self._read(index, rng, allow_empty=True)
+
+    def _read(self, index: int, rng: np.random.Generator, allow_empty: bool = False) -> dict | None:
+        path = self.result_files[index]
+        data = load_pickle(path, "detection result pickle", RESULT_KEYS)
+        prefix = self.image_prefix(str(data["image_path"]))
+        if self.dataset == "CAMERA25":
+            depth = load_composed_depth(prefix)
+            if depth is None:
+                if allow_empty:
+                    raise DatasetError(f"composed depth for '{prefix}' is missing")
+                return None
+        else:
+            depth = load_depth(prefix)
+        depth = fill_missing(depth, 1000.0, 1) if self.fill_depth else depth.astype(np.float32)
+        rgb_full = read_rgb(f"{prefix}_color.png")
+        H, W = depth.shape
+        masks = np.asarray(data["pred_masks"])
+        n_det = len(data["pred_class_ids"])
+        if n_det and (masks.ndim != 3 or masks.shape[:2] != (H, W) or masks.shape[2] != n_det):
+            raise DatasetError(f"'{path}': pred_masks has shape {masks.shape}, expected ({H}, {W}, {n_det})")
+        pts_l, rgb_l, choose_l, cat_l, keep = [], [], [], [], []
+        for j in range(n_det):
+            window = get_bbox(data["pred_bboxes"][j], H, W)
+            inst = (masks[:, :, j] > 0) & (depth > 0)
+            rmin, rmax, cmin, cmax = window
+            if np.count_nonzero(inst[rmin:rmax, cmin:cmax]) <= self.min_points:
+                continue
+            pts, rgb, choose = build_instance(rgb_full, depth, inst, window, self.intrinsics, self.sample_num,
+                                              rng, self.image_size)
+            pts_l.append(pts)
+            rgb_l.append(normalise_rgb(rgb))
+            choose_l.append(remap_choose(choose, window, self.image_size))
+            cat_l.append(int(data["pred_class_ids"][j]) - 1)
+            keep.append(j)
+        if not keep and not allow_empty:
+            return None
+        keep_a = np.asarray(keep, dtype=np.int64)
+        s, n = self.image_size, self.sample_num
+        out = {
+            "pts": torch.from_numpy(np.stack(pts_l) if keep else np.zeros((0, n, 3), np.float32)),
+            "rgb": torch.from_numpy(np.stack(rgb_l) if keep else np.zeros((0, 3, s, s), np.float32)),
+            "choose": torch.from_numpy(np.stack(choose_l) if keep else np.zeros((0, n), np.int64)),
+            "category_label": torch.as_tensor(cat_l, dtype=torch.int64),
+            "result_name": Path(path).name,
+            "image_path": str(data["image_path"]),
+            "gt": gt_record(data, keep_a),
+        }
+        return out
+
+
+def gt_record(data: dict, keep: np.ndarray) -> dict:
+    """GT and kept-detection fields of an evaluation record (evaluation.md §1), numpy arrays."""
+    m = len(data["gt_class_ids"])
+    hv = data.get("gt_handle_visibility")
+    return {
+        "gt_class_ids": np.asarray(data["gt_class_ids"], dtype=np.int64).reshape(m),
+        "gt_bboxes": np.asarray(data["gt_bboxes"]).reshape(m, 4),
+        "gt_RTs": np.asarray(data["gt_RTs"], dtype=np.float64).reshape(m, 4, 4),
+        "gt_scales": np.asarray(data["gt_scales"], dtype=np.float64).reshape(m, 3),
+        "gt_handle_visibility": (np.ones(m, dtype=np.int64) if hv is None
+                                 else np.asarray(hv, dtype=np.int64).reshape(m)),
+        "pred_class_ids": np.asarray(data["pred_class_ids"], dtype=np.int64).reshape(-1)[keep],
+        "pred_bboxes": np.asarray(data["pred_bboxes"]).reshape(-1, 4)[keep],
+        "pred_scores": np.asarray(data["pred_scores"], dtype=np.float64).reshape(-1)[keep],
+    }
+
+
+def collate_single(batch: list[dict]) -> dict:
+    """DataLoader collate for batch_size=1 image items (one image = one batch, as published)."""
+    if len(batch) != 1:
+        raise ValueError("test datasets yield one image per batch; use batch_size=1")
+    return batch[0]
