@@ -47,8 +47,9 @@ _TRAIN_TYPES = {
     "syn": ("camera/train_list.txt", "obj_models/camera_train.pkl", CAMERA_INTRINSICS, True),
     "real_withLabel": ("real/train_list.txt", "obj_models/real_train.pkl", REAL_INTRINSICS, False),
 }
-_SYNTH_LIST_CANDIDATES = ("train_list.txt", "train/train_list.txt")
-_SYNTH_MODEL_CANDIDATES = ("obj_models/train.pkl", "obj_models/synthetic_train.pkl", "obj_models/models.pkl")
+# training/synthetic writes <split>_list.txt, obj_models/<split>.pkl and segmentation_results/<split>/
+_SYNTH_LIST_CANDIDATES = ("{split}_list.txt", "{split}_list_all.txt")
+_SYNTH_MODEL_CANDIDATES = ("obj_models/{split}.pkl",)
 _SYNTH_INTRINSICS_CANDIDATES = ("intrinsics.txt", "intrinsics.json", "camera_intrinsics.txt")
 
 
@@ -102,7 +103,7 @@ class NOCSTrainingDataset(Dataset):
     def __init__(self, data_dir, data_type: str = "syn", num_img_per_epoch: int = -1, sample_num: int = 1024,
                  threshold: float = 0.1, intrinsics=None, fill_depth: bool = True, augment: bool = True,
                  image_size: int = 224, seed: int = 0, list_file: str | None = None,
-                 models_file: str | None = None, max_retries: int = 50):
+                 models_file: str | None = None, max_retries: int = 50, split: str = "train"):
         self.data_dir = require_dir(data_dir, f"NOCS dataset root (data_type={data_type!r})")
         if data_type in _TRAIN_TYPES:
             lst, models, K, composed = _TRAIN_TYPES[data_type]
@@ -114,10 +115,12 @@ class NOCSTrainingDataset(Dataset):
             self.img_root = self.data_dir / lst.split("/")[0]
         elif data_type == "synthetic":
             root = self.data_dir
+            lists = [c.format(split=split) for c in _SYNTH_LIST_CANDIDATES]
+            models = [c.format(split=split) for c in _SYNTH_MODEL_CANDIDATES]
             list_path = (root / list_file if list_file
-                         else _first_existing(root, _SYNTH_LIST_CANDIDATES, "synthetic train list"))
+                         else _first_existing(root, lists, f"synthetic {split} list"))
             models_path = (root / models_file if models_file
-                           else _first_existing(root, _SYNTH_MODEL_CANDIDATES, "synthetic object models"))
+                           else _first_existing(root, models, "synthetic object models"))
             if intrinsics is None:
                 intrinsics = _first_existing(root, _SYNTH_INTRINSICS_CANDIDATES, "synthetic intrinsics")
             self.intrinsics = parse_intrinsics(intrinsics)
@@ -295,15 +298,15 @@ class MixedNOCSData:
 _RESULT_DIRS = {
     "REAL275": ("results/nocs_results/real_test", "segmentation_results/REAL275"),
     "CAMERA25": ("results/nocs_results/val", "segmentation_results/CAMERA25"),
-    "synthetic": ("segmentation_results/test", "segmentation_results", "results", "."),
+    "synthetic": ("segmentation_results/{split}", "segmentation_results/test", "segmentation_results/val"),
 }
 
 
-def find_results_dir(data_dir: Path, dataset: str) -> Path:
-    for c in _RESULT_DIRS[dataset]:
+def find_results_dir(data_dir: Path, dataset: str, split: str = "test") -> Path:
+    for c in (c.format(split=split) for c in _RESULT_DIRS[dataset]):
         if glob.glob(str(data_dir / c / "results_*.pkl")):
             return data_dir / c
-    tried = ", ".join(str(data_dir / c / "results_*.pkl") for c in _RESULT_DIRS[dataset])
+    tried = ", ".join(str(data_dir / c.format(split=split) / "results_*.pkl") for c in _RESULT_DIRS[dataset])
     raise DatasetError(f"no detection pickles for {dataset}: looked for {tried}")
 
 
@@ -312,13 +315,13 @@ class NOCSTestDataset(Dataset):
 
     def __init__(self, data_dir, dataset: str = "REAL275", results_dir=None, intrinsics=None,
                  sample_num: int = 1024, image_size: int = 224, fill_depth: bool = True, seed: int = 42,
-                 min_points: int = 16, resample_empty: bool = True):
+                 min_points: int = 16, resample_empty: bool = True, split: str = "test"):
         if dataset not in _RESULT_DIRS:
             raise ValueError(f"dataset must be one of {sorted(_RESULT_DIRS)}, got {dataset!r}")
         self.data_dir = require_dir(data_dir, f"{dataset} dataset root")
         self.dataset = dataset
         self.results_dir = (require_dir(results_dir, "detection results directory") if results_dir
-                            else find_results_dir(self.data_dir, dataset))
+                            else find_results_dir(self.data_dir, dataset, split))
         self.result_files = sorted(glob.glob(str(self.results_dir / "results_*.pkl")))
         if not self.result_files:
             raise DatasetError(f"no results_*.pkl in '{self.results_dir}'")
