@@ -1,0 +1,823 @@
+"""CleanPose trainer (training.md §1, §2, §5, §6): Adam + CyclicLR, per-sub-batch losses mixed by size,
+confounder
+queue FIFO shared by all ranks, optional ULIP-2 distillation, atomic checkpoints and exact resume.
+
+Determinism / resume design
+---------------------------
+Every random draw of an iteration is derived from (seed, iteration, rank), not from a stream carried across
+iterations: the data sample at global position p of a source comes from ``worker_rng(seed, epoch, index)``
+(the
+dataset's own keyed generator) with (epoch, index) a pure function of p; the network's geometric
+augmentation uses
+a torch.Generator re-seeded from (seed, iteration, rank); the queue selection uses a NumPy RandomState
+seeded from
+(seed, iteration), identical on every rank because the queue is; the global torch RNG (teacher DropPath) is
+re-seeded per iteration. A resumed run therefore only needs the model, optimizer, scheduler, queue and
+iteration
+to continue bit-for-bit, and its data does not depend on the DataLoader worker count. The RNG streams are
+saved
+as well, for inspection.
+
+The published code draws from unseeded global RNGs instead (training.md pitfall 11), so it is not
+reproducible;
+the distributions are the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from training import distributed as D
+from training.losses import TERMS, CleanPoseLoss, LossWeights
+
+log = logging.getLogger("cleanpose.train")
+
+STATE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class ScheduleConfig:
+    iterations: int = 120_000
+    base_lr: float = 2e-5
+    max_lr: float = 5e-4
+    step_size_up: int = 20_000
+    step_size_down: int | None = 20_000
+    mode: str = "triangular"
+
+
+@dataclass
+class QueueConfig:
+    length: int = 80
+    select_num: int = 12
+    # "ulip" (published, needs ulip_pointnet2) or "random" (fallback, see queue_init.py)
+    init: str = "ulip"
+    ulip_pointnet2: str | None = None
+
+
+@dataclass
+class DistillationConfig:
+    ulip_pointbert: str | None = None
+    # The published teacher is a submodule of Net and therefore runs in train mode (BN batch statistics,
+    # DropPath active; training.md §4.2). False runs it in eval mode (deterministic targets).
+    teacher_train_mode: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    seed: int = 42
+    device: str = "auto"
+    amp: str = "off"  # off | bf16 | fp16 (CUDA only; losses always in float32)
+    tf32: bool = False
+    clip_grad_norm: float | None = None
+    ckpt_every: int = 5000
+    log_every: int = 20
+    workers: int = 4
+    out_dir: str = "runs/cleanpose"
+    resume: str = "auto"  # auto | never | <path to a train_state.pt>
+    progress: bool = True
+    find_unused_parameters: bool | None = None
+    max_seconds: float | None = None  # stop (with a checkpoint) after this much training time
+
+
+@dataclass
+class TrainConfig:
+    model: str = "cleanpose_nocs"
+    model_overrides: dict = field(default_factory=dict)
+    dinov2_weights: str | None = None
+    data: dict = field(default_factory=dict)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: dict = field(default_factory=dict)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        sub = {
+            "schedule": ScheduleConfig,
+            "queue": QueueConfig,
+            "distillation": DistillationConfig,
+            "trainer": TrainerConfig,
+        }
+        kwargs = {}
+        for k, v in d.items():
+            if k not in cls.__dataclass_fields__:
+                raise ValueError(
+                    f"unknown top-level config key {k!r}; expected {sorted(cls.__dataclass_fields__)}"
+                )
+            if k in sub:
+                allowed = sub[k].__dataclass_fields__
+                bad = sorted(set(v or {}) - set(allowed))
+                if bad:
+                    raise ValueError(f"unknown key(s) {bad} in '{k}'; expected {sorted(allowed)}")
+                kwargs[k] = sub[k](**(v or {}))
+            else:
+                kwargs[k] = v
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+
+def set_by_path(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data: iteration-addressed sampling (resume- and shard-exact)
+
+
+def _seed_int(*parts: int) -> int:
+    return int(
+        np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0]
+        & 0x7FFFFFFFFFFFFFFF
+    )
+
+
+class EpochKeyed(Dataset):
+    """Adapter: item key (epoch, index) → ``ds.set_epoch(epoch); ds[index]``. The datasets key their
+    randomness on
+    (seed, epoch, index), so a key fully determines the sample in any worker."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        if getattr(self.ds, "epoch", None) != epoch and hasattr(self.ds, "set_epoch"):
+            self.ds.set_epoch(int(epoch))
+        return self.ds[int(index)]
+
+
+class IterationBatchSampler(Sampler):
+    """Batches of (epoch, index) keys for iterations [start, stop) of one rank.
+
+    Global sample position p = it·bs·W + rank·bs + j walks through per-epoch permutations of the dataset, so
+    the W
+    ranks read disjoint shards of the same global sequence, and the sequence does not depend on W·bs splits
+    other
+    than through p."""
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        start: int,
+        stop: int,
+        seed: int,
+        source_id: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if n <= 0:
+            raise ValueError("empty training dataset")
+        self.n, self.bs, self.start, self.stop = n, batch_size, start, stop
+        self.seed, self.source_id, self.rank, self.world = seed, source_id, rank, world_size
+        self._perm_cache: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        p = self._perm_cache.get(epoch)
+        if p is None:
+            if len(self._perm_cache) > 4:
+                self._perm_cache.clear()
+            p = np.random.default_rng([self.seed, epoch, 0xDA7A, self.source_id]).permutation(self.n)
+            self._perm_cache[epoch] = p
+        return p
+
+    def keys_for(self, it: int) -> list[tuple[int, int]]:
+        base = it * self.bs * self.world + self.rank * self.bs
+        out = []
+        for j in range(self.bs):
+            p = base + j
+            epoch, off = divmod(p, self.n)
+            out.append((epoch, int(self._perm(epoch)[off])))
+        return out
+
+    def __len__(self):
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        for it in range(self.start, self.stop):
+            yield self.keys_for(it)
+
+
+def collate(samples: list[dict]) -> dict:
+    out = {}
+    for k in samples[0]:
+        vals = [s[k] for s in samples]
+        if torch.is_tensor(vals[0]):
+            out[k] = torch.stack(vals)
+        elif isinstance(vals[0], np.ndarray) or np.isscalar(vals[0]):
+            out[k] = torch.from_numpy(np.stack([np.asarray(v) for v in vals]))
+        else:
+            out[k] = vals
+    if "category_label" in out:
+        out["category_label"] = out["category_label"].reshape(len(samples)).long()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Queue
+
+
+def fifo_update(queue: torch.Tensor, feats: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
+    """Published FIFO: for b in batch order, pop the oldest entry of list[cat_b] and append feat_b.
+
+    queue (C, N, d); feats (B, d); cats (B,). Vectorised per category (same result as the sequential loop)."""
+    queue = queue.clone()
+    n = queue.shape[1]
+    for c in torch.unique(cats).tolist():
+        new = feats[cats == c].to(queue.dtype)
+        m = new.shape[0]
+        if m >= n:
+            queue[c] = new[-n:]
+        else:
+            queue[c] = torch.cat([queue[c, m:], new], 0)
+    return queue
+
+
+# ----------------------------------------------------------------------------------------------------
+# Network adapter: the one place that knows the train-mode output names of CleanPoseNet
+
+
+_OUT_ALIASES = {
+    "queue_feat": ("queue_feat", "kpt_feat_mean", "fd_feat_mean", "queue_feature"),
+    "distill_feat": ("distill_feat", "distill_student"),
+    "distill_input": ("distill_input", "pts_input"),
+}
+
+
+def _alias(out: dict, name: str):
+    for k in _OUT_ALIASES.get(name, (name,)):
+        if k in out:
+            return out[k]
+    return None
+
+
+def forward_train(net: nn.Module, batch: dict, queue_feats: torch.Tensor, generator: torch.Generator | None):
+    out = net(
+        batch["rgb"],
+        batch["pts"],
+        batch["choose"],
+        batch["category_label"],
+        queue_feats=queue_feats,
+        generator=generator,
+    )
+    for name in _OUT_ALIASES:
+        v = _alias(out, name)
+        if v is not None:
+            out[name] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoint state
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=str(path.parent))
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _np_state_to_tensors(state) -> dict:
+    _name, keys, pos, has_gauss, cached = state
+    return {
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    return net.module if hasattr(net, "module") else net
+
+
+def lr_at(step: int, s: ScheduleConfig) -> float:
+    """Closed form of CyclicLR('triangular') after ``step`` scheduler steps (training.md §6), for
+    tests/logs."""
+    up = s.step_size_up
+    down = s.step_size_down if s.step_size_down is not None else up
+    total = up + down
+    cycle = math.floor(1 + step / total)
+    x = 1.0 + step / total - cycle
+    scale = x / (up / total) if x <= up / total else (x - 1) / (up / total - 1)
+    amp = (s.max_lr - s.base_lr) * (0.5 ** (cycle - 1) if s.mode == "triangular2" else 1.0)
+    return s.base_lr + amp * scale
+
+
+# ----------------------------------------------------------------------------------------------------
+# Trainer
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        info: D.DistInfo | None = None,
+        net: nn.Module | None = None,
+        model_cfg=None,
+        sources: list[tuple[str, Dataset, int]] | None = None,
+    ):
+        self.cfg = cfg
+        tc = cfg.trainer
+        self.info = info or D.init(tc.device)
+        self.device = self.info.device
+        self.out_dir = Path(tc.out_dir)
+        self.ckpt_dir = self.out_dir / "ckpt"
+        if self.info.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = bool(tc.tf32)
+            torch.backends.cudnn.allow_tf32 = bool(tc.tf32)
+
+        torch.manual_seed(tc.seed)  # the initial weights: identical on every rank (DDP also broadcasts them)
+        if net is None:
+            net, model_cfg = build_model(cfg)
+        self.model_cfg = model_cfg
+        self.net = net.to(self.device)
+        self.sources = sources if sources is not None else build_sources(cfg, self.info)
+        self.splits = [bs for _, _, bs in self.sources]
+
+        self.criterion = CleanPoseLoss(LossWeights.from_dict(cfg.loss))
+        self.teacher = self._build_teacher()
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        s = cfg.schedule
+        self.optimizer = torch.optim.Adam(
+            params, lr=s.base_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
+        )
+        self.scheduler = torch.optim.lr_scheduler.CyclicLR(
+            self.optimizer,
+            base_lr=s.base_lr,
+            max_lr=s.max_lr,
+            step_size_up=s.step_size_up,
+            step_size_down=s.step_size_down,
+            mode=s.mode,
+            cycle_momentum=False,
+        )
+        amp = tc.amp if self.device.type == "cuda" else "off"
+        if tc.amp != "off" and self.device.type != "cuda":
+            log.info("amp=%s ignored on %s: autocast is used on CUDA only", tc.amp, self.device)
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16"))
+
+        self.iteration = 0
+        self.queue: torch.Tensor | None = None
+        self.ddp_net = self.net
+        self._stop_reason: str | None = None
+        self.history: list[dict] = []
+
+    # ---------------------------------------------------------------- set-up pieces
+
+    def _build_teacher(self):
+        path = self.cfg.distillation.ulip_pointbert
+        if not path:
+            if self.info.is_main:
+                log.warning(
+                    "distillation OFF: no ULIP-2 PointBERT checkpoint given "
+                    "(distillation.ulip_pointbert); the L_KD term is not computed"
+                )
+            return None
+        if float(self.criterion.w.distillation) == 0.0:
+            log.warning("distillation OFF: loss weight 'distillation' is 0")
+            return None
+        from training.ulip import load_pointbert_teacher
+
+        teacher = load_pointbert_teacher(path).to(self.device)
+        teacher.train(self.cfg.distillation.teacher_train_mode)
+        return teacher
+
+    def _init_queue(self) -> torch.Tensor:
+        from training.queue_init import init_queue
+
+        q = init_queue(self.cfg, self.model_cfg, self.sources, self.info)
+        q = q.to(self.device, torch.float32)
+        # Rank 0's queue is the reference: the FIFO then keeps every rank identical (same gathered updates).
+        return D.broadcast_(self.info, q.contiguous())
+
+    def _wrap_ddp(self):
+        if not self.info.enabled:
+            return
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        fu = self.cfg.trainer.find_unused_parameters
+        if fu is None:
+            # Without a teacher the distillation head (projector_pts, pointnet2ulip) gets no gradient.
+            fu = self.teacher is None
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp_net = DDP(self.net, device_ids=ids, find_unused_parameters=fu)
+
+    def _loaders(self, start: int, stop: int):
+        loaders = []
+        tc = self.cfg.trainer
+        for sid, (_name, ds, bs) in enumerate(self.sources):
+            sampler = IterationBatchSampler(
+                len(ds), bs, start, stop, tc.seed, sid, self.info.rank, self.info.world_size
+            )
+            workers = int(tc.workers)
+            loaders.append(
+                DataLoader(
+                    EpochKeyed(ds),
+                    batch_sampler=sampler,
+                    num_workers=workers,
+                    collate_fn=collate,
+                    pin_memory=self.device.type == "cuda",
+                    persistent_workers=False,
+                    prefetch_factor=4 if workers > 0 else None,
+                )
+            )
+        return loaders
+
+    # ---------------------------------------------------------------- checkpointing
+
+    def state_path(self) -> Path:
+        return self.ckpt_dir / "train_state.pt"
+
+    def save_state(self, path: Path | None = None) -> Path:
+        path = path or self.state_path()
+        state = {
+            "version": STATE_VERSION,
+            "iteration": self.iteration,
+            "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "queue": self.queue.detach().cpu(),
+            "world_size": self.info.world_size,
+            "seed": self.cfg.trainer.seed,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy_queue": _np_state_to_tensors(self._queue_rng(self.iteration).get_state()),
+            },
+            "config_json": json.dumps(self.cfg.to_dict()),
+        }
+        if self.info.is_main:
+            atomic_torch_save(state, path)
+        D.barrier(self.info)
+        return path
+
+    def load_state(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("version") != STATE_VERSION:
+            raise RuntimeError(f"{path}: train state version {state.get('version')} != {STATE_VERSION}")
+        self.net.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.queue = state["queue"].to(self.device)
+        self.iteration = int(state["iteration"])
+        if state.get("world_size") != self.info.world_size:
+            log.warning(
+                "resuming a %s-process run with %s processes: data shards and augmentation draws change",
+                state.get("world_size"),
+                self.info.world_size,
+            )
+        if self.info.is_main:
+            log.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def _resume_path(self) -> Path | None:
+        r = self.cfg.trainer.resume
+        if r in ("never", "", None):
+            return None
+        if r == "auto":
+            p = self.state_path()
+            return p if p.is_file() else None
+        p = Path(r)
+        if not p.is_file():
+            raise FileNotFoundError(f"resume checkpoint {p} not found")
+        return p
+
+    def save_final(self, path: Path | None = None) -> Path | None:
+        from cleanpose_model.io.checkpoints import save_checkpoint
+
+        path = path or (self.out_dir / "final.safetensors")
+        if self.info.is_main:
+            meta = {
+                "source": "cleanpose_ros training",
+                "iterations": int(self.iteration),
+                "train_config": self.cfg.to_dict(),
+            }
+            save_checkpoint(path, self.net, self.model_cfg, self.queue, meta)
+        D.barrier(self.info)
+        return path
+
+    # ---------------------------------------------------------------- per-iteration randomness
+
+    def _queue_rng(self, it: int) -> np.random.RandomState:
+        # Same on every rank: all ranks must pick the same 12 entries of the (identical) queue.
+        return np.random.RandomState(_seed_int(self.cfg.trainer.seed, it, 0x9E) % (2**32))
+
+    def _seed_iteration(self, it: int) -> torch.Generator:
+        s = _seed_int(self.cfg.trainer.seed, it, self.info.rank, 0xA6)
+        torch.manual_seed(s)
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(s ^ 0x5DEECE66D)
+        return gen
+
+    # ---------------------------------------------------------------- the step
+
+    def _to_device(self, b: dict) -> dict:
+        nb = self.device.type == "cuda"
+        return {k: (v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v) for k, v in b.items()}
+
+    @staticmethod
+    def _concat(batches: list[dict]) -> dict:
+        if len(batches) == 1:
+            return batches[0]
+        keys = set.intersection(*(set(b) for b in batches))
+        out = {}
+        for k in keys:
+            vals = [b[k] for b in batches]
+            if all(torch.is_tensor(v) for v in vals) and len({tuple(v.shape[1:]) for v in vals}) == 1:
+                out[k] = torch.cat(vals, 0)
+        return out
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        from cleanpose_model.queue import ConfounderQueue
+
+        it = self.iteration
+        gen = self._seed_iteration(it)
+        cats = batch["category_label"].reshape(-1).long()
+        qsel = ConfounderQueue(self.queue, self.cfg.queue.select_num).select(
+            cats, "random", self._queue_rng(it)
+        )
+        self.ddp_net.train()
+        amp_ctx = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with amp_ctx:
+            out = forward_train(self.ddp_net, batch, qsel, gen)
+        out = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in out.items()}
+        teacher_feat = None
+        if self.teacher is not None:
+            pts_t = out.get("distill_input")
+            if pts_t is None:
+                raise RuntimeError(
+                    "distillation needs the network's augmented centered points in the train-mode "
+                    "output ('distill_input'/'pts_aug')"
+                )
+            with torch.no_grad():  # frozen: no_grad gives the same values and saves the teacher's activations
+                teacher_feat = self.teacher(pts_t.detach().float())
+        loss, terms = self.criterion(out, batch, self.splits, teacher_feat)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss at iteration {it}: { {k: float(v) for k, v in terms.items()} }"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        gnorm = None
+        if self.cfg.trainer.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            gnorm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.trainer.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        # FIFO after the step, from every rank's batch in rank order, so all queues stay identical.
+        qf = out.get("queue_feat")
+        if qf is not None:
+            feats = D.all_gather_cat(self.info, qf.detach().float().reshape(qf.shape[0], -1))
+            allc = D.all_gather_cat(self.info, cats.to(self.device))
+            self.queue = fifo_update(self.queue, feats, allc)
+        self.iteration = it + 1
+        scal = {k: float(v) for k, v in terms.items()}
+        scal["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        if gnorm is not None:
+            scal["grad_norm"] = float(gnorm)
+        return scal
+
+    # ---------------------------------------------------------------- the loop
+
+    def _install_signals(self):
+        def handler(signum, _frame):
+            if self._stop_reason is not None:
+                raise KeyboardInterrupt
+            self._stop_reason = f"signal {signum}"
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not in the main thread (e.g. some test runners)
+                old[sig] = signal.signal(sig, handler)
+        return old
+
+    def request_stop(self, reason: str = "requested") -> None:
+        self._stop_reason = reason
+
+    def fit(self, max_iterations: int | None = None) -> dict:
+        tc = self.cfg.trainer
+        total = self.cfg.schedule.iterations
+        resume = self._resume_path()
+        if resume is not None:
+            self.load_state(resume)
+        if self.queue is None:
+            self.queue = self._init_queue()
+        self._wrap_ddp()
+        stop = total if max_iterations is None else min(total, max_iterations)
+        old_handlers = self._install_signals()
+        writer = _ScalarWriter(self.out_dir, self.info.is_main, append=resume is not None)
+        bar = None
+        if self.info.is_main and tc.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.iteration, dynamic_ncols=True, desc="train")
+        t0 = time.time()
+        start_it = self.iteration
+        acc: dict[str, float] = {}
+        n_acc = 0
+        loaders = self._loaders(self.iteration, stop)
+        try:
+            for parts in zip(*loaders):
+                batch = self._to_device(self._concat(list(parts)))
+                scal = self.train_step(batch)
+                for k, v in scal.items():
+                    acc[k] = acc.get(k, 0.0) + v
+                n_acc += 1
+                it = self.iteration
+                if bar is not None:
+                    bar.update(1)
+                if it % tc.log_every == 0 or it == stop:
+                    mean = {k: v / n_acc for k, v in acc.items()}
+                    vec = torch.tensor(
+                        [mean[k] for k in sorted(mean)], dtype=torch.float64, device=self.device
+                    )
+                    vec = D.all_reduce_mean(self.info, vec)
+                    mean = dict(zip(sorted(mean), vec.tolist()))
+                    mean["lr"] = scal["lr"]
+                    el = time.time() - t0
+                    mean["it_per_s"] = (it - start_it) / max(el, 1e-9)
+                    writer.write(it, mean)
+                    self.history.append({"iteration": it, **mean})
+                    if bar is not None:
+                        bar.set_postfix({k: f"{mean[k]:.3g}" for k in ("total", *TERMS, "lr") if k in mean})
+                    acc, n_acc = {}, 0
+                if it % tc.ckpt_every == 0 and it < stop:
+                    self.save_state()
+                if tc.max_seconds is not None and time.time() - t0 > tc.max_seconds and it < stop:
+                    self._stop_reason = f"time budget {tc.max_seconds}s"
+                if self.info.enabled:
+                    # every rank must stop at the same iteration: take the stop request of any rank
+                    flag = torch.tensor([1.0 if self._stop_reason else 0.0], device=self.device)
+                    if float(D.all_reduce_mean(self.info, flag)) > 0 and not self._stop_reason:
+                        self._stop_reason = "another rank stopped"
+                if self._stop_reason:
+                    log.warning("stopping at iteration %d (%s); checkpoint written", it, self._stop_reason)
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            writer.close()
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+        # Written on normal completion and on interruption alike: the run can always be resumed.
+        self.save_state()
+        elapsed = time.time() - t0
+        done = self.iteration - start_it
+        return {
+            "iterations": self.iteration,
+            "iterations_this_run": done,
+            "seconds": elapsed,
+            "it_per_s": done / max(elapsed, 1e-9),
+            "stopped": self._stop_reason,
+            "world_size": self.info.world_size,
+            "device": str(self.device),
+        }
+
+
+class _ScalarWriter:
+    """CSV scalars (always) + TensorBoard (when importable), rank 0 only."""
+
+    def __init__(self, out_dir: Path, enabled: bool, append: bool):
+        self.enabled = enabled
+        self.path = out_dir / "scalars.csv"
+        self.fields: list[str] | None = None
+        self.tb = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if append and self.path.is_file():
+            with open(self.path) as fh:
+                header = fh.readline().strip()
+            self.fields = header.split(",") if header else None
+        elif self.path.exists():
+            self.path.unlink()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+        except Exception:  # tensorboard not installed: CSV only
+            self.tb = None
+
+    def write(self, it: int, scalars: dict) -> None:
+        if not self.enabled:
+            return
+        if self.fields is None:
+            self.fields = ["iteration", *sorted(scalars)]
+            with open(self.path, "w", newline="") as fh:
+                csv.writer(fh).writerow(self.fields)
+        with open(self.path, "a", newline="") as fh:
+            csv.writer(fh).writerow([it] + [f"{scalars.get(k, float('nan')):.6g}" for k in self.fields[1:]])
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(f"train/{k}", v, it)
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Builders
+
+
+def build_model(cfg: TrainConfig):
+    from cleanpose_model.io.checkpoints import load_config
+    from cleanpose_model.net import CleanPoseNet
+
+    model_cfg = load_config(cfg.model)
+    if cfg.model_overrides:
+        import dataclasses
+
+        from cleanpose_model.io.checkpoints import config_from_dict, config_to_dict
+
+        d = config_to_dict(model_cfg)
+        for k, v in cfg.model_overrides.items():
+            set_by_path(d, k, v)
+        model_cfg = config_from_dict(d)
+        assert dataclasses.is_dataclass(model_cfg)
+    net = CleanPoseNet(model_cfg)
+    if cfg.dinov2_weights:
+        from cleanpose_model.io.checkpoints import load_dinov2_weights
+
+        load_dinov2_weights(net, cfg.dinov2_weights)
+    return net, model_cfg
+
+
+def build_sources(cfg: TrainConfig, info: D.DistInfo) -> list[tuple[str, Dataset, int]]:
+    """``data.sources``: list of {type, batch_size, ...}; order = concatenation order (syn first)."""
+    specs = cfg.data.get("sources")
+    if not specs:
+        raise ValueError("config 'data.sources' is empty: give at least one training source")
+    out = []
+    for spec in specs:
+        spec = dict(spec)
+        kind = spec.pop("type")
+        bs = int(spec.pop("batch_size"))
+        name = spec.pop("name", kind)
+        ds = _make_dataset(kind, spec, cfg.trainer.seed)
+        out.append((name, ds, bs))
+    return out
+
+
+def _make_dataset(kind: str, spec: dict, seed: int) -> Dataset:
+    if kind == "packed":
+        from training.datasets.packed import PackedDataset
+
+        return PackedDataset(seed=seed, **spec)
+    if kind in ("nocs", "synthetic"):
+        from training.datasets.nocs import NOCSTrainingDataset
+
+        return NOCSTrainingDataset(seed=seed, **spec)
+    if kind == "housecat6d":
+        from training.datasets import housecat6d
+
+        return housecat6d.HouseCat6DTrainingDataset(seed=seed, **spec)
+    raise ValueError(f"unknown data source type {kind!r}; expected packed, nocs, synthetic or housecat6d")
