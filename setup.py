@@ -5,6 +5,7 @@ Works both under `colcon build` (ament_python) and `pip install -e .` (scripts/s
 the project packages: they pull in torch / rclpy, which a build step should not need.
 """
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -24,6 +25,8 @@ setup(
         (f"share/{PACKAGE}/launch", sorted(glob("launch/*.py"))),
         (f"share/{PACKAGE}/config", sorted(glob("config/*.yaml"))),
         (f"share/{PACKAGE}/rviz", sorted(glob("rviz/*.rviz"))),
+        # The shipped demo checkpoint; the node finds it through ament_index outside the source tree.
+        (f"share/{PACKAGE}/models/demo", sorted(f for f in glob("models/demo/*") if os.path.isfile(f))),
     ],
     # Runtime dependencies come from package.xml (rosdep) on a robot and from requirements/*.txt here.
     install_requires=["setuptools"],
