@@ -1,0 +1,522 @@
+"""cleanpose_node: a managed (lifecycle) node giving category-level metric 6D pose + size for every detected
+object of a known category, from synchronized RGB, registered depth, CameraInfo and instance masks.
+
+Lifecycle: configure loads the model (and warms it up) and creates the outputs; a bad checkpoint fails
+configure with the reason. activate subscribes, deactivate unsubscribes (optionally releasing the model's GPU
+memory). With autostart (default) the node configures and activates itself.
+
+Threading: the executor thread only synchronizes inputs and stores the newest set in a one-slot mailbox; a
+worker thread runs conversion, preprocessing, one batched forward and publication. A set that arrives while
+the slot is still full replaces it and counts as dropped, so latency never builds up behind a slow model and
+memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+
+from cleanpose_ros import conversions, params
+from cleanpose_ros.class_map import ClassMap
+from cleanpose_ros.detections import DetectionError, parse_instance_segmentation
+from cleanpose_ros.diagnostics import DiagnosticsPublisher, NodeStats, gpu_memory, rss_mb
+from cleanpose_ros.geometry_utils import quat_xyzw
+from cleanpose_ros.pipeline import FramePipeline, PipelineConfig
+from cleanpose_ros.sync import InputSynchronizer
+
+NODE_NAME = "cleanpose_node"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+_RUNTIME_PIPELINE_FIELDS = ("score_threshold", "max_objects", "min_points", "min_depth", "max_depth",
+                            "class_map", "seed")
+
+
+def default_checkpoint() -> Path | None:
+    """The shipped demo checkpoint: models/demo/*.safetensors in the source tree or the ament share dir."""
+    dirs = [REPO_ROOT / "models" / "demo"]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        dirs.append(Path(get_package_share_directory("cleanpose_ros")) / "models" / "demo")
+    except Exception:  # not installed through ament: source tree only
+        pass
+    for d in dirs:
+        found = sorted(d.glob("*.safetensors")) if d.is_dir() else []
+        if found:
+            return found[0]
+    return None
+
+
+@dataclasses.dataclass
+class _Output:
+    """One object in the output frame (what markers/TF/messages need)."""
+
+    class_name: str
+    class_id: int
+    score: float
+    instance_id: str
+    rotation: np.ndarray
+    translation: np.ndarray
+    size: np.ndarray
+    num_points: int
+
+
+class CleanPoseNode(LifecycleNode):
+    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.p = params.declare(self)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.stats = NodeStats()
+        self.estimator = None
+        self.pipeline: FramePipeline | None = None
+        self._device = "cpu"
+        self._sync: InputSynchronizer | None = None
+        self._info_sub = None
+        self._info: CameraInfo | None = None
+        self._pubs: dict[str, object] = {}
+        self._tf = None
+        self._tf_lookup = None
+        self._diag = None
+        self._Detection3DArray = None
+        self._ObjectPoseArray = None
+        # One-slot mailbox between the executor (producer) and the worker (consumer).
+        self._cv = threading.Condition()
+        self._slot = None
+        self._busy = False
+        self._active = False
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._last_log: dict[str, float] = {}
+        self._noted_distortion = False
+
+    # ------------------------------------------------------------------------------------------ logging
+    def _warn(self, key: str, msg: str, level: str = "warning") -> None:
+        """One log line per `key` per `log_throttle` seconds (keys are a bounded set of reason kinds)."""
+        now = time.monotonic()
+        if now - self._last_log.get(key, -1e9) < self.p.log_throttle:
+            return
+        if len(self._last_log) > 512:
+            self._last_log.clear()
+        self._last_log[key] = now
+        getattr(self.get_logger(), level)(msg)
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._load_model()
+        except Exception as e:
+            self.get_logger().error(f"configure failed: {e}")
+            self.estimator = self.pipeline = None
+            return TransitionCallbackReturn.FAILURE
+        self._create_outputs()
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._worker_loop, name="cleanpose_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"configured: device {self._device}, dtype {self.p.dtype}, categories {self.estimator.categories}, "
+            f"tf {self._tf.backend}, diagnostics {self._diag.backend}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.estimator is None:  # released by deactivate(free_gpu_on_deactivate)
+            try:
+                self._load_model(warm=False)
+            except Exception as e:
+                self.get_logger().error(f"activate failed: reloading the model: {e}")
+                return TransitionCallbackReturn.FAILURE
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=self.p.input_depth, durability=DurabilityPolicy.VOLATILE,
+            reliability=ReliabilityPolicy.BEST_EFFORT if self.p.input_reliability == "best_effort"
+            else ReliabilityPolicy.RELIABLE)
+        from cleanpose_msgs.msg import InstanceSegmentation
+
+        self._sync = InputSynchronizer(
+            self, [(Image, "image"), (Image, "depth"), (InstanceSegmentation, "detections")], qos,
+            self.p.sync_queue_size, self.p.sync_slop, self._on_synced)
+        # CameraInfo is cached, not synchronized: a missing CameraInfo then gives a clear log line per frame
+        # instead of a synchronizer that silently never fires.
+        self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_info, qos)
+        with self._cv:
+            self._active = True
+        self.get_logger().info(
+            f"active: subscribed to {self._sub_names()} (sync {self._sync.backend}, slop {self.p.sync_slop} s, "
+            f"queue {self.p.sync_queue_size}, QoS {self.p.input_reliability}/{self.p.input_depth})")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._cv:
+            self._active = False
+            self._slot = None
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+        if self._info_sub is not None:
+            self.destroy_subscription(self._info_sub)
+            self._info_sub = None
+        if self.p.free_gpu_on_deactivate and self._device.startswith("cuda"):
+            self._wait_idle()
+            self._release_model()
+            self.get_logger().info("deactivated: model released, GPU cache emptied (reloads on activate)")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._cv:
+            self._active = False
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        self._stop.set()
+        with self._cv:
+            self._slot = None
+            self._cv.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=30)
+            self._worker = None
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+        for obj in (self._tf, self._tf_lookup, self._diag):
+            if obj is not None:
+                obj.close()
+        self._tf = self._tf_lookup = self._diag = None
+        self._release_model()
+
+    # ------------------------------------------------------------------------------------------ model
+    def _resolve_device(self) -> str:
+        import torch
+
+        dev = self.p.device
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            self.get_logger().warning(f"device '{dev}' requested but CUDA is not available: running on the CPU")
+            return "cpu"
+        return dev
+
+    def _load_model(self, warm: bool | None = None) -> None:
+        import torch
+
+        from cleanpose_model.inference import PoseEstimator
+
+        path = self.p.checkpoint or default_checkpoint()
+        if not path:
+            raise FileNotFoundError("parameter 'checkpoint' is empty and no demo checkpoint was found in "
+                                    f"{REPO_ROOT / 'models' / 'demo'}")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+        self._device = self._resolve_device()
+        t0 = time.perf_counter()
+        self.estimator = PoseEstimator.from_checkpoint(str(path), device=self._device,
+                                                       dtype=getattr(torch, _DTYPES[self.p.dtype]),
+                                                       queue_mode=self.p.queue_mode)
+        self.pipeline = FramePipeline(self.estimator, self._pipeline_config(self.p))
+        if self.p.warmup if warm is None else warm:
+            self.estimator.warmup(n_objects=2)
+        self.get_logger().info(f"model loaded from {path} in {time.perf_counter() - t0:.2f} s")
+
+    def _release_model(self) -> None:
+        self.estimator = self.pipeline = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+    @staticmethod
+    def _pipeline_config(p: params.NodeParams) -> PipelineConfig:
+        return PipelineConfig(score_threshold=p.score_threshold, max_objects=p.max_objects,
+                              min_points=p.min_points, min_depth=p.min_depth, max_depth=p.max_depth,
+                              class_map=list(p.class_map), seed=p.seed, box_source=p.box_source)
+
+    # ------------------------------------------------------------------------------------------ outputs
+    def _create_outputs(self) -> None:
+        from cleanpose_msgs.msg import ObjectPoseArray
+        from visualization_msgs.msg import MarkerArray
+
+        from cleanpose_ros.tf_publisher import TfPublisher
+
+        out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._ObjectPoseArray = ObjectPoseArray
+        self._pubs = {
+            "poses": self.create_lifecycle_publisher(ObjectPoseArray, "~/poses", out_qos),
+            "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", out_qos),
+            "debug_image": self.create_lifecycle_publisher(Image, "~/debug_image", out_qos),
+        }
+        try:
+            from vision_msgs.msg import Detection3DArray
+
+            self._Detection3DArray = Detection3DArray
+            self._pubs["detections_3d"] = self.create_lifecycle_publisher(Detection3DArray, "~/detections_3d",
+                                                                          out_qos)
+        except ImportError:
+            self.get_logger().info("vision_msgs not installed: ~/detections_3d is not published")
+        self._tf = TfPublisher(self)
+        if not self._tf.available:
+            self.get_logger().warning("neither tf2_ros nor tf2_msgs is installed: object TF frames are off")
+        self._diag = DiagnosticsPublisher(self, f"{self.get_name()}: pose estimation", self._device,
+                                          self.p.diagnostics_period, self._diag_fill)
+        self._ensure_tf_lookup()
+
+    def _ensure_tf_lookup(self) -> None:
+        if self.p.target_frame and self._tf_lookup is None:
+            from cleanpose_ros.tf_buffer import TfLookup
+
+            try:
+                self._tf_lookup = TfLookup(self)
+            except ImportError:
+                self.get_logger().error("target_frame is set but neither tf2_ros nor tf2_msgs is installed")
+
+    def _diag_fill(self):
+        from diagnostic_msgs.msg import DiagnosticStatus
+
+        s = self.stats.snapshot()
+        s.update(gpu_memory(self._device))
+        s["rss_mb"] = f"{rss_mb():.1f}"
+        s["device"] = self._device
+        s["sync_pending"] = self._sync.pending() if self._sync is not None else 0
+        s["state"] = "active" if self._active else "inactive"
+        level, msg = DiagnosticStatus.OK, "ok"
+        if not self._active:
+            level, msg = DiagnosticStatus.OK, "inactive"
+        elif s["inputs"] and float(s["drop_ratio"]) > 0.5:
+            level, msg = DiagnosticStatus.WARN, "more than half of the input sets are dropped (model slower than input)"
+        elif s["skipped_bad_input"]:
+            msg = f"{s['skipped_bad_input']} input sets skipped as invalid (see log)"
+        return level, msg, s
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def _sub_names(self) -> str:
+        subs = (self._sync.subscriptions if self._sync else []) + ([self._info_sub] if self._info_sub else [])
+        return ", ".join(s.topic_name for s in subs)
+
+    def _on_info(self, msg: CameraInfo) -> None:
+        self._info = msg
+
+    def _on_synced(self, image, depth, detections) -> None:
+        self.stats.on_input()
+        with self._cv:
+            if not self._active:
+                return
+            if self._slot is not None:
+                self.stats.on_drop()
+            self._slot = (image, depth, detections, time.monotonic())
+            self._cv.notify()
+
+    def _wait_idle(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._busy and time.monotonic() < deadline:
+                self._cv.wait(0.05)
+
+    def _worker_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cv:
+                while self._slot is None and not self._stop.is_set():
+                    self._cv.wait(0.5)
+                if self._stop.is_set():
+                    return
+                item, self._slot = self._slot, None
+                self._busy = True
+            try:
+                self._process(*item)
+            except Exception as e:  # one bad frame must never end the worker
+                self.stats.on_skip("error")
+                self._warn("error", f"frame skipped: unexpected {type(e).__name__}: {e}", "error")
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    # ------------------------------------------------------------------------------------------ frame
+    def _skip(self, kind: str, msg: str) -> None:
+        self.stats.on_skip(kind)
+        self._warn(kind, f"frame skipped: {msg}")
+
+    def _process(self, image, depth_msg, det_msg, t_arrival: float) -> None:
+        pipeline, info = self.pipeline, self._info
+        if pipeline is None:
+            return
+        if info is None:
+            return self._skip("no_camera_info", "no CameraInfo received yet on "
+                              f"'{self._info_sub.topic_name if self._info_sub else 'camera_info'}'")
+        try:
+            K = conversions.camera_info_to_K(info)
+            rgb = conversions.rgb_from_image(image)
+            depth = conversions.depth_from_image(depth_msg)
+        except conversions.ConversionError as e:
+            return self._skip("bad_image", str(e))
+        h, w = rgb.shape[:2]
+        if depth.shape != (h, w):
+            return self._skip("size_mismatch", f"depth is {depth.shape[1]}x{depth.shape[0]} but the colour "
+                              f"image is {w}x{h} (depth must be registered to the colour camera)")
+        if info.width and info.height and (info.width, info.height) != (w, h):
+            return self._skip("info_mismatch", f"CameraInfo is {info.width}x{info.height} but the colour image "
+                              f"is {w}x{h}: the intrinsics do not belong to this image")
+        if not self._noted_distortion and conversions.has_distortion(info):
+            self._noted_distortion = True
+            self.get_logger().info("CameraInfo has non-zero distortion: it is ignored (the network expects the "
+                                   "image as given; rectify upstream for best accuracy)")
+        try:
+            det = parse_instance_segmentation(det_msg, h, w, self.p.box_source)
+        except DetectionError as e:
+            return self._skip("bad_detections", f"detections: {e}")
+        for j, reason in det.rejected:
+            self._warn(f"rejected:{reason[:40]}", f"detection {j} ignored: {reason}")
+        res = pipeline.process(rgb, depth, K, det)
+        if res.skipped_unknown_class:
+            names = sorted(set(res.skipped_unknown_class))
+            self._warn("unknown_class", f"detections of unknown classes {names} ignored (add them to the "
+                       "class_map parameter as 'detector_class:category')")
+        header = image.header
+        objects = [_Output(o.class_name, o.class_id, o.score, o.instance_id, o.rotation, o.translation, o.size,
+                           o.num_points) for o in res.objects]
+        cam_objects = objects
+        if self.p.target_frame:
+            try:
+                T = self._lookup(self.p.target_frame, header.frame_id)
+            except LookupError as e:
+                return self._skip("tf", f"target_frame '{self.p.target_frame}': {e}")
+            objects = [dataclasses.replace(o, rotation=T[:3, :3] @ o.rotation,
+                                           translation=T[:3, :3] @ o.translation + T[:3, 3]) for o in objects]
+            from std_msgs.msg import Header
+
+            header = Header(stamp=image.header.stamp, frame_id=self.p.target_frame)
+        self._publish(header, objects, cam_objects, rgb, K, image.header)
+        age = None
+        try:
+            now = self.get_clock().now().nanoseconds
+            stamp = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+            age = (now - stamp) / 1e9
+        except Exception:
+            pass
+        self.stats.on_output(time.monotonic() - t_arrival, age, len(objects), len(res.skipped_unknown_class),
+                             res.skipped_few_points)
+
+    def _lookup(self, target: str, source: str) -> np.ndarray:
+        self._ensure_tf_lookup()
+        if self._tf_lookup is None:
+            raise LookupError("no TF listener available")
+        return self._tf_lookup.lookup(target, source)
+
+    # ------------------------------------------------------------------------------------------ publishing
+    def _publish(self, header, objects, cam_objects, rgb, K, image_header) -> None:
+        from cleanpose_msgs.msg import ObjectPose
+
+        arr = self._ObjectPoseArray(header=header)
+        for o in objects:
+            op = ObjectPose(class_name=o.class_name, class_id=int(o.class_id), score=float(o.score),
+                            instance_id=o.instance_id, num_points=int(o.num_points))
+            _fill_pose(op.pose, o.rotation, o.translation)
+            op.size.x, op.size.y, op.size.z = (float(v) for v in o.size)
+            arr.objects.append(op)
+        self._pubs["poses"].publish(arr)
+        if "detections_3d" in self._pubs:
+            self._pubs["detections_3d"].publish(self._detection3d_array(header, objects))
+        if self.p.publish_markers:
+            from cleanpose_ros.markers import build_markers
+
+            self._pubs["markers"].publish(build_markers(header, objects, axes=self.p.marker_axes))
+        if self.p.publish_tf and self._tf is not None and objects:
+            from cleanpose_ros.tf_publisher import make_transform, object_frame
+
+            self._tf.send([make_transform(header, object_frame(self.p.tf_prefix, o.class_name, o.instance_id),
+                                          o.rotation, o.translation) for o in objects])
+        if self.p.publish_debug_image:
+            from cleanpose_ros.debug_image import draw_debug_image
+
+            img = draw_debug_image(rgb, K, cam_objects)
+            self._pubs["debug_image"].publish(conversions.numpy_to_image(img, "rgb8", image_header))
+
+    def _detection3d_array(self, header, objects):
+        from vision_msgs.msg import Detection3D, ObjectHypothesisWithPose
+
+        arr = self._Detection3DArray(header=header)
+        for o in objects:
+            d = Detection3D(header=header, id=o.instance_id)
+            hyp = ObjectHypothesisWithPose()
+            hyp.hypothesis.class_id = o.class_name
+            hyp.hypothesis.score = float(o.score)
+            _fill_pose(hyp.pose.pose, o.rotation, o.translation)
+            d.results.append(hyp)
+            _fill_pose(d.bbox.center, o.rotation, o.translation)
+            d.bbox.size.x, d.bbox.size.y, d.bbox.size.z = (float(v) for v in o.size)
+            arr.detections.append(d)
+        return arr
+
+    # ------------------------------------------------------------------------------------------ parameters
+    def _on_set_parameters(self, changes) -> SetParametersResult:
+        new = dataclasses.replace(self.p, class_map=list(self.p.class_map))
+        for prm in changes:
+            if prm.name not in params.NodeParams.names():
+                continue
+            v = prm.value
+            setattr(new, prm.name, list(v) if isinstance(getattr(new, prm.name), list) else v)
+        try:
+            new.validate()
+            cats = self.estimator.categories if self.estimator is not None else None
+            if cats is not None:
+                ClassMap(cats, new.class_map)
+            if self.pipeline is not None and any(getattr(new, f) != getattr(self.p, f)
+                                                 for f in _RUNTIME_PIPELINE_FIELDS):
+                self.pipeline.update_config(self._pipeline_config(new))
+        except ValueError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        self.p = new
+        if new.target_frame and self._diag is not None:
+            self._ensure_tf_lookup()
+        return SetParametersResult(successful=True)
+
+
+def _fill_pose(pose, R, t) -> None:
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in t)
+    q = quat_xyzw(R)
+    pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (float(v) for v in q)
+
+
+def main(args=None) -> int:
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    rclpy.init(args=args)
+    node = CleanPoseNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.p.autostart:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                # Keep running: a lifecycle manager (or `ros2 lifecycle set`) may configure it again.
+                node.get_logger().error("autostart: configure failed (reason above); the node stays unconfigured")
+            else:
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        with node._cv:
+            node._active = False
+        node._teardown()
+        executor.shutdown()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

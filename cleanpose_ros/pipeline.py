@@ -1,0 +1,145 @@
+"""The frame path as one straight line, with no ROS types inside so it can be tested and reused in-process
+(benchmarks): detections -> class map / score / count filters -> per-object inputs (published protocol)
+-> one batched forward over all objects of all classes -> poses in the camera optical frame.
+
+    pipe = FramePipeline(PoseEstimator.from_checkpoint(...), PipelineConfig())
+    result = pipe.process(rgb_uint8, depth_m, K, detections)
+    # detections: cleanpose_ros.detections.Detections, or a raw cleanpose_msgs/InstanceSegmentation
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cleanpose_model.preprocess import DEFAULT_SEED, build_object_inputs_np
+from cleanpose_ros.class_map import DEFAULT_CLASS_MAP, ClassMap
+
+
+@dataclass
+class PipelineConfig:
+    score_threshold: float = 0.0
+    max_objects: int = 20
+    min_points: int = 16
+    n_points: int = 1024
+    min_depth: float = 0.0  # m; depth outside [min_depth, max_depth] is invalid (0 = no bound)
+    max_depth: float = 0.0
+    class_map: list[str] = field(default_factory=lambda: list(DEFAULT_CLASS_MAP))
+    seed: int = DEFAULT_SEED  # fixed per frame: the same frame always gives the same pose
+    box_source: str = "mask"  # used when process() is given a raw InstanceSegmentation message
+
+
+@dataclass
+class ObjectResult:
+    class_name: str
+    class_id: int
+    score: float
+    instance_id: str
+    detection_index: int  # index in the Detections given to process()
+    rotation: np.ndarray  # (3, 3) columns = object x, y, z axes in the camera frame
+    translation: np.ndarray  # (3,) m
+    size: np.ndarray  # (3,) m full extents
+    num_points: int
+
+
+@dataclass
+class FrameResult:
+    objects: list[ObjectResult]
+    n_detections: int = 0
+    skipped_unknown_class: list[str] = field(default_factory=list)
+    skipped_low_score: int = 0
+    skipped_max_objects: int = 0
+    skipped_few_points: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class FramePipeline:
+    def __init__(self, estimator, cfg: PipelineConfig | None = None):
+        self.estimator = estimator
+        self.cfg = cfg or PipelineConfig()
+        self.class_map = ClassMap(estimator.categories, self.cfg.class_map)
+
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu", dtype=None, queue_mode="deterministic",
+                        cfg: PipelineConfig | None = None) -> FramePipeline:
+        import torch
+
+        from cleanpose_model.inference import PoseEstimator
+
+        est = PoseEstimator.from_checkpoint(path, device=device, dtype=dtype or torch.float32,
+                                            queue_mode=queue_mode)
+        return cls(est, cfg)
+
+    def update_config(self, cfg: PipelineConfig) -> None:
+        """Swap in a new config (validated first: a bad class map raises and leaves the old one)."""
+        cmap = ClassMap(self.estimator.categories, cfg.class_map)
+        self.cfg, self.class_map = cfg, cmap
+
+    def select(self, det) -> tuple[list[int], list[int], FrameResult]:
+        """Indices of the detections to estimate and their model categories (score, class, count filters)."""
+        cfg = self.cfg
+        res = FrameResult(objects=[], n_detections=len(det))
+        cand = []
+        for j in range(len(det)):
+            cat = self.class_map.lookup(det.class_ids[j])
+            if cat is None:
+                res.skipped_unknown_class.append(det.class_ids[j])
+                continue
+            if det.scores[j] < cfg.score_threshold:
+                res.skipped_low_score += 1
+                continue
+            cand.append((j, cat))
+        if len(cand) > cfg.max_objects:
+            # keep the most confident; stable so equal scores keep message order
+            order = sorted(range(len(cand)), key=lambda i: -float(det.scores[cand[i][0]]))
+            keep = sorted(order[: cfg.max_objects])
+            res.skipped_max_objects = len(cand) - len(keep)
+            cand = [cand[i] for i in keep]
+        return [j for j, _ in cand], [c for _, c in cand], res
+
+    def prepare_depth(self, depth_m: np.ndarray) -> np.ndarray:
+        cfg = self.cfg
+        d = depth_m
+        if cfg.min_depth > 0 or cfg.max_depth > 0:
+            d = d.copy()
+            if cfg.min_depth > 0:
+                d[d < cfg.min_depth] = 0.0
+            if cfg.max_depth > 0:
+                d[d > cfg.max_depth] = 0.0
+        return d
+
+    def process(self, rgb: np.ndarray, depth_m: np.ndarray, K: np.ndarray, det) -> FrameResult:
+        t0 = time.perf_counter()
+        if hasattr(det, "format") and hasattr(det, "detections"):  # a raw cleanpose_msgs/InstanceSegmentation
+            from cleanpose_ros.detections import parse_instance_segmentation
+
+            det = parse_instance_segmentation(det, rgb.shape[0], rgb.shape[1], self.cfg.box_source)
+        idx, cats, res = self.select(det)
+        depth = self.prepare_depth(depth_m)
+        objs = build_object_inputs_np(
+            rgb, depth, K, det.masks[idx], det.boxes[idx], cats,
+            rng=np.random.default_rng(self.cfg.seed), n_points=self.cfg.n_points,
+            min_points=self.cfg.min_points,
+        )
+        res.skipped_few_points = len(idx) - len(objs)
+        t1 = time.perf_counter()
+        res.timings_ms["preprocess"] = (t1 - t0) * 1e3
+        if len(objs) == 0:
+            res.timings_ms["inference"] = 0.0
+            return res
+        out = self.estimator.predict(objs.to_batch(self.estimator.device, self.estimator.dtype)).as_numpy()
+        t2 = time.perf_counter()
+        res.timings_ms["inference"] = (t2 - t1) * 1e3
+        for i, k in enumerate(objs.kept):
+            j = idx[int(k)]
+            cat = int(objs.category[i])
+            res.objects.append(ObjectResult(
+                class_name=self.class_map.name(cat), class_id=cat, score=float(det.scores[j]),
+                instance_id=det.instance_ids[j], detection_index=j,
+                rotation=out["rotation"][i].astype(np.float64),
+                translation=out["translation"][i].astype(np.float64),
+                size=out["size"][i].astype(np.float64), num_points=int(objs.num_points[i]),
+            ))
+        return res
