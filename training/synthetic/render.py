@@ -15,6 +15,14 @@ import open3d as o3d
 
 from .scene import Camera, Scene
 
+_NOISE_POOL = np.zeros(0, np.float32)
+
+
+def _grow_noise_pool(n: int) -> None:
+    global _NOISE_POOL
+    # A fixed seed: the pool is a constant of the program, not a source of run-to-run variation.
+    _NOISE_POOL = np.random.default_rng(20250101).standard_normal(n, dtype=np.float32)
+
 
 @dataclass
 class DepthNoise:
@@ -129,6 +137,7 @@ class Renderer:
             .astype(np.float32)
         )
         self._inv_dir_norm = (1.0 / np.linalg.norm(self._dirs_cam, axis=1)).astype(np.float32)
+        self._tex_flat = scene.table_texture.reshape(-1, 3)
 
     def render(
         self,
@@ -145,71 +154,66 @@ class Renderer:
         lighting = lighting or Lighting.random(rng)
         R_wc, eye = T_world_cam[:3, :3], T_world_cam[:3, 3]
         N = H * W
-        dirs = self._dirs_cam @ R_wc.T.astype(np.float32)
-        rays = np.empty((N, 6), np.float32)
+        f32 = np.float32
+        dirs = self._dirs_cam @ R_wc.T.astype(f32)
+        rays = np.empty((N, 6), f32)
         rays[:, :3] = eye
         rays[:, 3:] = dirs
         hit = self._rc.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=0)
         t_hit = hit["t_hit"].numpy()
         valid = np.isfinite(t_hit)
-        vi = np.flatnonzero(valid)
-        gid = hit["geometry_ids"].numpy()[vi].astype(np.int64)
-        prim = hit["primitive_ids"].numpy()[vi].astype(np.int64)
-        obj_v = self._obj_of_geom[gid]  # per valid pixel: object index or -1 (table)
-        depth = np.zeros(N, np.float32)
-        depth[vi] = t_hit[vi]
-        dv = dirs[vi]
-        pts = eye.astype(np.float32)[None] + dv * depth[vi, None]
+        depth = np.where(valid, t_hit, f32(0.0))
+        # Misses carry Open3D's INVALID_ID; clamping sends them to the last lookup slot (object -1).
+        gid = np.minimum(hit["geometry_ids"].numpy(), len(self._obj_of_geom) - 1)
+        obj_idx = self._obj_of_geom[gid]
+        oi = np.flatnonzero(obj_idx >= 0)  # object pixels (a minority): handled by index lists
+        prim_o = hit["primitive_ids"].numpy()[oi].astype(np.int64)
+        rows = self._tri_offset[gid[oi]] + prim_o
+        pts = dirs * depth[:, None]
+        pts += eye.astype(f32)
 
-        # --- colour: albedo (barycentric vertex colours on objects, tiled texture on the table) ---------
-        albedo = np.empty((len(vi), 3), np.float32)
-        on_obj = obj_v >= 0
-        rows = self._tri_offset[gid[on_obj]] + prim[on_obj]
+        # --- colour: albedo (tiled texture on the table, barycentric vertex colours on objects) -------------
+        ts = self.scene.table_texture.shape[0]
+        q = np.floor(pts[:, :2] * f32(ts / self.scene.texture_period_m)).astype(np.int32) % ts
+        albedo = self._tex_flat[q[:, 1] * ts + q[:, 0]]
         tc = self._tri_cols[rows]
-        uvs = hit["primitive_uvs"].numpy()[vi[on_obj]]
+        uvs = hit["primitive_uvs"].numpy()[oi]
         w1, w2 = uvs[:, 0:1], uvs[:, 1:2]
-        albedo[on_obj] = tc[:, 0] * (1 - w1 - w2) + tc[:, 1] * w1 + tc[:, 2] * w2
-        tex = self.scene.table_texture
-        ts = tex.shape[0]
-        q = np.floor(pts[~on_obj, :2] * (ts / self.scene.texture_period_m)).astype(np.int64) % ts
-        albedo[~on_obj] = tex[q[:, 1], q[:, 0]]
+        albedo[oi] = tc[:, 0] * (1 - w1 - w2) + tc[:, 1] * w1 + tc[:, 2] * w2
         # --- shading: ambient + Lambert (+ shadow ray) + a little Blinn-Phong on objects ----------------
-        n = hit["primitive_normals"].numpy()[vi]
-        facing = np.einsum("ij,ij->i", n, dv)
-        n *= np.where(facing > 0, -1.0, 1.0).astype(np.float32)[:, None]  # toward the viewer (inner walls)
-        L = lighting.direction_world.astype(np.float32)
-        ndl = np.clip(n @ L, 0, None)
+        n = hit["primitive_normals"].numpy()
+        facing = np.einsum("ij,ij->i", n, dirs)
+        L = lighting.direction_world.astype(f32)
+        # Normals are flipped toward the viewer (inner walls of bowls and mugs) by the sign of `facing`.
+        ndl = np.maximum(np.where(facing > 0, -1, 1).astype(f32) * (n @ L), 0)
         if self.shadows:
-            cand = np.flatnonzero(ndl > 0)
-            srays = np.empty((len(cand), 6), np.float32)
-            srays[:, :3] = pts[cand] + 1e-3 * n[cand]
+            # Shadow rays start 2 mm back along the view ray (no self-hit, no normal offset needed).
+            srays = np.empty((N, 6), f32)
+            srays[:, :3] = dirs * (depth - f32(2e-3))[:, None]
+            srays[:, :3] += eye.astype(f32)
             srays[:, 3:] = L
             occluded = self._rc.test_occlusions(o3d.core.Tensor.from_numpy(srays), nthreads=0).numpy()
-            ndl[cand[occluded]] = 0.0
-        shade = lighting.ambient + lighting.diffuse * ndl
-        color = albedo * (shade[:, None] * lighting.color[None].astype(np.float32))
-        if lighting.specular > 0 and on_obj.any():
-            inv = self._inv_dir_norm[vi[on_obj], None]
-            half = L[None] - dv[on_obj] * inv
+            ndl[occluded] = 0.0
+        shade = f32(lighting.ambient) + f32(lighting.diffuse) * ndl
+        img = albedo * (shade[:, None] * (lighting.color.astype(f32) * f32(255.0))[None])
+        if lighting.specular > 0 and len(oi):
+            no = n[oi] * np.where(facing[oi] > 0, -1, 1).astype(f32)[:, None]
+            half = L[None] - dirs[oi] * self._inv_dir_norm[oi, None]
             half /= np.linalg.norm(half, axis=1, keepdims=True)
-            spec = np.clip(np.einsum("ij,ij->i", n[on_obj], half), 0, None) ** lighting.shininess
-            color[on_obj] += (lighting.specular * spec * (ndl[on_obj] > 0))[:, None]
-        img = np.empty((N, 3), np.float32)
-        img[:] = np.array([0.55, 0.6, 0.68], np.float32) * 255.0  # nothing hit: a plain far wall
-        img[vi] = color * 255.0
+            spec = np.maximum(np.einsum("ij,ij->i", no, half), 0) ** lighting.shininess
+            img[oi] += (f32(255.0 * lighting.specular) * spec * (ndl[oi] > 0))[:, None]
+        if not valid.all():
+            img[~valid] = np.array([0.55, 0.6, 0.68], f32) * 255.0  # nothing hit: a plain far wall
         sigma = rgb_noise_sigma if rgb_noise_sigma is not None else rng.uniform(1.0, 4.0)
-        img += rng.standard_normal((N, 3), dtype=np.float32) * np.float32(sigma)
+        img += self._noise(rng, N * 3).reshape(N, 3) * f32(sigma)
         rgb = np.clip(img, 0, 255).astype(np.uint8).reshape(H, W, 3)
 
         # --- depth --------------------------------------------------------------------------------------
         z = depth.reshape(H, W)
-        cos_view = np.zeros(N, np.float32)
-        cos_view[vi] = np.abs(facing) * self._inv_dir_norm[vi]
+        cos_view = np.abs(facing) * self._inv_dir_norm
         depth_mm = self._sensor_depth(z, cos_view.reshape(H, W), valid.reshape(H, W), noise, rng)
-        obj_idx = np.full(N, -1, np.int16)
-        obj_idx[vi] = obj_v
         is_obj = np.zeros(N, bool)
-        is_obj[vi[on_obj]] = True
+        is_obj[oi] = True
 
         # --- ground truth -------------------------------------------------------------------------------
         inst = obj_idx.reshape(H, W).astype(np.int16)
@@ -256,6 +260,17 @@ class Renderer:
             valid_depth_pixels=np.asarray(nvalid, np.int64),
         )
 
+    def _noise(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n standard-normal float32 values: a window of a fixed pool at a random offset.
+
+        Drawing fresh normals for every pixel cost a fifth of a frame; a shifted window of a large fixed pool
+        is statistically the same per frame and keeps the output a pure function of the generator's state.
+        """
+        if len(_NOISE_POOL) < n + 1:
+            _grow_noise_pool(2 * n)
+        start = int(rng.integers(0, len(_NOISE_POOL) - n))
+        return _NOISE_POOL[start : start + n]
+
     def _sensor_depth(
         self,
         z: np.ndarray,
@@ -267,7 +282,7 @@ class Renderer:
         H, W = z.shape
         if not noise.enabled:
             return np.where(valid, np.round(z * 1000.0), 0).astype(np.uint16)
-        zn = z + rng.standard_normal(z.shape, dtype=np.float32) * (
+        zn = z + self._noise(rng, z.size).reshape(z.shape) * (
             np.float32(noise.sigma_a) + np.float32(noise.sigma_b) * (z - np.float32(0.4)) ** 2
         )
         fb = self.camera.K[0, 0] * noise.baseline_m
