@@ -1,7 +1,7 @@
 """Static cross-check of launch files, parameter files and RViz configs (launch_ros is not installable
-here, so nothing is launched): every executable a launch file starts exists, every parameters file exists, every
-parameter in config/*.yaml is one the node declares, and every topic an RViz config shows is one the node
-publishes or subscribes after the launch file's remappings.
+here, so nothing is launched): every executable a launch file starts exists, every parameters file exists,
+every parameter in config/*.yaml is one the node declares, and every topic an RViz config shows is one the
+node publishes or subscribes after the launch file's remappings.
 
 Launch files are read with ast, so only literal values and LaunchConfiguration(...) with a literal default
 (DeclareLaunchArgument) are resolved; anything else is reported as unresolvable rather than guessed.
@@ -146,7 +146,7 @@ class LaunchFile:
 
 
 def declared_parameters() -> set[str]:
-    """Names the node declares: NodeParams dataclass fields (params.py) and literal declare_parameter(s) calls."""
+    """Names the node declares: *Params dataclass fields (params.py) and literal declare_parameter calls."""
     names: set[str] = set()
     for module in NODE_MODULES:
         tree = ast.parse(module.read_text())
@@ -157,9 +157,14 @@ def declared_parameters() -> set[str]:
                     for s in node.body
                     if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
                 }
-            elif isinstance(node, ast.Call) and _call_name(node) == "declare_parameter" and node.args:
-                if isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                    names.add(node.args[0].value)
+            elif (
+                isinstance(node, ast.Call)
+                and _call_name(node) == "declare_parameter"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                names.add(node.args[0].value)
     return names
 
 
