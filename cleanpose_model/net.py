@@ -116,11 +116,15 @@ class CleanPoseNet(nn.Module):
         if category.numel() != bsz:
             raise ValueError(f"category must hold {bsz} labels, got shape {tuple(category.shape)}")
         if self.cfg.use_front_door:
-            want = (bsz, self.cfg.front_door.select_num, self.cfg.d_model)
+            # Any number of queue entries >= 1 is valid: they are only keys/values of the cross-attention
+            # (the deterministic inference mode attends over the whole queue, see cleanpose_model.queue).
             if queue_feats is None:
                 raise ValueError("the CleanPose variant needs queue_feats (B, select_num, d_model)")
-            if tuple(queue_feats.shape) != want:
-                raise ValueError(f"queue_feats must be {want}, got {tuple(queue_feats.shape)}")
+            if queue_feats.dim() != 3 or queue_feats.shape[0] != bsz or queue_feats.shape[1] < 1 \
+                    or queue_feats.shape[2] != self.cfg.d_model:
+                want = (bsz, self.cfg.front_door.select_num, self.cfg.d_model)
+                raise ValueError(f"queue_feats must be {want} (any count >= 1 on dim 1), "
+                                 f"got {tuple(queue_feats.shape)}")
 
     # ------------------------------------------------------------------ forward
     def forward(
