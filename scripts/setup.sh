@@ -56,10 +56,12 @@ PY="$VENV/bin/python"
 # --- 3. requirements ------------------------------------------------------------------------------------
 req_hash="$(hash_files "${REQ_FILES[@]}")"
 if ! stamp_ok "$VENV/.stamp-requirements" "$req_hash"; then
-    log "pip install ${REQ_FILES[*]}"
+    log "pip install ${REQ_FILES[*]} (a few minutes on a clean machine; log: .venv/.pip-requirements.log)"
     pip_args=()
     for f in "${REQ_FILES[@]}"; do pip_args+=(-r "$f"); done
-    "$PY" -m pip install -q --disable-pip-version-check "${pip_args[@]}"
+    # The log keeps pip's warnings (e.g. about index locations this machine lacks) out of the way unless it fails.
+    "$PY" -m pip install --disable-pip-version-check "${pip_args[@]}" > "$VENV/.pip-requirements.log" 2>&1 \
+        || { tail -n 40 "$VENV/.pip-requirements.log" >&2; die "pip install of the requirements failed"; }
     echo "$req_hash" > "$VENV/.stamp-requirements"
     rm -f "$VENV/.stamp-project" "$WS/.stamp"
 fi
