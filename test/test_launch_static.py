@@ -77,6 +77,20 @@ class LaunchFile:
         self.path = path
         self.tree = ast.parse(path.read_text(), filename=str(path))
         self.defaults: dict[str, str] = {}
+        # Names bound once by a plain assignment anywhere in the file (helpers' locals included).
+        targets: dict[str, list[ast.expr]] = {}
+        for n in ast.walk(self.tree):
+            if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
+                targets.setdefault(n.targets[0].id, []).append(n.value)
+        self.assignments = {name: values[0] for name, values in targets.items() if len(values) == 1}
+        # One-parameter functions that return LaunchConfiguration(...) of their argument, evaluated or not.
+        self.config_wrappers = {
+            f.name
+            for f in ast.walk(self.tree)
+            if isinstance(f, ast.FunctionDef)
+            and len(f.args.args) == 1
+            and any(isinstance(c, ast.Call) and _call_name(c) == "LaunchConfiguration" for c in ast.walk(f))
+        }
         for call in self._calls("DeclareLaunchArgument"):
             name = self._literal(call.args[0]) if call.args else self._literal(_kw(call, "name"))
             default = _kw(call, "default_value")
@@ -98,19 +112,40 @@ class LaunchFile:
         except ValueError:
             return None
 
-    def resolve(self, node: ast.expr | None) -> str | None:
-        """A string literal, LaunchConfiguration('x') with a literal default, or a list of those joined."""
+    def evaluate(self, node: ast.expr | None, env: dict[str, object] | None = None):
+        """Static value of an expression: str, list/tuple of values, or None when it cannot be known.
+
+        Understands literals, LaunchConfiguration('x') (and one-argument helpers that wrap it, as in an
+        OpaqueFunction) with a literal default, names assigned once in the file, and list comprehensions over
+        literal sequences (e.g. `[(k, arg(k)) for k in ("image", "depth")]`).
+        """
+        env = env or {}
         if node is None:
             return None
-        literal = self._literal(node)
-        if isinstance(literal, str):
-            return literal
-        if isinstance(node, ast.Call) and _call_name(node) == "LaunchConfiguration" and node.args:
-            return self.defaults.get(self._literal(node.args[0]))
+        if isinstance(node, ast.Constant):
+            return node.value if isinstance(node.value, str) else None
+        if isinstance(node, ast.Name):
+            if node.id in env:
+                return env[node.id]
+            value = self.assignments.get(node.id)
+            return self.evaluate(value, env) if value is not None else None
         if isinstance(node, ast.List | ast.Tuple):
-            parts = [self.resolve(e) for e in node.elts]
-            return None if any(p is None for p in parts) else "".join(parts)
+            return [self.evaluate(e, env) for e in node.elts]
+        if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords:
+            if _call_name(node) in {"LaunchConfiguration"} | self.config_wrappers:
+                return self.defaults.get(self.evaluate(node.args[0], env))
+            return None
+        if isinstance(node, ast.ListComp) and len(node.generators) == 1:
+            gen = node.generators[0]
+            items = self.evaluate(gen.iter, env)
+            if not isinstance(gen.target, ast.Name) or not isinstance(items, list) or gen.ifs:
+                return None
+            return [self.evaluate(node.elt, {**env, gen.target.id: item}) for item in items]
         return None
+
+    def resolve(self, node: ast.expr | None) -> str | None:
+        value = self.evaluate(node)
+        return value if isinstance(value, str) else None
 
     def nodes(self) -> list[LaunchNode]:
         found = []
@@ -126,13 +161,15 @@ class LaunchFile:
             if _kw(call, "namespace") is not None and ns is None:
                 node.unresolved.append("namespace")
             remaps = _kw(call, "remappings")
-            for pair in remaps.elts if isinstance(remaps, ast.List | ast.Tuple) else []:
-                if isinstance(pair, ast.Tuple) and len(pair.elts) == 2:
-                    src, dst = self.resolve(pair.elts[0]), self.resolve(pair.elts[1])
-                    if src is not None and dst is not None:
-                        node.remappings[src] = dst
-                        continue
-                node.unresolved.append(ast.unparse(pair))
+            pairs = self.evaluate(remaps) if remaps is not None else []
+            if not isinstance(pairs, list):
+                node.unresolved.append(f"remappings={ast.unparse(remaps)}")
+                pairs = []
+            for pair in pairs:
+                if isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair):
+                    node.remappings[pair[0]] = pair[1]
+                else:
+                    node.unresolved.append(f"remapping {pair!r}")
             found.append(node)
         return found
 
@@ -388,3 +425,36 @@ def test_rviz_topic_walk_finds_nested_displays(tmp_path: Path) -> None:
         )
     )
     assert rviz_topics(path) == ["/a/debug_image", "/a/markers"]
+
+
+SAMPLE_OPAQUE_LAUNCH = """
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode
+
+def _nodes(context):
+    def arg(name):
+        return LaunchConfiguration(name).perform(context)
+    remaps = [(k, arg(k)) for k in ("image", "camera_info")]
+    return [LifecycleNode(package="cleanpose_ros", executable="cleanpose_node", name="cleanpose_node",
+                          namespace=arg("namespace"), remappings=remaps)]
+
+def generate_launch_description():
+    return LaunchDescription([
+        DeclareLaunchArgument("namespace", default_value=""),
+        DeclareLaunchArgument("image", default_value="/cam/image"),
+        DeclareLaunchArgument("camera_info", default_value="/cam/info"),
+        OpaqueFunction(function=_nodes),
+    ])
+"""
+
+
+def test_launch_parser_follows_opaque_function_helpers(tmp_path: Path) -> None:
+    path = tmp_path / "opaque.launch.py"
+    path.write_text(SAMPLE_OPAQUE_LAUNCH)
+    (node,) = LaunchFile(path).nodes()
+    assert node.unresolved == []
+    assert node.namespace == ""
+    assert node.remappings == {"image": "/cam/image", "camera_info": "/cam/info"}
+    assert resolve_topic("~/markers", node) == "/cleanpose_node/markers"
+    assert resolve_topic("depth", node) == "/depth"
