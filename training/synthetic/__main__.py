@@ -135,12 +135,53 @@ def generate_bag(
     return write_bag(out, it, scene_rngs(seed, "bag/detections", scene_index + 1)[scene_index], opts)
 
 
+def write_previews(
+    out: str | Path,
+    *,
+    frames: int = 4,
+    objects: tuple[int, int] = (3, 6),
+    categories: tuple[str, ...] = CATEGORIES,
+    seed: int = 0,
+    width: int = 640,
+    height: int = 480,
+    shadows: bool = True,
+) -> list[Path]:
+    """PNGs of random frames with the GT 3D boxes, axes and labels drawn, and the depth beside them."""
+    import cv2
+
+    from .render import draw_boxes
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    camera = Camera.real275(width, height)
+    paths = []
+    for k, rng in enumerate(scene_rngs(seed, "preview", frames)):
+        scene = sample_scene(rng, int(rng.integers(objects[0], objects[1] + 1)), categories)
+        frame = Renderer(scene, camera, shadows=shadows).render(random_views(rng, scene, 1)[0], rng)
+        d = frame.depth_mm.astype(np.float32)
+        valid = d > 0
+        lo, hi = np.percentile(d[valid], [1, 99]) if valid.any() else (0.0, 1.0)
+        depth_vis = cv2.applyColorMap(
+            (np.clip((d - lo) / max(hi - lo, 1.0), 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_TURBO
+        )
+        depth_vis[~valid] = 0
+        path = out / f"preview_{k:03d}.png"
+        cv2.imwrite(str(path), np.hstack([draw_boxes(frame)[..., ::-1], depth_vis]))
+        paths.append(path)
+    return paths
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cleanpose-synth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in (("nocs", "NOCS/DPDN dataset layout"), ("bag", "rosbag2 camera sequence(s)")):
+    commands = (
+        ("nocs", "NOCS/DPDN dataset layout"),
+        ("bag", "rosbag2 camera sequence(s)"),
+        ("preview", "PNGs of frames with the GT boxes drawn (colour | depth)"),
+    )
+    for name, help_ in commands:
         s = sub.add_parser(name, help=help_)
         s.add_argument(
             "--out",
@@ -177,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="write segmentation_results pickles (auto: for every split but 'train')",
             )
             s.add_argument("--min-valid-depth", type=int, default=64)
-        else:
+        elif name == "bag":
             s.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
             s.add_argument("--rate", type=float, default=30.0, help="camera rate (Hz) of the stamps")
     return p
@@ -205,6 +246,18 @@ def main(argv: list[str] | None = None) -> int:
             progress=True,
         )
         n = args.scenes * args.frames
+    elif args.command == "preview":
+        paths = write_previews(
+            args.out,
+            frames=args.frames,
+            objects=args.objects_per_frame,
+            categories=args.categories,
+            seed=args.seed,
+            width=args.width,
+            height=args.height,
+            shadows=not args.no_shadows,
+        )
+        n = len(paths)
     else:
         paths = [args.out] if args.scenes == 1 else [args.out / f"scene_{k}" for k in range(args.scenes)]
         if args.scenes > 1:
