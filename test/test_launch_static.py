@@ -179,7 +179,8 @@ class LaunchFile:
             n.value for n in ast.walk(self.tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
         ]
         names += list(self.defaults.values())
-        return sorted({n for n in names if n.endswith((".yaml", ".rviz"))})
+        # Whitespace means prose (an argument description), not a path.
+        return sorted({n for n in names if n.endswith((".yaml", ".rviz")) and not re.search(r"\s", n)})
 
 
 def declared_parameters() -> set[str]:
