@@ -36,7 +36,11 @@ def plot_curves(res: EvalResult, path: str | Path, title: str = "") -> Path:
     for ax, x, y, xlabel in panels:
         for k, name in enumerate(classes, start=1):
             ax.plot(x, 100 * y(k), label=name, linewidth=1)
-        ax.plot(x, 100 * y(-1), label="mean", color="black", linewidth=2)
+        present = [k for k in range(1, len(classes) + 1) if res.counts["gt"][k] > 0]
+        if present:
+            # classes without GT are NaN in the published mean; the curve averages the classes that have GT
+            mean = np.mean([y(k) for k in present], axis=0)
+            ax.plot(x, 100 * mean, label="mean (classes with GT)", color="black", linewidth=2)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("AP (%)")
         ax.set_ylim(0, 101)
