@@ -73,6 +73,7 @@ MODULE_TO_PIP = {
 
 OPTIONAL_UNDECLARED = {
     "pynvml": "GPU memory readout of the benchmark, used only when NVIDIA's bindings happen to be installed",
+    "triton": "GPU farthest-point-sampling kernel; ships inside CUDA builds of torch, absent on CPU builds",
 }
 
 
