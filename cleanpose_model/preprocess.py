@@ -278,8 +278,9 @@ def build_object_inputs_torch(
     std = torch.tensor(IMAGENET_STD, device=dev).view(3, 1, 1)
 
     wins = [get_bbox(b, h, w) for b in boxes]
-    valids = [(masks[j, r0:r1, c0:c1] > 0) & valid_depth[r0:r1, c0:c1]
-              for j, (r0, r1, c0, c1) in enumerate(wins)]
+    valids = [
+        (masks[j, r0:r1, c0:c1] > 0) & valid_depth[r0:r1, c0:c1] for j, (r0, r1, c0, c1) in enumerate(wins)
+    ]
     counts = torch.stack([v.sum() for v in valids]).cpu().numpy() if valids else np.zeros(0, np.int64)
 
     rgbs, ptss, chooses, kept, nums, windows = [], [], [], [], [], []

@@ -28,7 +28,9 @@ class ClassMap:
             if not sep or not key or not cat:
                 raise ClassMapError(f"class_map entry '{e}' is not of the form 'detector_class:category'")
             if cat not in self._index:
-                raise ClassMapError(f"class_map entry '{e}': '{cat}' is not a model category {self.categories}")
+                raise ClassMapError(
+                    f"class_map entry '{e}': '{cat}' is not a model category {self.categories}"
+                )
             self._map[key] = self._index[cat]
 
     def lookup(self, detector_class: str) -> int | None:

@@ -53,8 +53,11 @@ def image_to_numpy(msg) -> np.ndarray:
     if itemsize > 1:
         big = bool(msg.is_bigendian)
         dt = dt.newbyteorder(">" if big else "<")
-    arr = np.ascontiguousarray(rows).view(dt).reshape(h, w, ch) if ch > 1 else \
-        np.ascontiguousarray(rows).view(dt).reshape(h, w)
+    arr = (
+        np.ascontiguousarray(rows).view(dt).reshape(h, w, ch)
+        if ch > 1
+        else np.ascontiguousarray(rows).view(dt).reshape(h, w)
+    )
     return arr.astype(dt.newbyteorder("="), copy=True)
 
 

@@ -19,7 +19,7 @@ def _project(K: np.ndarray, pts: np.ndarray) -> np.ndarray | None:
 
 
 def draw_debug_image(rgb: np.ndarray, K: np.ndarray, objects, masks=None) -> np.ndarray:
-    """RGB uint8 copy of `rgb` with each object's box (class colour), axes (x red, y green, z blue) and label."""
+    """RGB uint8 copy of `rgb` with each object's box (class colour), axes (x red, y green, z blue), label."""
     img = np.ascontiguousarray(rgb.copy())
     K = np.asarray(K, np.float64)
     for o in objects:
@@ -36,5 +36,7 @@ def draw_debug_image(rgb: np.ndarray, K: np.ndarray, objects, masks=None) -> np.
             for k, c in enumerate(((255, 0, 0), (0, 255, 0), (0, 0, 255))):
                 cv2.line(img, tuple(ax[0]), tuple(ax[k + 1]), c, 2, cv2.LINE_AA)
         org = (int(uv[:, 0].min()), max(int(uv[:, 1].min()) - 4, 10))
-        cv2.putText(img, f"{o.class_name} {o.score:.2f}", org, cv2.FONT_HERSHEY_SIMPLEX, 0.4, col, 1, cv2.LINE_AA)
+        cv2.putText(
+            img, f"{o.class_name} {o.score:.2f}", org, cv2.FONT_HERSHEY_SIMPLEX, 0.4, col, 1, cv2.LINE_AA
+        )
     return img

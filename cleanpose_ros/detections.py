@@ -35,7 +35,9 @@ class Detections:
 
     @staticmethod
     def empty(h: int, w: int) -> Detections:
-        return Detections(np.zeros((0, h, w), bool), np.zeros((0, 4), np.int64), [], np.zeros(0, np.float32), [])
+        return Detections(
+            np.zeros((0, h, w), bool), np.zeros((0, 4), np.int64), [], np.zeros(0, np.float32), []
+        )
 
 
 def _hypothesis(det) -> tuple[str, float]:
@@ -82,8 +84,10 @@ def parse_instance_segmentation(msg, height: int, width: int, box_source: str = 
             raise DetectionError(f"{n} detections but {len(msg.masks)} masks")
         ox, oy = list(msg.mask_offset_x), list(msg.mask_offset_y)
         if len(ox) != len(oy) or (ox and len(ox) != n):
-            raise DetectionError(f"mask offsets must be empty or one per detection: {n} detections, "
-                                 f"{len(ox)} mask_offset_x, {len(oy)} mask_offset_y")
+            raise DetectionError(
+                f"mask offsets must be empty or one per detection: {n} detections, "
+                f"{len(ox)} mask_offset_x, {len(oy)} mask_offset_y"
+            )
         ox = ox or [0] * n
         oy = oy or [0] * n
         rejected = []
@@ -98,7 +102,7 @@ def parse_instance_segmentation(msg, height: int, width: int, box_source: str = 
             if x0 + mw > w or y0 + mh > h:
                 rejected.append((j, f"mask {mw}x{mh} at offset ({x0}, {y0}) does not fit the {w}x{h} image"))
                 continue
-            masks[j, y0:y0 + mh, x0:x0 + mw] = arr > 0
+            masks[j, y0 : y0 + mh, x0 : x0 + mw] = arr > 0
     elif msg.format == FORMAT_LABEL_IMAGE:
         try:
             label = mask_from_image(msg.label_image)

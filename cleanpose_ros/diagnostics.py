@@ -42,7 +42,9 @@ class NodeStats:
         with self._lock:
             self.skipped[kind] = self.skipped.get(kind, 0) + 1
 
-    def on_output(self, latency_s: float, age_s: float | None, n_objects: int, unknown: int, few: int) -> None:
+    def on_output(
+        self, latency_s: float, age_s: float | None, n_objects: int, unknown: int, few: int
+    ) -> None:
         with self._lock:
             self.processed += 1
             self._t_out.append(time.monotonic())
@@ -91,9 +93,11 @@ def gpu_memory(device) -> dict[str, str]:
         import torch
 
         if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
-            return {"gpu_memory_allocated_mb": f"{torch.cuda.memory_allocated(device) / 2**20:.1f}",
-                    "gpu_memory_reserved_mb": f"{torch.cuda.memory_reserved(device) / 2**20:.1f}",
-                    "gpu_memory_peak_mb": f"{torch.cuda.max_memory_allocated(device) / 2**20:.1f}"}
+            return {
+                "gpu_memory_allocated_mb": f"{torch.cuda.memory_allocated(device) / 2**20:.1f}",
+                "gpu_memory_reserved_mb": f"{torch.cuda.memory_reserved(device) / 2**20:.1f}",
+                "gpu_memory_peak_mb": f"{torch.cuda.max_memory_allocated(device) / 2**20:.1f}",
+            }
     except Exception:  # diagnostics must never take the node down
         pass
     return {"gpu_memory_allocated_mb": "n/a (cpu)"}
@@ -135,8 +139,13 @@ class DiagnosticsPublisher:
 
     def status(self) -> DiagnosticStatus:
         level, message, values = self._fill()
-        return DiagnosticStatus(level=level, name=self._name, message=message, hardware_id=self._hw,
-                                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        return DiagnosticStatus(
+            level=level,
+            name=self._name,
+            message=message,
+            hardware_id=self._hw,
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+        )
 
     def publish_now(self) -> None:
         if self._pub is None:

@@ -12,8 +12,16 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from cleanpose_ros.geometry_utils import BOX_EDGES, box_corners
 
-_PALETTE = [(0.12, 0.47, 0.71), (1.0, 0.50, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
-            (0.58, 0.40, 0.74), (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.50, 0.50, 0.50)]
+_PALETTE = [
+    (0.12, 0.47, 0.71),
+    (1.0, 0.50, 0.05),
+    (0.17, 0.63, 0.17),
+    (0.84, 0.15, 0.16),
+    (0.58, 0.40, 0.74),
+    (0.55, 0.34, 0.29),
+    (0.89, 0.47, 0.76),
+    (0.50, 0.50, 0.50),
+]
 
 
 def class_color(class_id: int) -> tuple[float, float, float]:
@@ -35,8 +43,9 @@ def build_markers(header, objects, axes: bool = True, lifetime_s: float = 0.0) -
     for i, o in enumerate(objects):
         r, g, b = class_color(o.class_id)
         corners = box_corners(o.rotation, o.translation, o.size)
-        box = Marker(header=header, ns=o.class_name, id=3 * i, type=Marker.LINE_LIST, action=Marker.ADD,
-                     lifetime=life)
+        box = Marker(
+            header=header, ns=o.class_name, id=3 * i, type=Marker.LINE_LIST, action=Marker.ADD, lifetime=life
+        )
         box.pose.orientation.w = 1.0
         box.scale.x = 0.004
         box.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
@@ -44,8 +53,14 @@ def build_markers(header, objects, axes: bool = True, lifetime_s: float = 0.0) -
             box.points.extend([_pt(corners[a_]), _pt(corners[b_])])
         arr.markers.append(box)
 
-        text = Marker(header=header, ns=o.class_name, id=3 * i + 1, type=Marker.TEXT_VIEW_FACING,
-                      action=Marker.ADD, lifetime=life)
+        text = Marker(
+            header=header,
+            ns=o.class_name,
+            id=3 * i + 1,
+            type=Marker.TEXT_VIEW_FACING,
+            action=Marker.ADD,
+            lifetime=life,
+        )
         # Above the box along the object's up (y) axis.
         up = np.asarray(o.rotation)[:, 1]
         p = np.asarray(o.translation) + up * (float(o.size[1]) / 2 + 0.03)
@@ -58,8 +73,14 @@ def build_markers(header, objects, axes: bool = True, lifetime_s: float = 0.0) -
         arr.markers.append(text)
 
         if axes:
-            ax = Marker(header=header, ns=o.class_name, id=3 * i + 2, type=Marker.LINE_LIST, action=Marker.ADD,
-                        lifetime=life)
+            ax = Marker(
+                header=header,
+                ns=o.class_name,
+                id=3 * i + 2,
+                type=Marker.LINE_LIST,
+                action=Marker.ADD,
+                lifetime=life,
+            )
             ax.pose.orientation.w = 1.0
             ax.scale.x = 0.004
             ax.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)

@@ -36,8 +36,15 @@ from cleanpose_ros.sync import InputSynchronizer
 NODE_NAME = "cleanpose_node"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-_RUNTIME_PIPELINE_FIELDS = ("score_threshold", "max_objects", "min_points", "min_depth", "max_depth",
-                            "class_map", "seed")
+_RUNTIME_PIPELINE_FIELDS = (
+    "score_threshold",
+    "max_objects",
+    "min_points",
+    "min_depth",
+    "max_depth",
+    "class_map",
+    "seed",
+)
 
 
 def default_checkpoint() -> Path | None:
@@ -122,8 +129,10 @@ class CleanPoseNode(LifecycleNode):
         self._worker = threading.Thread(target=self._worker_loop, name="cleanpose_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"configured: device {self._device}, dtype {self.p.dtype}, categories {self.estimator.categories}, "
-            f"tf {self._tf.backend}, diagnostics {self._diag.backend}")
+            f"configured: device {self._device}, dtype {self.p.dtype}, "
+            f"categories {self.estimator.categories}, "
+            f"tf {self._tf.backend}, diagnostics {self._diag.backend}"
+        )
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -134,22 +143,33 @@ class CleanPoseNode(LifecycleNode):
                 self.get_logger().error(f"activate failed: reloading the model: {e}")
                 return TransitionCallbackReturn.FAILURE
         qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=self.p.input_depth, durability=DurabilityPolicy.VOLATILE,
-            reliability=ReliabilityPolicy.BEST_EFFORT if self.p.input_reliability == "best_effort"
-            else ReliabilityPolicy.RELIABLE)
+            history=HistoryPolicy.KEEP_LAST,
+            depth=self.p.input_depth,
+            durability=DurabilityPolicy.VOLATILE,
+            reliability=ReliabilityPolicy.BEST_EFFORT
+            if self.p.input_reliability == "best_effort"
+            else ReliabilityPolicy.RELIABLE,
+        )
         from cleanpose_msgs.msg import InstanceSegmentation
 
         self._sync = InputSynchronizer(
-            self, [(Image, "image"), (Image, "depth"), (InstanceSegmentation, "detections")], qos,
-            self.p.sync_queue_size, self.p.sync_slop, self._on_synced)
+            self,
+            [(Image, "image"), (Image, "depth"), (InstanceSegmentation, "detections")],
+            qos,
+            self.p.sync_queue_size,
+            self.p.sync_slop,
+            self._on_synced,
+        )
         # CameraInfo is cached, not synchronized: a missing CameraInfo then gives a clear log line per frame
         # instead of a synchronizer that silently never fires.
         self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_info, qos)
         with self._cv:
             self._active = True
         self.get_logger().info(
-            f"active: subscribed to {self._sub_names()} (sync {self._sync.backend}, slop {self.p.sync_slop} s, "
-            f"queue {self.p.sync_queue_size}, QoS {self.p.input_reliability}/{self.p.input_depth})")
+            f"active: subscribed to {self._sub_names()} (sync {self._sync.backend}, "
+            f"slop {self.p.sync_slop} s, "
+            f"queue {self.p.sync_queue_size}, QoS {self.p.input_reliability}/{self.p.input_depth})"
+        )
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -204,7 +224,9 @@ class CleanPoseNode(LifecycleNode):
 
         dev = self.p.device
         if dev.startswith("cuda") and not torch.cuda.is_available():
-            self.get_logger().warning(f"device '{dev}' requested but CUDA is not available: running on the CPU")
+            self.get_logger().warning(
+                f"device '{dev}' requested but CUDA is not available: running on the CPU"
+            )
             return "cpu"
         return dev
 
@@ -215,15 +237,20 @@ class CleanPoseNode(LifecycleNode):
 
         path = self.p.checkpoint or default_checkpoint()
         if not path:
-            raise FileNotFoundError("parameter 'checkpoint' is empty and no demo checkpoint was found in "
-                                    f"{REPO_ROOT / 'models' / 'demo'}")
+            raise FileNotFoundError(
+                "parameter 'checkpoint' is empty and no demo checkpoint was found in "
+                f"{REPO_ROOT / 'models' / 'demo'}"
+            )
         if not Path(path).exists():
             raise FileNotFoundError(f"checkpoint '{path}' does not exist")
         self._device = self._resolve_device()
         t0 = time.perf_counter()
-        self.estimator = PoseEstimator.from_checkpoint(str(path), device=self._device,
-                                                       dtype=getattr(torch, _DTYPES[self.p.dtype]),
-                                                       queue_mode=self.p.queue_mode)
+        self.estimator = PoseEstimator.from_checkpoint(
+            str(path),
+            device=self._device,
+            dtype=getattr(torch, _DTYPES[self.p.dtype]),
+            queue_mode=self.p.queue_mode,
+        )
         self.pipeline = FramePipeline(self.estimator, self._pipeline_config(self.p))
         if self.p.warmup if warm is None else warm:
             self.estimator.warmup(n_objects=2)
@@ -241,9 +268,16 @@ class CleanPoseNode(LifecycleNode):
 
     @staticmethod
     def _pipeline_config(p: params.NodeParams) -> PipelineConfig:
-        return PipelineConfig(score_threshold=p.score_threshold, max_objects=p.max_objects,
-                              min_points=p.min_points, min_depth=p.min_depth, max_depth=p.max_depth,
-                              class_map=list(p.class_map), seed=p.seed, box_source=p.box_source)
+        return PipelineConfig(
+            score_threshold=p.score_threshold,
+            max_objects=p.max_objects,
+            min_points=p.min_points,
+            min_depth=p.min_depth,
+            max_depth=p.max_depth,
+            class_map=list(p.class_map),
+            seed=p.seed,
+            box_source=p.box_source,
+        )
 
     # ------------------------------------------------------------------------------------------ outputs
     def _create_outputs(self) -> None:
@@ -263,15 +297,21 @@ class CleanPoseNode(LifecycleNode):
             from vision_msgs.msg import Detection3DArray
 
             self._Detection3DArray = Detection3DArray
-            self._pubs["detections_3d"] = self.create_lifecycle_publisher(Detection3DArray, "~/detections_3d",
-                                                                          out_qos)
+            self._pubs["detections_3d"] = self.create_lifecycle_publisher(
+                Detection3DArray, "~/detections_3d", out_qos
+            )
         except ImportError:
             self.get_logger().info("vision_msgs not installed: ~/detections_3d is not published")
         self._tf = TfPublisher(self)
         if not self._tf.available:
             self.get_logger().warning("neither tf2_ros nor tf2_msgs is installed: object TF frames are off")
-        self._diag = DiagnosticsPublisher(self, f"{self.get_name()}: pose estimation", self._device,
-                                          self.p.diagnostics_period, self._diag_fill)
+        self._diag = DiagnosticsPublisher(
+            self,
+            f"{self.get_name()}: pose estimation",
+            self._device,
+            self.p.diagnostics_period,
+            self._diag_fill,
+        )
         self._ensure_tf_lookup()
 
     def _ensure_tf_lookup(self) -> None:
@@ -296,7 +336,10 @@ class CleanPoseNode(LifecycleNode):
         if not self._active:
             level, msg = DiagnosticStatus.OK, "inactive"
         elif s["inputs"] and float(s["drop_ratio"]) > 0.5:
-            level, msg = DiagnosticStatus.WARN, "more than half of the input sets are dropped (model slower than input)"
+            level, msg = (
+                DiagnosticStatus.WARN,
+                "more than half of the input sets are dropped (model slower than input)",
+            )
         elif s["skipped_bad_input"]:
             msg = f"{s['skipped_bad_input']} input sets skipped as invalid (see log)"
         return level, msg, s
@@ -354,8 +397,11 @@ class CleanPoseNode(LifecycleNode):
         if pipeline is None:
             return
         if info is None:
-            return self._skip("no_camera_info", "no CameraInfo received yet on "
-                              f"'{self._info_sub.topic_name if self._info_sub else 'camera_info'}'")
+            return self._skip(
+                "no_camera_info",
+                "no CameraInfo received yet on "
+                f"'{self._info_sub.topic_name if self._info_sub else 'camera_info'}'",
+            )
         try:
             K = conversions.camera_info_to_K(info)
             rgb = conversions.rgb_from_image(image)
@@ -364,15 +410,23 @@ class CleanPoseNode(LifecycleNode):
             return self._skip("bad_image", str(e))
         h, w = rgb.shape[:2]
         if depth.shape != (h, w):
-            return self._skip("size_mismatch", f"depth is {depth.shape[1]}x{depth.shape[0]} but the colour "
-                              f"image is {w}x{h} (depth must be registered to the colour camera)")
+            return self._skip(
+                "size_mismatch",
+                f"depth is {depth.shape[1]}x{depth.shape[0]} but the colour "
+                f"image is {w}x{h} (depth must be registered to the colour camera)",
+            )
         if info.width and info.height and (info.width, info.height) != (w, h):
-            return self._skip("info_mismatch", f"CameraInfo is {info.width}x{info.height} but the colour image "
-                              f"is {w}x{h}: the intrinsics do not belong to this image")
+            return self._skip(
+                "info_mismatch",
+                f"CameraInfo is {info.width}x{info.height} but the colour image "
+                f"is {w}x{h}: the intrinsics do not belong to this image",
+            )
         if not self._noted_distortion and conversions.has_distortion(info):
             self._noted_distortion = True
-            self.get_logger().info("CameraInfo has non-zero distortion: it is ignored (the network expects the "
-                                   "image as given; rectify upstream for best accuracy)")
+            self.get_logger().info(
+                "CameraInfo has non-zero distortion: it is ignored (the network expects the "
+                "image as given; rectify upstream for best accuracy)"
+            )
         try:
             det = parse_instance_segmentation(det_msg, h, w, self.p.box_source)
         except DetectionError as e:
@@ -382,19 +436,37 @@ class CleanPoseNode(LifecycleNode):
         res = pipeline.process(rgb, depth, K, det)
         if res.skipped_unknown_class:
             names = sorted(set(res.skipped_unknown_class))
-            self._warn("unknown_class", f"detections of unknown classes {names} ignored (add them to the "
-                       "class_map parameter as 'detector_class:category')")
+            self._warn(
+                "unknown_class",
+                f"detections of unknown classes {names} ignored (add them to the "
+                "class_map parameter as 'detector_class:category')",
+            )
         header = image.header
-        objects = [_Output(o.class_name, o.class_id, o.score, o.instance_id, o.rotation, o.translation, o.size,
-                           o.num_points) for o in res.objects]
+        objects = [
+            _Output(
+                o.class_name,
+                o.class_id,
+                o.score,
+                o.instance_id,
+                o.rotation,
+                o.translation,
+                o.size,
+                o.num_points,
+            )
+            for o in res.objects
+        ]
         cam_objects = objects
         if self.p.target_frame:
             try:
                 T = self._lookup(self.p.target_frame, header.frame_id)
             except LookupError as e:
                 return self._skip("tf", f"target_frame '{self.p.target_frame}': {e}")
-            objects = [dataclasses.replace(o, rotation=T[:3, :3] @ o.rotation,
-                                           translation=T[:3, :3] @ o.translation + T[:3, 3]) for o in objects]
+            objects = [
+                dataclasses.replace(
+                    o, rotation=T[:3, :3] @ o.rotation, translation=T[:3, :3] @ o.translation + T[:3, 3]
+                )
+                for o in objects
+            ]
             from std_msgs.msg import Header
 
             header = Header(stamp=image.header.stamp, frame_id=self.p.target_frame)
@@ -406,8 +478,13 @@ class CleanPoseNode(LifecycleNode):
             age = (now - stamp) / 1e9
         except Exception:
             pass
-        self.stats.on_output(time.monotonic() - t_arrival, age, len(objects), len(res.skipped_unknown_class),
-                             res.skipped_few_points)
+        self.stats.on_output(
+            time.monotonic() - t_arrival,
+            age,
+            len(objects),
+            len(res.skipped_unknown_class),
+            res.skipped_few_points,
+        )
 
     def _lookup(self, target: str, source: str) -> np.ndarray:
         self._ensure_tf_lookup()
@@ -421,8 +498,13 @@ class CleanPoseNode(LifecycleNode):
 
         arr = self._ObjectPoseArray(header=header)
         for o in objects:
-            op = ObjectPose(class_name=o.class_name, class_id=int(o.class_id), score=float(o.score),
-                            instance_id=o.instance_id, num_points=int(o.num_points))
+            op = ObjectPose(
+                class_name=o.class_name,
+                class_id=int(o.class_id),
+                score=float(o.score),
+                instance_id=o.instance_id,
+                num_points=int(o.num_points),
+            )
             _fill_pose(op.pose, o.rotation, o.translation)
             op.size.x, op.size.y, op.size.z = (float(v) for v in o.size)
             arr.objects.append(op)
@@ -436,8 +518,17 @@ class CleanPoseNode(LifecycleNode):
         if self.p.publish_tf and self._tf is not None and objects:
             from cleanpose_ros.tf_publisher import make_transform, object_frame
 
-            self._tf.send([make_transform(header, object_frame(self.p.tf_prefix, o.class_name, o.instance_id),
-                                          o.rotation, o.translation) for o in objects])
+            self._tf.send(
+                [
+                    make_transform(
+                        header,
+                        object_frame(self.p.tf_prefix, o.class_name, o.instance_id),
+                        o.rotation,
+                        o.translation,
+                    )
+                    for o in objects
+                ]
+            )
         if self.p.publish_debug_image:
             from cleanpose_ros.debug_image import draw_debug_image
 
@@ -473,8 +564,9 @@ class CleanPoseNode(LifecycleNode):
             cats = self.estimator.categories if self.estimator is not None else None
             if cats is not None:
                 ClassMap(cats, new.class_map)
-            if self.pipeline is not None and any(getattr(new, f) != getattr(self.p, f)
-                                                 for f in _RUNTIME_PIPELINE_FIELDS):
+            if self.pipeline is not None and any(
+                getattr(new, f) != getattr(self.p, f) for f in _RUNTIME_PIPELINE_FIELDS
+            ):
                 self.pipeline.update_config(self._pipeline_config(new))
         except ValueError as e:
             return SetParametersResult(successful=False, reason=str(e))
@@ -501,7 +593,9 @@ def main(args=None) -> int:
         if node.p.autostart:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 # Keep running: a lifecycle manager (or `ros2 lifecycle set`) may configure it again.
-                node.get_logger().error("autostart: configure failed (reason above); the node stays unconfigured")
+                node.get_logger().error(
+                    "autostart: configure failed (reason above); the node stays unconfigured"
+                )
             else:
                 node.trigger_activate()
         executor.spin()

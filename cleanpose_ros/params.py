@@ -10,7 +10,7 @@ from typing import Any
 from cleanpose_ros.class_map import DEFAULT_CLASS_MAP
 
 
-def _p(default, desc: str, *, read_only: bool = False, range=None, choices=None, **kw):  # noqa: A002
+def _p(default, desc: str, *, read_only: bool = False, range=None, choices=None, **kw):
     meta = {"desc": desc, "read_only": read_only, "range": range, "choices": choices}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta, **kw)
@@ -20,52 +20,99 @@ def _p(default, desc: str, *, read_only: bool = False, range=None, choices=None,
 @dataclass
 class NodeParams:
     # --- model (restart needed) ---
-    checkpoint: str = _p("", "Checkpoint path (.safetensors, our format). Empty: the demo checkpoint "
-                         "models/demo/ of this package.", read_only=True)
-    device: str = _p("cuda", "Torch device: 'cuda', 'cuda:N' or 'cpu'. Falls back to cpu with a warning when "
-                     "CUDA is unavailable.", read_only=True)
+    checkpoint: str = _p(
+        "",
+        "Checkpoint path (.safetensors, our format). Empty: the demo checkpoint "
+        "models/demo/ of this package.",
+        read_only=True,
+    )
+    device: str = _p(
+        "cuda",
+        "Torch device: 'cuda', 'cuda:N' or 'cpu'. Falls back to cpu with a warning when CUDA is unavailable.",
+        read_only=True,
+    )
     dtype: str = _p("float32", "Inference dtype.", read_only=True, choices=("float32", "float16", "bfloat16"))
-    queue_mode: str = _p("deterministic", "CleanPose confounder-queue selection: 'deterministic' (same input, "
-                         "same pose) or 'random' (published behaviour).", read_only=True,
-                         choices=("deterministic", "random"))
+    queue_mode: str = _p(
+        "deterministic",
+        "CleanPose confounder-queue selection: 'deterministic' (same input, "
+        "same pose) or 'random' (published behaviour).",
+        read_only=True,
+        choices=("deterministic", "random"),
+    )
     warmup: bool = _p(True, "Run one forward at configure so the first frame is not slow.", read_only=True)
     # --- inputs / sync (restart needed) ---
-    sync_slop: float = _p(0.05, "Approximate-time sync: max stamp spread (s) of image, depth and detections.",
-                          read_only=True, range=(0.0, 10.0))
-    sync_queue_size: int = _p(10, "Approximate-time sync queue length per input.", read_only=True,
-                              range=(1, 1000))
-    input_reliability: str = _p("best_effort", "Input QoS reliability. The default with input_depth 5 is the "
-                                "sensor-data profile; 'reliable' for reliable-only publishers.",
-                                read_only=True, choices=("best_effort", "reliable"))
+    sync_slop: float = _p(
+        0.05,
+        "Approximate-time sync: max stamp spread (s) of image, depth and detections.",
+        read_only=True,
+        range=(0.0, 10.0),
+    )
+    sync_queue_size: int = _p(
+        10, "Approximate-time sync queue length per input.", read_only=True, range=(1, 1000)
+    )
+    input_reliability: str = _p(
+        "best_effort",
+        "Input QoS reliability. The default with input_depth 5 is the "
+        "sensor-data profile; 'reliable' for reliable-only publishers.",
+        read_only=True,
+        choices=("best_effort", "reliable"),
+    )
     input_depth: int = _p(5, "Input QoS history depth.", read_only=True, range=(1, 1000))
-    box_source: str = _p("mask", "Crop box of each detection: 'mask' (mask extent, as the NOCS pipeline) or "
-                         "'detection' (Detection2D bbox, mask extent when empty).", read_only=True,
-                         choices=("mask", "detection"))
-    autostart: bool = _p(True, "Configure and activate on start-up (plain launches without a lifecycle "
-                         "manager).", read_only=True)
-    free_gpu_on_deactivate: bool = _p(False, "On deactivate, move the model to the CPU and release cached "
-                                      "GPU memory (it moves back on activate).", read_only=True)
-    diagnostics_period: float = _p(1.0, "Seconds between /diagnostics messages.", read_only=True,
-                                   range=(0.1, 60.0))
+    box_source: str = _p(
+        "mask",
+        "Crop box of each detection: 'mask' (mask extent, as the NOCS pipeline) or "
+        "'detection' (Detection2D bbox, mask extent when empty).",
+        read_only=True,
+        choices=("mask", "detection"),
+    )
+    autostart: bool = _p(
+        True,
+        "Configure and activate on start-up (plain launches without a lifecycle manager).",
+        read_only=True,
+    )
+    free_gpu_on_deactivate: bool = _p(
+        False,
+        "On deactivate, move the model to the CPU and release cached GPU memory (it moves back on activate).",
+        read_only=True,
+    )
+    diagnostics_period: float = _p(
+        1.0, "Seconds between /diagnostics messages.", read_only=True, range=(0.1, 60.0)
+    )
     # --- processing (run time) ---
     score_threshold: float = _p(0.0, "Detections below this score are ignored.", range=(0.0, 1.0))
     max_objects: int = _p(20, "At most this many objects per frame (highest scores first).", range=(1, 200))
-    min_points: int = _p(16, "Objects need MORE than this many valid depth pixels in their crop (protocol: 16).",
-                         range=(0, 1024))
-    min_depth: float = _p(0.0, "Depth below this (m) is treated as invalid; 0 = no bound.", range=(0.0, 100.0))
-    max_depth: float = _p(0.0, "Depth above this (m) is treated as invalid; 0 = no bound.", range=(0.0, 100.0))
-    class_map: list = _p(list(DEFAULT_CLASS_MAP), "Detector class -> model category, 'detector_class:category' "
-                         "entries (case-insensitive). Model category names always map to themselves.")
-    seed: int = _p(0, "Seed of the per-frame point sampling (fixed: the same frame gives the same pose).",
-                   range=(0, 2**31 - 1))
+    min_points: int = _p(
+        16,
+        "Objects need MORE than this many valid depth pixels in their crop (protocol: 16).",
+        range=(0, 1024),
+    )
+    min_depth: float = _p(
+        0.0, "Depth below this (m) is treated as invalid; 0 = no bound.", range=(0.0, 100.0)
+    )
+    max_depth: float = _p(
+        0.0, "Depth above this (m) is treated as invalid; 0 = no bound.", range=(0.0, 100.0)
+    )
+    class_map: list = _p(  # noqa: RUF009 - _p returns a dataclasses.field
+        list(DEFAULT_CLASS_MAP),
+        "Detector class -> model category, 'detector_class:category' "
+        "entries (case-insensitive). Model category names always map to themselves.",
+    )
+    seed: int = _p(
+        0,
+        "Seed of the per-frame point sampling (fixed: the same frame gives the same pose).",
+        range=(0, 2**31 - 1),
+    )
     # --- outputs (run time) ---
     publish_tf: bool = _p(True, "Broadcast one TF frame per object.")
     tf_prefix: str = _p("cleanpose_", "Object TF frame name = <tf_prefix><class>_<instance id>.")
     publish_markers: bool = _p(True, "Publish ~/markers (DELETEALL, boxes, labels).")
     marker_axes: bool = _p(True, "Add an RGB axes marker per object.")
     publish_debug_image: bool = _p(False, "Publish ~/debug_image (projected boxes and axes over the RGB).")
-    target_frame: str = _p("", "When set, outputs are transformed into this frame through TF (latest "
-                           "transform); empty: the image's optical frame.")
+    target_frame: str = _p(
+        "",
+        "When set, outputs are transformed into this frame through TF (latest "
+        "transform); empty: the image's optical frame.",
+    )
     log_throttle: float = _p(5.0, "Seconds between repeats of the same warning.", range=(0.0, 3600.0))
 
     @classmethod

@@ -62,14 +62,16 @@ class FramePipeline:
         self.class_map = ClassMap(estimator.categories, self.cfg.class_map)
 
     @classmethod
-    def from_checkpoint(cls, path, device="cpu", dtype=None, queue_mode="deterministic",
-                        cfg: PipelineConfig | None = None) -> FramePipeline:
+    def from_checkpoint(
+        cls, path, device="cpu", dtype=None, queue_mode="deterministic", cfg: PipelineConfig | None = None
+    ) -> FramePipeline:
         import torch
 
         from cleanpose_model.inference import PoseEstimator
 
-        est = PoseEstimator.from_checkpoint(path, device=device, dtype=dtype or torch.float32,
-                                            queue_mode=queue_mode)
+        est = PoseEstimator.from_checkpoint(
+            path, device=device, dtype=dtype or torch.float32, queue_mode=queue_mode
+        )
         return cls(est, cfg)
 
     def update_config(self, cfg: PipelineConfig) -> None:
@@ -119,8 +121,14 @@ class FramePipeline:
         idx, cats, res = self.select(det)
         depth = self.prepare_depth(depth_m)
         objs = build_object_inputs_np(
-            rgb, depth, K, det.masks[idx], det.boxes[idx], cats,
-            rng=np.random.default_rng(self.cfg.seed), n_points=self.cfg.n_points,
+            rgb,
+            depth,
+            K,
+            det.masks[idx],
+            det.boxes[idx],
+            cats,
+            rng=np.random.default_rng(self.cfg.seed),
+            n_points=self.cfg.n_points,
             min_points=self.cfg.min_points,
         )
         res.skipped_few_points = len(idx) - len(objs)
@@ -135,11 +143,17 @@ class FramePipeline:
         for i, k in enumerate(objs.kept):
             j = idx[int(k)]
             cat = int(objs.category[i])
-            res.objects.append(ObjectResult(
-                class_name=self.class_map.name(cat), class_id=cat, score=float(det.scores[j]),
-                instance_id=det.instance_ids[j], detection_index=j,
-                rotation=out["rotation"][i].astype(np.float64),
-                translation=out["translation"][i].astype(np.float64),
-                size=out["size"][i].astype(np.float64), num_points=int(objs.num_points[i]),
-            ))
+            res.objects.append(
+                ObjectResult(
+                    class_name=self.class_map.name(cat),
+                    class_id=cat,
+                    score=float(det.scores[j]),
+                    instance_id=det.instance_ids[j],
+                    detection_index=j,
+                    rotation=out["rotation"][i].astype(np.float64),
+                    translation=out["translation"][i].astype(np.float64),
+                    size=out["size"][i].astype(np.float64),
+                    num_points=int(objs.num_points[i]),
+                )
+            )
         return res

@@ -29,12 +29,12 @@ class _ApproxSync:
 
     def __init__(self, n_inputs: int, queue_size: int, slop: float):
         self.queue_size = int(queue_size)
-        self.slop_ns = int(round(slop * 1e9))
+        self.slop_ns = round(slop * 1e9)
         self.queues: list[dict[int, object]] = [{} for _ in range(n_inputs)]
         self.callbacks: list[Callable] = []
         self.lock = threading.Lock()
 
-    def registerCallback(self, cb: Callable) -> None:  # noqa: N802 - message_filters' name
+    def registerCallback(self, cb: Callable) -> None:
         self.callbacks.append(cb)
 
     def add(self, msg, index: int) -> None:
@@ -78,8 +78,17 @@ class InputSynchronizer:
     """Subscribes `topics` (list of (msg_type, topic)) with `qos` and calls `callback(*msgs)` for each
     approximately synchronized set. `close()` destroys the subscriptions (lifecycle deactivate)."""
 
-    def __init__(self, node, topics: Sequence[tuple[type, str]], qos, queue_size: int, slop: float,
-                 callback: Callable, use_message_filters: bool | None = None, callback_group=None):
+    def __init__(
+        self,
+        node,
+        topics: Sequence[tuple[type, str]],
+        qos,
+        queue_size: int,
+        slop: float,
+        callback: Callable,
+        use_message_filters: bool | None = None,
+        callback_group=None,
+    ):
         self._node = node
         self._subs = []
         use_mf = (_mf is not None) if use_message_filters is None else use_message_filters
@@ -95,8 +104,11 @@ class InputSynchronizer:
             self._sync = _ApproxSync(len(topics), queue_size, slop)
             self._sync.registerCallback(callback)
             for i, (t, name) in enumerate(topics):
-                self._subs.append(node.create_subscription(
-                    t, name, lambda m, i=i: self._sync.add(m, i), qos, callback_group=callback_group))
+                self._subs.append(
+                    node.create_subscription(
+                        t, name, lambda m, i=i: self._sync.add(m, i), qos, callback_group=callback_group
+                    )
+                )
 
     @property
     def subscriptions(self):

@@ -40,10 +40,13 @@ class TfLookup:
             self._lock = threading.Lock()
             self._edges: dict[str, tuple[str, np.ndarray]] = {}  # child -> (parent, T_parent_child)
             dyn = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-            static = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
-            self._subs = [node.create_subscription(TFMessage, "/tf", self._on_tf, dyn),
-                          node.create_subscription(TFMessage, "/tf_static", self._on_tf, static)]
+            static = QoSProfile(
+                depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+            )
+            self._subs = [
+                node.create_subscription(TFMessage, "/tf", self._on_tf, dyn),
+                node.create_subscription(TFMessage, "/tf_static", self._on_tf, static),
+            ]
 
     def _on_tf(self, msg) -> None:
         with self._lock:
@@ -83,8 +86,10 @@ class TfLookup:
             if frame in up_t:
                 return np.linalg.inv(up_t[frame]) @ T_frame_source
         known = sorted(set(self._edges) | {p for p, _ in self._edges.values()})
-        raise TfLookupError(f"no transform {source} -> {target} on /tf, /tf_static (known frames: "
-                            f"{', '.join(known[:20]) or 'none'})")
+        raise TfLookupError(
+            f"no transform {source} -> {target} on /tf, /tf_static (known frames: "
+            f"{', '.join(known[:20]) or 'none'})"
+        )
 
     def close(self) -> None:
         for s in self._subs:

@@ -44,8 +44,9 @@ class TfPublisher:
                 from tf2_msgs.msg import TFMessage
 
                 self._msg = TFMessage
-                self._pub = node.create_publisher(TFMessage, "/tf",
-                                                  QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+                self._pub = node.create_publisher(
+                    TFMessage, "/tf", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+                )
                 self.backend = "tf2_msgs"
             except ImportError:
                 self.available = False

@@ -9,10 +9,11 @@ with autostart:=false a lifecycle manager (or `ros2 lifecycle set`) drives it.
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
+
+from launch import LaunchDescription
 
 
 def _nodes(context):
@@ -44,8 +45,16 @@ def _nodes(context):
     ]
     if use_rviz:
         rviz_cfg = os.path.join(get_package_share_directory("cleanpose_ros"), "rviz", "cleanpose.rviz")
-        actions.append(Node(package="rviz2", executable="rviz2", name="cleanpose_rviz", namespace=arg("namespace"),
-                            arguments=["-d", rviz_cfg], output="screen"))
+        actions.append(
+            Node(
+                package="rviz2",
+                executable="rviz2",
+                name="cleanpose_rviz",
+                namespace=arg("namespace"),
+                arguments=["-d", rviz_cfg],
+                output="screen",
+            )
+        )
     return actions
 
 
@@ -53,21 +62,43 @@ def generate_launch_description():
     share = get_package_share_directory("cleanpose_ros")
     args = [
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),
-        DeclareLaunchArgument("image", default_value="/camera/color/image_raw", description="Colour image topic"),
-        DeclareLaunchArgument("depth", default_value="/camera/aligned_depth_to_color/image_raw",
-                              description="Depth registered to the colour camera (16UC1 mm or 32FC1 m)"),
-        DeclareLaunchArgument("camera_info", default_value="/camera/color/camera_info",
-                              description="CameraInfo of the colour camera"),
-        DeclareLaunchArgument("detections", default_value="/detections",
-                              description="cleanpose_msgs/InstanceSegmentation topic"),
-        DeclareLaunchArgument("checkpoint", default_value="",
-                              description="Checkpoint (.safetensors); empty: params file / shipped demo model"),
-        DeclareLaunchArgument("device", default_value="", description="cuda | cuda:N | cpu; empty: params file"),
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "cleanpose.yaml"),
-                              description="Parameters file"),
-        DeclareLaunchArgument("use_rviz", default_value="false", description="Start RViz with rviz/cleanpose.rviz"),
+        DeclareLaunchArgument(
+            "image", default_value="/camera/color/image_raw", description="Colour image topic"
+        ),
+        DeclareLaunchArgument(
+            "depth",
+            default_value="/camera/aligned_depth_to_color/image_raw",
+            description="Depth registered to the colour camera (16UC1 mm or 32FC1 m)",
+        ),
+        DeclareLaunchArgument(
+            "camera_info",
+            default_value="/camera/color/camera_info",
+            description="CameraInfo of the colour camera",
+        ),
+        DeclareLaunchArgument(
+            "detections", default_value="/detections", description="cleanpose_msgs/InstanceSegmentation topic"
+        ),
+        DeclareLaunchArgument(
+            "checkpoint",
+            default_value="",
+            description="Checkpoint (.safetensors); empty: params file / shipped demo model",
+        ),
+        DeclareLaunchArgument(
+            "device", default_value="", description="cuda | cuda:N | cpu; empty: params file"
+        ),
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=os.path.join(share, "config", "cleanpose.yaml"),
+            description="Parameters file",
+        ),
+        DeclareLaunchArgument(
+            "use_rviz", default_value="false", description="Start RViz with rviz/cleanpose.rviz"
+        ),
         DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),
-        DeclareLaunchArgument("autostart", default_value="true",
-                              description="Configure + activate on start (false: leave it to a lifecycle manager)"),
+        DeclareLaunchArgument(
+            "autostart",
+            default_value="true",
+            description="Configure + activate on start (false: leave it to a lifecycle manager)",
+        ),
     ]
     return LaunchDescription([*args, OpaqueFunction(function=_nodes)])

@@ -93,8 +93,9 @@ def test_remap_choose_floor():
 def test_numpy_path_equals_protocol_reference():
     rgb, depth_mm, masks, boxes = _scene()
     cats = np.array([5, 0, 1, 3])
-    objs = build_object_inputs_np(rgb, depth_mm.astype(np.float64) / 1000.0, K_REAL, masks, boxes, cats,
-                                  rng=np.random.RandomState(7))
+    objs = build_object_inputs_np(
+        rgb, depth_mm.astype(np.float64) / 1000.0, K_REAL, masks, boxes, cats, rng=np.random.RandomState(7)
+    )
     assert objs.kept.tolist() == [0, 1, 3]  # object 2 has 9 valid pixels at most
     rs = np.random.RandomState(7)
     for i, j in enumerate(objs.kept):
@@ -117,8 +118,9 @@ def test_sampling_replacement_rules():
         block = np.zeros(40 * 40, bool)
         block[:n_valid] = True
         mask[0, 20:60, 20:60] = block.reshape(40, 40)
-        objs = build_object_inputs_np(rgb, depth, K, mask, [mask_to_box(mask[0])], [0],
-                                      rng=np.random.default_rng(0))
+        objs = build_object_inputs_np(
+            rgb, depth, K, mask, [mask_to_box(mask[0])], [0], rng=np.random.default_rng(0)
+        )
         n_unique = len(np.unique(objs.pts[0], axis=0))
         assert objs.num_points[0] == n_valid
         if n_valid > 1024:
@@ -138,8 +140,9 @@ def test_invalid_depth_never_becomes_a_point():
     depth[:, 40:60] = np.inf
     depth[:, 60:70] = -1.0
     mask = np.ones((1, h, w), bool)
-    objs = build_object_inputs_np(rgb, depth, np.array([[100.0, 0, 80], [0, 100, 60], [0, 0, 1]]), mask,
-                                  [(0, 0, h, w)], [0])
+    objs = build_object_inputs_np(
+        rgb, depth, np.array([[100.0, 0, 80], [0, 100, 60], [0, 0, 1]]), mask, [(0, 0, h, w)], [0]
+    )
     assert np.isfinite(objs.pts).all() and (objs.pts[..., 2] == np.float32(0.8)).all()
 
 
@@ -168,8 +171,14 @@ def test_torch_path_matches_numpy_path():
     cats = np.array([0, 1, 2, 3])
     ref = build_object_inputs_np(rgb, d, K_REAL, masks, boxes, cats, rng=np.random.default_rng(1))
     batch, kept, nums, wins = build_object_inputs_torch(
-        torch.from_numpy(rgb), torch.from_numpy(d), K_REAL, torch.from_numpy(masks), boxes, cats,
-        rng=np.random.default_rng(1))
+        torch.from_numpy(rgb),
+        torch.from_numpy(d),
+        K_REAL,
+        torch.from_numpy(masks),
+        boxes,
+        cats,
+        rng=np.random.default_rng(1),
+    )
     assert kept.tolist() == ref.kept.tolist() and nums.tolist() == ref.num_points.tolist()
     np.testing.assert_array_equal(wins, ref.windows)
     np.testing.assert_array_equal(batch.pts.numpy(), ref.pts)

@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 try:
     import cleanpose_msgs.msg  # noqa: F401
     import vision_msgs.msg  # noqa: F401
+
     HAVE_IFACES = True
 except ImportError:
     HAVE_IFACES = False
@@ -16,7 +17,9 @@ except ImportError:
 def pytest_collection_modifyitems(config, items):
     if HAVE_IFACES:
         return
-    skip = pytest.mark.skip(reason="interface packages not built: run scripts/setup.sh and source scripts/env.sh")
+    skip = pytest.mark.skip(
+        reason="interface packages not built: run scripts/setup.sh and source scripts/env.sh"
+    )
     for it in items:
         if "cleanpose_ros" in str(it.fspath):
             it.add_marker(skip)

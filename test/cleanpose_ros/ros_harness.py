@@ -74,8 +74,16 @@ def info_msg(K: np.ndarray, width: int, height: int, ns: int = 0, frame_id: str 
     return m
 
 
-def detections_msg(masks, class_ids, ns: int, scores=None, ids=None, boxes=None, frame_id: str = FRAME_ID,
-                   label_image: bool = False):
+def detections_msg(
+    masks,
+    class_ids,
+    ns: int,
+    scores=None,
+    ids=None,
+    boxes=None,
+    frame_id: str = FRAME_ID,
+    label_image: bool = False,
+):
     """InstanceSegmentation with full-size mono8 masks (or one label image)."""
     from cleanpose_msgs.msg import InstanceSegmentation
     from vision_msgs.msg import Detection2D, ObjectHypothesisWithPose
@@ -117,16 +125,23 @@ def frame_messages(fr, ns: int, depth_encoding: str = "16UC1"):
         dep = image_msg(fr.depth_mm, "16UC1", ns)
     else:
         dep = image_msg(fr.depth_mm.astype(np.float32) / 1000.0, "32FC1", ns)
-    det = detections_msg(fr.masks, [NOCS_CATEGORIES[c] for c in fr.category_ids], ns,
-                         ids=[int(i) for i in fr.instance_ids])
+    det = detections_msg(
+        fr.masks, [NOCS_CATEGORIES[c] for c in fr.category_ids], ns, ids=[int(i) for i in fr.instance_ids]
+    )
     return img, dep, det
 
 
 class NodeProcess:
     """cleanpose_node as its own OS process (as on a robot)."""
 
-    def __init__(self, params: dict, domain_id: int, log_path: Path, name: str = "cleanpose_node",
-                 remaps: dict | None = None):
+    def __init__(
+        self,
+        params: dict,
+        domain_id: int,
+        log_path: Path,
+        name: str = "cleanpose_node",
+        remaps: dict | None = None,
+    ):
         cmd = [sys.executable, "-m", "cleanpose_ros.node", "--ros-args", "-r", f"__node:={name}"]
         for k, v in params.items():
             if isinstance(v, bool):
@@ -136,8 +151,13 @@ class NodeProcess:
             cmd += ["-p", f"{k}:={v}"]
         for k, v in (remaps or {}).items():
             cmd += ["-r", f"{k}:={v}"]
-        env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1",
-                   RCUTILS_COLORIZED_OUTPUT="0", OMP_NUM_THREADS="1")
+        env = dict(
+            os.environ,
+            ROS_DOMAIN_ID=str(domain_id),
+            PYTHONUNBUFFERED="1",
+            RCUTILS_COLORIZED_OUTPUT="0",
+            OMP_NUM_THREADS="1",
+        )
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
@@ -190,15 +210,24 @@ class Client:
         self.pub_info = self.node.create_publisher(CameraInfo, "camera_info", rel)
         self.pub_det = self.node.create_publisher(InstanceSegmentation, "detections", rel)
         self.pub_tf_static = self.node.create_publisher(
-            TFMessage, "/tf_static", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                                                durability=DurabilityPolicy.TRANSIENT_LOCAL))
+            TFMessage,
+            "/tf_static",
+            QoSProfile(
+                depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+            ),
+        )
         self.lock = threading.Lock()
-        self.received: dict[str, list] = {k: [] for k in ("poses", "detections_3d", "markers", "debug_image",
-                                                           "tf", "diagnostics")}
+        self.received: dict[str, list] = {
+            k: [] for k in ("poses", "detections_3d", "markers", "debug_image", "tf", "diagnostics")
+        }
         base = f"/{node_name}"
-        subs = {"poses": (ObjectPoseArray, f"{base}/poses"), "markers": (MarkerArray, f"{base}/markers"),
-                "debug_image": (Image, f"{base}/debug_image"), "tf": (TFMessage, "/tf"),
-                "diagnostics": (DiagnosticArray, "/diagnostics")}
+        subs = {
+            "poses": (ObjectPoseArray, f"{base}/poses"),
+            "markers": (MarkerArray, f"{base}/markers"),
+            "debug_image": (Image, f"{base}/debug_image"),
+            "tf": (TFMessage, "/tf"),
+            "diagnostics": (DiagnosticArray, "/diagnostics"),
+        }
         try:
             from vision_msgs.msg import Detection3DArray
 
@@ -244,9 +273,15 @@ class Client:
 
     def wait_connected(self, timeout: float, node: NodeProcess | None = None) -> None:
         pubs = (self.pub_image, self.pub_depth, self.pub_det, self.pub_info)
-        self.wait(lambda: all(p.get_subscription_count() > 0 for p in pubs)
-                  and self.node.count_publishers(f"/{self.node_name}/poses") > 0,
-                  timeout, "the node's subscriptions", node)
+        self.wait(
+            lambda: (
+                all(p.get_subscription_count() > 0 for p in pubs)
+                and self.node.count_publishers(f"/{self.node_name}/poses") > 0
+            ),
+            timeout,
+            "the node's subscriptions",
+            node,
+        )
 
     def output_for(self, ns: int, key: str = "poses"):
         with self.lock:

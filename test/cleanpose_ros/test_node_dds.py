@@ -21,9 +21,18 @@ def frames():
 @pytest.fixture(scope="module")
 def graph(checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "node.log"
-    node = H.NodeProcess({"checkpoint": str(checkpoint), "device": "cpu", "warmup": False,
-                          "input_reliability": "reliable", "publish_debug_image": True,
-                          "diagnostics_period": 0.5}, DOMAIN, log)
+    node = H.NodeProcess(
+        {
+            "checkpoint": str(checkpoint),
+            "device": "cpu",
+            "warmup": False,
+            "input_reliability": "reliable",
+            "publish_debug_image": True,
+            "diagnostics_period": 0.5,
+        },
+        DOMAIN,
+        log,
+    )
     client = H.Client(DOMAIN)
     try:
         client.wait_connected(90, node)
@@ -65,8 +74,9 @@ def test_outputs_headers_frames_markers_tf_and_parity(graph, frames, checkpoint,
 
     # The ROS path adds no error: the same inputs through the model API in this process.
     pipe = FramePipeline.from_checkpoint(str(checkpoint), device="cpu")
-    ref = pipe.process(conversions.rgb_from_image(img), conversions.depth_from_image(dep),
-                       np.asarray(fr.K), det)
+    ref = pipe.process(
+        conversions.rgb_from_image(img), conversions.depth_from_image(dep), np.asarray(fr.K), det
+    )
     assert len(ref.objects) == n
     for o, r in zip(out.objects, ref.objects):
         R, t = _pose(o)
@@ -83,8 +93,13 @@ def test_outputs_headers_frames_markers_tf_and_parity(graph, frames, checkpoint,
         assert (d.bbox.size.x, d.bbox.size.y, d.bbox.size.z) == (o.size.x, o.size.y, o.size.z)
         assert d.results[0].hypothesis.class_id == o.class_name and d.id == o.instance_id
 
-    mk = client.wait(lambda: next((m for m in client.get("markers")
-                                   if m.markers and H.stamp_ns(m.markers[0].header) == ns), None), 10, "markers")
+    mk = client.wait(
+        lambda: next(
+            (m for m in client.get("markers") if m.markers and H.stamp_ns(m.markers[0].header) == ns), None
+        ),
+        10,
+        "markers",
+    )
     assert mk.markers[0].action == Marker.DELETEALL
     body = mk.markers[1:]
     assert len(body) == 3 * n and all(m.header.frame_id == H.FRAME_ID for m in body)
@@ -102,7 +117,10 @@ def test_outputs_headers_frames_markers_tf_and_parity(graph, frames, checkpoint,
     assert children == [f"cleanpose_{o.class_name}_{o.instance_id}" for o in out.objects]
     assert all(t.header.frame_id == H.FRAME_ID for t in tfm.transforms)
     for t, o in zip(tfm.transforms, out.objects):
-        assert (t.transform.translation.x, t.transform.translation.z) == (o.pose.position.x, o.pose.position.z)
+        assert (t.transform.translation.x, t.transform.translation.z) == (
+            o.pose.position.x,
+            o.pose.position.z,
+        )
 
     dbg = client.wait(lambda: client.output_for(ns, "debug_image"), 10, "~/debug_image", node)
     arr = conversions.rgb_from_image(dbg)
@@ -111,10 +129,17 @@ def test_outputs_headers_frames_markers_tf_and_parity(graph, frames, checkpoint,
 
     cv2.imwrite(str(tmp_path / "debug.png"), arr[:, :, ::-1])
 
-    diag = client.wait(lambda: (d := client.diagnostics()) and int(d.get("processed", 0)) >= 1 and d, 10,
-                       "diagnostics")
-    for key in ("input_rate_hz", "output_rate_hz", "latency_ms_mean", "dropped", "gpu_memory_allocated_mb",
-                "rss_mb"):
+    diag = client.wait(
+        lambda: (d := client.diagnostics()) and int(d.get("processed", 0)) >= 1 and d, 10, "diagnostics"
+    )
+    for key in (
+        "input_rate_hz",
+        "output_rate_hz",
+        "latency_ms_mean",
+        "dropped",
+        "gpu_memory_allocated_mb",
+        "rss_mb",
+    ):
         assert key in diag
 
 
@@ -134,7 +159,7 @@ def test_runtime_parameters_are_validated(graph, frames):
     assert client.set_params(score_threshold=0.95)[0].successful
     ns = 1_700_000_001_000_000_000
     _send(client, frames[1], ns)
-    out = client.wait(lambda: client.output_for(ns), 60, "~/poses", node)
+    out = client.wait(lambda ns=ns: client.output_for(ns), 60, "~/poses", node)
     assert out.objects == []  # an empty array is still published
     d3 = client.wait(lambda: client.output_for(ns, "detections_3d"), 10, "~/detections_3d", node)
     assert d3.detections == []
@@ -192,7 +217,7 @@ def test_target_frame_transforms_outputs(graph, frames):
         for _ in range(3):  # the static transform may reach the node's listener after the first frame
             _send(client, fr, ns)
             try:
-                out = client.wait(lambda: client.output_for(ns), 60, "~/poses in target frame", node)
+                out = client.wait(lambda ns=ns: client.output_for(ns), 60, "~/poses in target frame", node)
                 deadline_ok = True
                 break
             except AssertionError:

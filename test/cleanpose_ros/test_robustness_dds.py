@@ -24,15 +24,28 @@ def _good(ns, classes=("mug",), mask=None, depth=None):
         m[:, 40:80, 60:100] = True
     else:
         m[:] = mask
-    return [H.image_msg(rgb, "rgb8", ns), H.image_msg(depth, "16UC1", ns), H.detections_msg(m, list(classes), ns)]
+    return [
+        H.image_msg(rgb, "rgb8", ns),
+        H.image_msg(depth, "16UC1", ns),
+        H.detections_msg(m, list(classes), ns),
+    ]
 
 
 @pytest.fixture(scope="module")
 def graph(checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "node.log"
-    node = H.NodeProcess({"checkpoint": str(checkpoint), "device": "cpu", "warmup": False,
-                          "input_reliability": "reliable", "diagnostics_period": 0.5, "log_throttle": 0.0},
-                         DOMAIN, log)
+    node = H.NodeProcess(
+        {
+            "checkpoint": str(checkpoint),
+            "device": "cpu",
+            "warmup": False,
+            "input_reliability": "reliable",
+            "diagnostics_period": 0.5,
+            "log_throttle": 0.0,
+        },
+        DOMAIN,
+        log,
+    )
     client = H.Client(DOMAIN)
     try:
         client.wait_connected(90, node)
@@ -78,26 +91,38 @@ def test_each_bad_input_is_skipped_and_the_next_good_frame_answered(graph):
     # 2. wrong colour encoding
     bad_then_good(lambda m: setattr(m[0], "encoding", "yuv422"))
     # 3. depth with a colour encoding
-    bad_then_good(lambda m: m.__setitem__(1, H.image_msg(np.zeros((Hh, W, 3), np.uint8), "rgb8",
-                                                          H.stamp_ns(m[0].header))))
+    bad_then_good(
+        lambda m: m.__setitem__(
+            1, H.image_msg(np.zeros((Hh, W, 3), np.uint8), "rgb8", H.stamp_ns(m[0].header))
+        )
+    )
     # 4. truncated image data
     bad_then_good(lambda m: setattr(m[0], "data", bytes(100)))
     # 5. depth size differs from the colour image
-    bad_then_good(lambda m: m.__setitem__(1, H.image_msg(np.full((60, 80), 600, np.uint16), "16UC1",
-                                                          H.stamp_ns(m[0].header))))
+    bad_then_good(
+        lambda m: m.__setitem__(
+            1, H.image_msg(np.full((60, 80), 600, np.uint16), "16UC1", H.stamp_ns(m[0].header))
+        )
+    )
     # 6. mismatched array lengths in the detection message
     bad_then_good(lambda m: setattr(m[2], "masks", []))
     # 7. mask of the wrong size
-    bad_then_good(lambda m: m[2].masks.__setitem__(0, H.image_msg(np.ones((200, 200), np.uint8), "mono8", 0)),
-                  answered_empty=True)
+    bad_then_good(
+        lambda m: m[2].masks.__setitem__(0, H.image_msg(np.ones((200, 200), np.uint8), "mono8", 0)),
+        answered_empty=True,
+    )
     # 8. all-zero mask
-    bad_then_good(lambda m: m[2].masks.__setitem__(0, H.image_msg(np.zeros((Hh, W), np.uint8), "mono8", 0)),
-                  answered_empty=True)
+    bad_then_good(
+        lambda m: m[2].masks.__setitem__(0, H.image_msg(np.zeros((Hh, W), np.uint8), "mono8", 0)),
+        answered_empty=True,
+    )
+
     # 9. NaN / inf depth everywhere (32FC1): the object has no valid points
     def nan_depth(m):
         d = np.full((Hh, W), np.nan, np.float32)
         d[::2] = np.inf
         m[1] = H.image_msg(d, "32FC1", H.stamp_ns(m[0].header))
+
     bad_then_good(nan_depth, answered_empty=True)
     # 10. unknown class only
     assert _answered(client, node, _good(next(it), ("giraffe",))).objects == []
@@ -110,12 +135,25 @@ def test_each_bad_input_is_skipped_and_the_next_good_frame_answered(graph):
     assert out.objects[0].num_points == 40 * 40
 
     log = node.log()
-    for needle in ("no CameraInfo", "yuv422", "depth encoding 'rgb8'", "expected step*height",
-                   "depth is 80x60", "1 detections but 0 masks", "does not fit", "empty mask",
-                   "unknown classes ['giraffe']", "CameraInfo is 640x480"):
+    for needle in (
+        "no CameraInfo",
+        "yuv422",
+        "depth encoding 'rgb8'",
+        "expected step*height",
+        "depth is 80x60",
+        "1 detections but 0 masks",
+        "does not fit",
+        "empty mask",
+        "unknown classes ['giraffe']",
+        "CameraInfo is 640x480",
+    ):
         assert needle in log, needle
-    diag = client.wait(lambda: (d := client.diagnostics()) and int(d.get("skipped_bad_input", 0)) >= 7 and d,
-                       10, "diagnostics", node)
+    diag = client.wait(
+        lambda: (d := client.diagnostics()) and int(d.get("skipped_bad_input", 0)) >= 7 and d,
+        10,
+        "diagnostics",
+        node,
+    )
     assert int(diag["skipped_bad_image"]) == 3 and int(diag["skipped_size_mismatch"]) == 1
     assert int(diag["skipped_no_camera_info"]) == 1 and int(diag["skipped_bad_detections"]) == 1
     assert int(diag["skipped_few_points"]) >= 1 and int(diag["skipped_unknown_class"]) >= 1

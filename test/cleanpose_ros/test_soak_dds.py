@@ -26,9 +26,20 @@ def _frame(ns, cls="mug"):
 @pytest.fixture(scope="module")
 def graph(checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "node.log"
-    node = H.NodeProcess({"checkpoint": str(checkpoint), "device": "cpu", "warmup": False,
-                          "input_reliability": "reliable", "input_depth": 100, "sync_queue_size": 10,
-                          "diagnostics_period": 0.5, "publish_debug_image": True}, DOMAIN, log)
+    node = H.NodeProcess(
+        {
+            "checkpoint": str(checkpoint),
+            "device": "cpu",
+            "warmup": False,
+            "input_reliability": "reliable",
+            "input_depth": 100,
+            "sync_queue_size": 10,
+            "diagnostics_period": 0.5,
+            "publish_debug_image": True,
+        },
+        DOMAIN,
+        log,
+    )
     client = H.Client(DOMAIN)
     try:
         client.wait_connected(90, node)
@@ -89,8 +100,9 @@ def _soak(client, node, n_frames, every_real=100, rate=200.0):
         if k % 50 == 0:
             rss.append(node.rss_mb())
         time.sleep(max(0.0, t0 + (k + 1) / rate - time.monotonic()))
-    client.wait(lambda: client.output_for(10_000_000_000 + (n_frames - 1) * 5_000_000), 120, "last frame",
-                node)
+    client.wait(
+        lambda: client.output_for(10_000_000_000 + (n_frames - 1) * 5_000_000), 120, "last frame", node
+    )
     d = _quiet(client, node)
     rss.append(node.rss_mb())
     return rss, d

@@ -19,8 +19,12 @@ NOCS = ["bottle", "bowl", "camera", "can", "laptop", "mug"]
 
 def test_colour_encodings_round_trip_to_rgb():
     rgb = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
-    variants = {"rgb8": rgb, "bgr8": rgb[:, :, ::-1], "rgba8": np.dstack([rgb, np.full((12, 16), 7, np.uint8)]),
-                "bgra8": np.dstack([rgb[:, :, ::-1], np.full((12, 16), 7, np.uint8)])}
+    variants = {
+        "rgb8": rgb,
+        "bgr8": rgb[:, :, ::-1],
+        "rgba8": np.dstack([rgb, np.full((12, 16), 7, np.uint8)]),
+        "bgra8": np.dstack([rgb[:, :, ::-1], np.full((12, 16), 7, np.uint8)]),
+    }
     for enc, arr in variants.items():
         np.testing.assert_array_equal(conv.rgb_from_image(image_msg(np.ascontiguousarray(arr), enc, 0)), rgb)
 
@@ -44,12 +48,15 @@ def test_padded_step_and_big_endian():
     np.testing.assert_array_equal(conv.image_to_numpy(msg), arr)
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda m: setattr(m, "encoding", "yuv422"), "encoding .yuv422. not supported"),
-    (lambda m: setattr(m, "data", bytes(10)), "expected step\\*height"),
-    (lambda m: setattr(m, "step", 3), "step 3 <"),
-    (lambda m: setattr(m, "height", 0), "empty image"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda m: setattr(m, "encoding", "yuv422"), "encoding .yuv422. not supported"),
+        (lambda m: setattr(m, "data", bytes(10)), "expected step\\*height"),
+        (lambda m: setattr(m, "step", 3), "step 3 <"),
+        (lambda m: setattr(m, "height", 0), "empty image"),
+    ],
+)
 def test_image_errors_are_clear(mutate, match):
     msg = image_msg(np.zeros((4, 5, 3), np.uint8), "rgb8", 0)
     mutate(msg)
@@ -81,7 +88,9 @@ def _masks(h=40, w=50):
 def test_full_size_masks_and_label_image_agree():
     m = _masks()
     a = parse_instance_segmentation(detections_msg(m, ["mug", "3"], 0, ids=["7", ""]), 40, 50)
-    b = parse_instance_segmentation(detections_msg(m, ["mug", "3"], 0, ids=["7", ""], label_image=True), 40, 50)
+    b = parse_instance_segmentation(
+        detections_msg(m, ["mug", "3"], 0, ids=["7", ""], label_image=True), 40, 50
+    )
     for d in (a, b):
         np.testing.assert_array_equal(d.masks, m)
         assert d.boxes.tolist() == [[5, 10, 15, 30], [20, 2, 35, 12]]
@@ -91,8 +100,10 @@ def test_full_size_masks_and_label_image_agree():
 def test_box_sized_masks_with_offsets():
     m = _masks()
     msg = detections_msg(m, ["mug", "can"], 0)
-    msg.masks = [image_msg(m[0, 5:15, 10:30].astype(np.uint8), "mono8", 0),
-                 image_msg(m[1, 20:35, 2:12].astype(np.uint8), "mono8", 0)]
+    msg.masks = [
+        image_msg(m[0, 5:15, 10:30].astype(np.uint8), "mono8", 0),
+        image_msg(m[1, 20:35, 2:12].astype(np.uint8), "mono8", 0),
+    ]
     msg.mask_offset_x, msg.mask_offset_y = [10, 2], [5, 20]
     np.testing.assert_array_equal(parse_instance_segmentation(msg, 40, 50).masks, m)
 
@@ -132,8 +143,9 @@ def _msg(ns):
 
     from cleanpose_ros.conversions import numpy_to_image
 
-    return numpy_to_image(np.zeros((1, 1), np.uint8), "mono8",
-                          Header(stamp=__import__("ros_harness").stamp_of(ns)))
+    return numpy_to_image(
+        np.zeros((1, 1), np.uint8), "mono8", Header(stamp=__import__("ros_harness").stamp_of(ns))
+    )
 
 
 def test_approx_sync_pairs_within_slop_and_is_bounded():
@@ -155,7 +167,9 @@ def test_approx_sync_pairs_within_slop_and_is_bounded():
 
 def test_class_map():
     cm = ClassMap(NOCS, ["cup:mug", "6:mug", "Bottle:bottle"])
-    assert cm.lookup("MUG") == 5 and cm.lookup("cup") == 5 and cm.lookup("6") == 5 and cm.lookup("bottle") == 0
+    assert (
+        cm.lookup("MUG") == 5 and cm.lookup("cup") == 5 and cm.lookup("6") == 5 and cm.lookup("bottle") == 0
+    )
     assert cm.lookup("person") is None
     with pytest.raises(ClassMapError, match="not a model category"):
         ClassMap(NOCS, ["cup:teapot"])
@@ -186,7 +200,9 @@ def test_marker_structure():
     arr = build_markers(Header(frame_id="cam"), [o, o], axes=True)
     assert arr.markers[0].action == Marker.DELETEALL
     kinds = [(m.type, m.ns) for m in arr.markers[1:]]
-    assert kinds == [(Marker.LINE_LIST, "mug"), (Marker.TEXT_VIEW_FACING, "mug"), (Marker.LINE_LIST, "mug")] * 2
+    assert (
+        kinds == [(Marker.LINE_LIST, "mug"), (Marker.TEXT_VIEW_FACING, "mug"), (Marker.LINE_LIST, "mug")] * 2
+    )
     box = arr.markers[1]
     assert len(box.points) == 24
     pts = np.array([[p.x, p.y, p.z] for p in box.points])
@@ -214,10 +230,16 @@ def test_tf_chain_lookup_without_tf2_ros():
         return t
 
     s = np.sqrt(0.5)
-    lk._on_tf(TFMessage(transforms=[tf("world", "base_link", (1, 0, 0)),
-                                    tf("base_link", "camera_link", (0, 0, 0.5), (0, 0, s, s)),  # yaw 90°
-                                    tf("camera_link", "cam_optical", (0.1, 0, 0)),
-                                    tf("world", "table", (0, 2, 0))]))
+    lk._on_tf(
+        TFMessage(
+            transforms=[
+                tf("world", "base_link", (1, 0, 0)),
+                tf("base_link", "camera_link", (0, 0, 0.5), (0, 0, s, s)),  # yaw 90°
+                tf("camera_link", "cam_optical", (0.1, 0, 0)),
+                tf("world", "table", (0, 2, 0)),
+            ]
+        )
+    )
     T = lk.lookup("world", "cam_optical")
     np.testing.assert_allclose(T @ [0, 0, 0, 1], [1, 0.1, 0.5, 1], atol=1e-12)
     T2 = lk.lookup("table", "cam_optical")
