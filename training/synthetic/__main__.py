@@ -125,12 +125,13 @@ def generate_bag(
     shadows: bool = True,
     scene_index: int = 0,
     progress: bool = False,
+    compress: bool = True,
 ) -> int:
     camera = Camera.real275(width, height)
     rng = scene_rngs(seed, "bag", scene_index + 1)[scene_index]
     it = bag_frames(rng, frames, objects, categories, camera, rate_hz, shadows)
     it = tqdm(it, total=frames, unit="frame", disable=not progress, desc=f"bag {Path(out).name}")
-    opts = BagOptions(storage=storage, rate_hz=rate_hz, mask_noise=mask_noise)
+    opts = BagOptions(storage=storage, rate_hz=rate_hz, mask_noise=mask_noise, compress=compress)
     # Mask noise draws from its own stream, so switching it on does not change the rendered frames.
     return write_bag(out, it, scene_rngs(seed, "bag/detections", scene_index + 1)[scene_index], opts)
 
@@ -221,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "bag":
             s.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
             s.add_argument("--rate", type=float, default=30.0, help="camera rate (Hz) of the stamps")
+            s.add_argument(
+                "--no-compress",
+                action="store_true",
+                help="MCAP without zstd chunk compression (larger, for readers without zstd)",
+            )
     return p
 
 

@@ -125,8 +125,11 @@ def test_same_seed_same_bytes(tmp_path):
     for name, (storage, seed) in runs.items():
         # Same bag name in different folders: rosbag2 metadata names the storage file after the bag folder.
         _write(tmp_path / name / "bag", storage, seed)
-    msgs = {n: _read(tmp_path / n / "bag")[0] for n in runs}
-    assert msgs["a"] == msgs["b"] == msgs["c"] and msgs["a"] != msgs["d"]
+    _write(tmp_path / "f" / "bag", "mcap", 3, compress=False)
+    msgs = {n: _read(tmp_path / n / "bag")[0] for n in [*runs, "f"]}
+    # MCAP with zstd chunks (default), plain MCAP and sqlite3 carry the same messages.
+    assert msgs["a"] == msgs["b"] == msgs["c"] == msgs["f"] and msgs["a"] != msgs["d"]
+    assert (tmp_path / "a/bag/bag.mcap").stat().st_size < (tmp_path / "f/bag/bag.mcap").stat().st_size
     # rosbags embeds no wall-clock time: the storage files and the metadata are identical too.
     for x, y, f in (("a", "b", "bag.mcap"), ("c", "e", "bag.db3"), ("a", "b", "metadata.yaml")):
         fa, fb = tmp_path / x / "bag" / f, tmp_path / y / "bag" / f
