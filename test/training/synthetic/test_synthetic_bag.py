@@ -191,3 +191,29 @@ def test_rclpy_deserializes_the_image_bytes(bag):
     assert depth.encoding == "16UC1"
     info = serialization.deserialize_message(msgs[bw.TOPIC_INFO][0][1], sensor_msgs.CameraInfo)
     assert info.distortion_model == "plumb_bob"
+
+
+@pytest.mark.ros
+def test_rclpy_deserializes_the_project_types_built_by_colcon(bag, ros_overlay):
+    """The wire types registered from .msg text equal the colcon-built interfaces a robot has."""
+    from cleanpose_msgs.msg import InstanceSegmentation, ObjectPoseArray
+    from rclpy.serialization import deserialize_message
+    from tf2_msgs.msg import TFMessage
+
+    path, _ = bag
+    msgs, types = _read(path)
+    ts = typestore()
+    raw_seg, raw_gt, raw_tf = (msgs[t][1][1] for t in (bw.TOPIC_DETECTIONS, bw.TOPIC_GT, bw.TOPIC_TF))
+    seg = deserialize_message(raw_seg, InstanceSegmentation)
+    ours = ts.deserialize_cdr(raw_seg, types[bw.TOPIC_DETECTIONS])
+    assert seg.format == InstanceSegmentation.FORMAT_MASKS and len(seg.masks) == len(ours.masks)
+    for a, b in zip(seg.detections, ours.detections):
+        assert a.id == b.id and a.results[0].hypothesis.class_id == b.results[0].hypothesis.class_id
+        assert a.bbox.size_x == b.bbox.size_x and a.bbox.center.position.y == b.bbox.center.position.y
+    assert bytes(seg.masks[0].data) == ours.masks[0].data.tobytes()
+    gt = deserialize_message(raw_gt, ObjectPoseArray)
+    ours_gt = ts.deserialize_cdr(raw_gt, types[bw.TOPIC_GT])
+    assert [o.instance_id for o in gt.objects] == [o.instance_id for o in ours_gt.objects]
+    assert [o.size.x for o in gt.objects] == [o.size.x for o in ours_gt.objects]
+    tf = deserialize_message(raw_tf, TFMessage)
+    assert tf.transforms[0].child_frame_id == bw.CAMERA_FRAME
