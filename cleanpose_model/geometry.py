@@ -10,7 +10,7 @@ import torch
 def normalize_vector(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """v / max(||v||, eps) over the last dim; the clamp lives on v's device and dtype."""
     mag = torch.sqrt((v * v).sum(dim=-1, keepdim=True))
-    return v / torch.maximum(mag, torch.tensor(eps, dtype=v.dtype, device=v.device))
+    return v / mag.clamp_min(eps)
 
 
 def cross_product(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

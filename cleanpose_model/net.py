@@ -7,6 +7,7 @@ Attribute names equal the published state_dict prefixes (`rgb_extractor`, `featu
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,7 +76,8 @@ class CleanPoseNet(nn.Module):
             feat = self.feature_mlp(up.reshape(bsz, dim, size * size))
             return torch.gather(feat, 2, choose.unsqueeze(1).expand(-1, feat.shape[1], -1))
         feat = self.feature_mlp(fmap.reshape(bsz, dim, grid * grid))  # (B, C, P)
-        scale = torch.tensor(grid / size, dtype=torch.float32, device=choose.device)
+        # A float32-rounded Python scalar (not a tensor) keeps this capturable in a CUDA graph.
+        scale = float(np.float32(grid / size))
 
         def axis(coord: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             src = ((coord.to(torch.float32) + 0.5) * scale - 0.5).clamp_min(0.0)

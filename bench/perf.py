@@ -1,0 +1,358 @@
+"""Issue-8 measurements in one call: forward time per mode and object count, fast-vs-exact pose error,
+per-object input construction, GPU memory, scaling plot, CPU-only inference.
+
+Modes (all on the same device, same inputs, same run):
+- ``reference``: eager fp32 forward, TF32 off (the parity path; equals the published outputs).
+- ``exact``: the same network replayed from CUDA graphs, fp32, TF32 off.
+- ``fast``: CUDA graphs + DINOv2 in bf16 autocast + TF32 elsewhere.
+Published figures (shared/spec/parity.md, H100): 30.1 ms (1 object), 31.1 ms (6), 31.9 ms (16).
+
+    python bench/perf.py --device cuda --out $OUT            # on the GPU machine
+    python bench/perf.py --device cpu --quick --out /tmp/p   # CI short mode
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cleanpose_model.parity import build_parity_net, load_vectors, queue_sample
+from cleanpose_model.preprocess import build_object_inputs_np, build_object_inputs_torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PARITY = ROOT / "test" / "data" / "parity" / "cleanpose_parity_v1.npz"
+PUBLISHED_H100_MS = {1: 30.1, 6: 31.1, 16: 31.9}
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(fn, dev: torch.device, warmup: int, runs: int) -> list[float]:
+    out = []
+    for i in range(warmup + runs):
+        sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        sync(dev)
+        if i >= warmup:
+            out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def parity_inputs(n: int, dev: torch.device):
+    """n objects built from the 4 parity objects (tiled, points jittered so objects differ)."""
+    v = load_vectors(PARITY)
+    reps = (n + 3) // 4
+    g = torch.Generator().manual_seed(n)
+    rgb = torch.from_numpy(v["rgb"]).repeat(reps, 1, 1, 1)[:n]
+    pts = torch.from_numpy(v["pts"]).repeat(reps, 1, 1)[:n]
+    pts = pts + 0.002 * torch.randn(pts.shape, generator=g)
+    choose = torch.from_numpy(v["choose"]).repeat(reps, 1)[:n]
+    cat = torch.from_numpy(v["category_label"]).repeat(reps)[:n]
+    q = torch.from_numpy(queue_sample(v)).float()  # (B0, 12, 256) per parity object
+    queue = q.repeat(reps, 1, 1)[:n]
+    return [t.to(dev) for t in (rgb, pts, choose, cat, queue)]
+
+
+def pose_errors(a: dict, b: dict) -> dict[str, np.ndarray]:
+    ra, rb = a["pred_rotation"].double(), b["pred_rotation"].double()
+    cos = ((ra.transpose(1, 2) @ rb).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2
+    rot = torch.rad2deg(torch.arccos(cos.clamp(-1, 1)))
+    trans = (a["pred_translation"] - b["pred_translation"]).double().norm(dim=1) * 1e3
+    size = (a["pred_size"] - b["pred_size"]).double().abs().amax(dim=1) * 1e3
+    return {"rot_deg": rot.cpu().numpy(), "trans_mm": trans.cpu().numpy(), "size_mm": size.cpu().numpy()}
+
+
+def summarize(errs: list[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for k in ("rot_deg", "trans_mm", "size_mm"):
+        x = np.concatenate([e[k] for e in errs])
+        out[k] = {
+            "p50": float(np.median(x)),
+            "p95": float(np.percentile(x, 95)),
+            "max": float(x.max()),
+            "n": int(x.size),
+        }
+    return out
+
+
+def bench_forward(net, dev, counts, warmup, runs, modes):
+    from cleanpose_model.fast import GraphedForward
+
+    rows, runners = [], {}
+    if "exact" in modes:
+        runners["exact"] = GraphedForward(net, precision="fp32", queue_entries=12)
+    if "fast" in modes:
+        runners["fast"] = GraphedForward(net, precision="fast", queue_entries=12)
+    for n in counts:
+        inputs = parity_inputs(n, dev)
+        row = {"objects": n}
+        with torch.inference_mode():
+            for mode in modes:
+                call = net if mode == "reference" else runners[mode]
+
+                def fn(call=call, inputs=inputs):
+                    rgb, pts, choose, cat, queue = inputs
+                    return call(rgb, pts, choose, cat, queue_feats=queue)
+
+                t = timed(fn, dev, warmup, runs)
+                row[f"{mode}_ms"] = statistics.median(t)
+                row[f"{mode}_min_ms"] = min(t)
+        rows.append(row)
+    return rows, runners
+
+
+def accuracy(net, dev, runners, frames_npz: Path | None):
+    """fast vs exact (and exact vs reference) pose differences on the parity inputs and synthetic frames."""
+    res = {}
+    sets = [("parity", [parity_inputs(n, dev) for n in (4, 6, 8)])]
+    if frames_npz is not None and frames_npz.exists():
+        f = np.load(frames_npz)
+        v = load_vectors(PARITY)
+        qs = torch.from_numpy(queue_sample(v)).float()
+        batches = []
+        for i in range(f["rgb"].shape[0]):
+            objs = build_object_inputs_np(
+                f["rgb"][i], f["depth_m"][i], f["K"], f["masks"][i], f["boxes"][i], f["categories"][i]
+            )
+            n = len(objs)
+            queue = qs[torch.arange(n) % qs.shape[0]]
+            batches.append(
+                [torch.from_numpy(x).to(dev) for x in (objs.rgb, objs.pts, objs.choose, objs.category)]
+                + [queue.to(dev)]
+            )
+        sets.append(("synthetic_frames", batches))
+    with torch.inference_mode():
+        for name, batches in sets:
+            e_fast, e_exact = [], []
+            for rgb, pts, choose, cat, queue in batches:
+                ref = net(rgb, pts, choose, cat, queue_feats=queue)
+                if "exact" in runners:
+                    e_exact.append(pose_errors(runners["exact"](rgb, pts, choose, cat, queue), ref))
+                if "fast" in runners:
+                    e_fast.append(pose_errors(runners["fast"](rgb, pts, choose, cat, queue), ref))
+            res[name] = {
+                "exact_vs_reference": summarize(e_exact) if e_exact else None,
+                "fast_vs_reference": summarize(e_fast) if e_fast else None,
+            }
+    return res
+
+
+def bench_preprocess(frames_npz: Path, dev: torch.device, warmup: int, runs: int):
+    f = np.load(frames_npz)
+    rgb, depth, K, masks, boxes, cats = (
+        f["rgb"][0],
+        f["depth_m"][0],
+        f["K"],
+        f["masks"][0],
+        f["boxes"][0],
+        f["categories"][0],
+    )
+    out = {"image": list(rgb.shape[:2]), "objects": int(masks.shape[0])}
+    t = timed(
+        lambda: build_object_inputs_np(rgb, depth, K, masks, boxes, cats), torch.device("cpu"), warmup, runs
+    )
+    out["cpu_numpy_ms"] = statistics.median(t)
+    out["cpu_threads"] = torch.get_num_threads()
+    if dev.type == "cuda":
+        # Frame already on the GPU (as after the node's upload); the host->device copy is timed separately.
+        g = [torch.from_numpy(x).to(dev) for x in (rgb, depth, masks)]
+        t = timed(lambda: build_object_inputs_torch(g[0], g[1], K, g[2], boxes, cats), dev, warmup, runs)
+        out["gpu_torch_ms"] = statistics.median(t)
+        t = timed(
+            lambda: [torch.from_numpy(x).to(dev, non_blocking=False) for x in (rgb, depth, masks)],
+            dev,
+            warmup,
+            runs,
+        )
+        out["h2d_copy_ms"] = statistics.median(t)
+    return out
+
+
+def gpu_memory(net, dev, counts, runners):
+    """Peak memory allocated by torch per mode and object count, plus the process total seen by the driver."""
+    out = []
+    for n in counts:
+        rgb, pts, choose, cat, queue = parity_inputs(n, dev)
+        row = {"objects": n}
+        for mode, runner in runners.items():
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            with torch.inference_mode():
+                runner(rgb, pts, choose, cat, queue)
+            torch.cuda.synchronize(dev)
+            row[f"{mode}_peak_allocated_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+            row[f"{mode}_reserved_mb"] = torch.cuda.memory_reserved(dev) / 2**20
+        row["process_total_mb"] = process_gpu_mb()
+        out.append(row)
+    return out
+
+
+def process_gpu_mb() -> float | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+            if p.pid == os.getpid() and p.usedGpuMemory:
+                return p.usedGpuMemory / 2**20
+        # Containers often hide pids: fall back to the device's used memory (this process is alone on it).
+        return pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20
+    except Exception:
+        return None
+
+
+def cpu_inference(counts, runs):
+    dev = torch.device("cpu")
+    net = build_parity_net("cleanpose", dev)
+    rows = []
+    with torch.inference_mode():
+        for n in counts:
+            rgb, pts, choose, cat, queue = parity_inputs(n, dev)
+            t = timed(lambda: net(rgb, pts, choose, cat, queue_feats=queue), dev, 1, runs)
+            rows.append(
+                {
+                    "objects": n,
+                    "ms": statistics.median(t),
+                    "ms_per_object": statistics.median(t) / n,
+                    "threads": torch.get_num_threads(),
+                }
+            )
+    return rows
+
+
+def plot(rows, modes, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    n = [r["objects"] for r in rows]
+    for key in [f"{m}_ms" for m in modes]:
+        ms = [r[key] for r in rows]
+        ax[0].plot(n, ms, "o-", label=key[:-3])
+        ax[1].plot(n, [m / k for m, k in zip(ms, n)], "o-", label=key[:-3])
+    ax[0].set(xscale="log", xlabel="objects per frame", ylabel="ms per frame", title="forward time")
+    ax[1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="objects per frame",
+        ylabel="ms per object",
+        title="cost per object",
+    )
+    for a in ax:
+        a.grid(True, alpha=0.3)
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def table(rows, cols) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        vals = []
+        for c in cols:
+            x = r.get(c)
+            vals.append(f"{x:.2f}" if isinstance(x, float) else ("-" if x is None else str(x)))
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/bench/perf")))
+    ap.add_argument("--frames", type=Path, default=ROOT / ".carry" / "perf_frames.npz")
+    ap.add_argument("--quick", action="store_true", help="CI mode: few runs, 1-2 objects")
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--cpu-inference", action="store_true", help="also time CPU-only inference")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    if args.quick:
+        args.runs, args.warmup = 2, 1
+    counts = [1, 2] if args.quick else [1, 2, 4, 6, 8, 16, 32]
+    report: dict = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
+        "torch": torch.__version__,
+        "published_h100_ms": PUBLISHED_H100_MS,
+    }
+
+    net = build_parity_net("cleanpose", dev)
+    modes = ["reference", "exact", "fast"] if dev.type == "cuda" else ["reference"]
+    rows, runners = bench_forward(net, dev, counts, args.warmup, args.runs, modes)
+    for r in rows:
+        for m in modes[1:]:
+            r[f"{m}_speedup_vs_reference"] = r["reference_ms"] / r[f"{m}_ms"]
+        if r["objects"] in PUBLISHED_H100_MS:
+            r["published_h100_ms"] = PUBLISHED_H100_MS[r["objects"]]
+            for m in modes:
+                r[f"{m}_speedup_vs_published"] = PUBLISHED_H100_MS[r["objects"]] / r[f"{m}_ms"]
+    report["forward"] = rows
+    print(
+        f"## Forward time, CleanPose NOCS, {report['device']} (median of {args.runs} after {args.warmup})\n"
+    )
+    print(
+        table(
+            rows,
+            ["objects"]
+            + [f"{m}_ms" for m in modes]
+            + [f"{m}_speedup_vs_reference" for m in modes[1:]]
+            + ["published_h100_ms"]
+            + [f"{m}_speedup_vs_published" for m in modes],
+        )
+    )
+    plot(rows, modes, args.out / "perf_scaling.png")
+
+    if runners:
+        report["accuracy"] = accuracy(net, dev, runners, args.frames)
+        print("\n## Pose difference to the fp32 reference (deg / mm / mm)\n")
+        for name, d in report["accuracy"].items():
+            for k, s in d.items():
+                if s:
+                    print(
+                        f"- {name} {k}: "
+                        + ", ".join(
+                            f"{m} p50 {s[m]['p50']:.4f} p95 {s[m]['p95']:.4f} max {s[m]['max']:.4f}"
+                            for m in ("rot_deg", "trans_mm", "size_mm")
+                        )
+                        + f" (n={s['rot_deg']['n']})"
+                    )
+        report["gpu_memory"] = gpu_memory(net, dev, [1, 6, 20], runners)
+        print("\n## GPU memory (MB)\n")
+        print(table(report["gpu_memory"], list(report["gpu_memory"][0])))
+
+    if args.frames.exists():
+        report["preprocess"] = bench_preprocess(args.frames, dev, args.warmup, args.runs)
+        print("\n## Per-object input construction, 640x480, 6 masks (ms)\n")
+        print(table([report["preprocess"]], list(report["preprocess"])))
+    else:
+        print(f"\n(no {args.frames}: preprocessing timing skipped; make it with bench/make_perf_frames.py)")
+
+    if args.cpu_inference:
+        report["cpu_inference"] = cpu_inference([1, 6] if not args.quick else [1], 3 if not args.quick else 1)
+        print("\n## CPU-only inference (reference fp32)\n")
+        print(table(report["cpu_inference"], list(report["cpu_inference"][0])))
+
+    (args.out / "perf.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.out / 'perf.json'} and {args.out / 'perf_scaling.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

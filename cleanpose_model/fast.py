@@ -1,0 +1,196 @@
+"""Launch-free inference on CUDA: the network's eval forward captured in CUDA graphs.
+
+At robot batch sizes (1-30 objects) the forward is bound by kernel-launch latency and Python,
+not by arithmetic (the published forward barely changes from 1 to 16 objects). Capturing the
+whole forward once per batch-size bucket and replaying it removes both. Batches are padded
+up to the next bucket by repeating the last object; padded rows are computed and dropped,
+and since every object is processed independently they cannot change the real rows.
+
+Two precisions:
+- ``precision="fp32"``: the exact path. TF32 stays off, so outputs match the eager fp32
+  reference (the parity path) to float rounding.
+- ``precision="fast"``: the DINOv2 backbone runs under bf16 autocast and the remaining
+  matmuls/convolutions may use TF32. ``bench/perf.py`` measures the pose error this costs.
+"""
+
+from __future__ import annotations
+
+import bisect
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
+
+
+class _AutocastBackbone(nn.Module):
+    """Runs the wrapped backbone under autocast and hands float32 tokens to the rest."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner = inner
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=self.dtype):
+            out = self.inner(x)
+        return out.float()
+
+
+@contextmanager
+def _tf32(enabled: bool):
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@contextmanager
+def _swapped_backbone(net: nn.Module, backbone: nn.Module | None):
+    """Temporarily replace ``net.rgb_extractor`` (the module stays registered under its name)."""
+    if backbone is None:
+        yield
+        return
+    original = net.rgb_extractor
+    net._modules["rgb_extractor"] = backbone
+    try:
+        yield
+    finally:
+        net._modules["rgb_extractor"] = original
+
+
+class GraphedForward:
+    """Replays ``net``'s eval forward from CUDA graphs, one per batch-size bucket.
+
+    ``net`` must be a ``CleanPoseNet`` on a CUDA device in eval mode. Graphs are captured
+    lazily on first use of a bucket (or eagerly with ``capture(sizes)``); they share one
+    memory pool. Queue features, when the network uses them, are inputs of the graph with
+    a fixed number of entries (``queue_entries``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        precision: str = "fp32",
+        buckets=DEFAULT_BUCKETS,
+        n_points: int = 1024,
+        queue_entries: int | None = None,
+    ) -> None:
+        if precision not in ("fp32", "fast"):
+            raise ValueError(f"precision must be 'fp32' or 'fast', got {precision!r}")
+        dev = next(net.parameters()).device
+        if dev.type != "cuda":
+            raise ValueError("GraphedForward needs the network on a CUDA device")
+        self.net = net.eval()
+        self.device = dev
+        self.precision = precision
+        self.buckets = tuple(sorted(buckets))
+        self.n_points = n_points
+        cfg = net.cfg
+        self.image_size = cfg.image_size
+        self.uses_queue = getattr(net, "FD_Encoder", None) is not None
+        self.queue_entries = queue_entries
+        self.d_model = cfg.d_model
+        self._backbone = _AutocastBackbone(net.rgb_extractor, torch.bfloat16) if precision == "fast" else None
+        self._pool = None
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict, dict]] = {}
+
+    # ------------------------------------------------------------------ capture
+    def _static_inputs(self, bsz: int) -> dict[str, torch.Tensor]:
+        s, n, dev = self.image_size, self.n_points, self.device
+        g = torch.Generator(device="cpu").manual_seed(0)
+        pts = torch.rand(bsz, n, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, 0.7])
+        inputs = {
+            "rgb": torch.randn(bsz, 3, s, s, generator=g).to(dev),
+            "pts": pts.to(dev),
+            "choose": torch.randint(0, s * s, (bsz, n), generator=g).to(dev),
+            "category": torch.zeros(bsz, dtype=torch.long, device=dev),
+        }
+        if self.uses_queue:
+            if self.queue_entries is None:
+                raise ValueError("queue_entries must be given for a network with a front-door encoder")
+            inputs["queue_feats"] = torch.randn(bsz, self.queue_entries, self.d_model, generator=g).to(dev)
+        return inputs
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with _swapped_backbone(self.net, self._backbone), _tf32(self.precision == "fast"):
+            return self.net(
+                inputs["rgb"],
+                inputs["pts"],
+                inputs["choose"],
+                inputs["category"],
+                queue_feats=inputs.get("queue_feats"),
+            )
+
+    def capture(self, sizes=None) -> None:
+        for b in sizes or self.buckets:
+            self._graph_for(self._bucket(b))
+
+    def _graph_for(self, bucket: int):
+        if bucket in self._graphs:
+            return self._graphs[bucket]
+        inputs = self._static_inputs(bucket)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.inference_mode(), torch.cuda.stream(side):
+            for _ in range(2):  # kernel selection and allocator warm-up outside the capture
+                self._run(inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
+            outputs = self._run(inputs)
+        self._graphs[bucket] = (graph, inputs, outputs)
+        return self._graphs[bucket]
+
+    def _bucket(self, n: int) -> int:
+        i = bisect.bisect_left(self.buckets, n)
+        if i == len(self.buckets):
+            raise ValueError(f"batch of {n} objects exceeds the largest bucket {self.buckets[-1]}")
+        return self.buckets[i]
+
+    # ------------------------------------------------------------------ replay
+    def __call__(
+        self,
+        rgb: torch.Tensor,
+        pts: torch.Tensor,
+        choose: torch.Tensor,
+        category: torch.Tensor,
+        queue_feats: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        n = pts.shape[0]
+        if n > self.buckets[-1]:
+            # Larger than any graph: split into chunks of the largest bucket.
+            step = self.buckets[-1]
+            parts = [
+                self(
+                    rgb[i : i + step],
+                    pts[i : i + step],
+                    choose[i : i + step],
+                    category[i : i + step],
+                    None if queue_feats is None else queue_feats[i : i + step],
+                )
+                for i in range(0, n, step)
+            ]
+            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        graph, inputs, outputs = self._graph_for(self._bucket(n))
+        bsz = inputs["pts"].shape[0]
+        given = {"rgb": rgb, "pts": pts, "choose": choose, "category": category.reshape(-1)}
+        if self.uses_queue:
+            if queue_feats is None or queue_feats.shape[1] != inputs["queue_feats"].shape[1]:
+                raise ValueError(f"queue_feats must be (B, {inputs['queue_feats'].shape[1]}, {self.d_model})")
+            given["queue_feats"] = queue_feats
+        for name, src in given.items():
+            dst = inputs[name]
+            dst[:n].copy_(src)
+            if n < bsz:
+                dst[n:].copy_(src[n - 1 : n].expand(bsz - n, *src.shape[1:]))
+        graph.replay()
+        # Clone: the static outputs are overwritten by the next replay.
+        return {k: v[:n].clone() for k, v in outputs.items()}
