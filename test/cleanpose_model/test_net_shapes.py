@@ -72,10 +72,44 @@ def _inputs(cfg: ModelConfig, bsz: int, seed: int = 0):
     return rgb, pts, choose, cat, queue
 
 
+def _tiny_config() -> ModelConfig:
+    """Demo structure with every size cut down, so train-mode tests stay fast on a busy CPU.
+
+    image_size 112 with a 224 positional table also exercises the pos-embed interpolation.
+    """
+    demo = ModelConfig.named("demo")
+    return dataclasses.replace(
+        demo,
+        n_points=256, image_size=112, d_model=64, pts_feat_dim=32, rgb_feat_dim=32,
+        dino=dataclasses.replace(demo.dino, embed_dim=64, depth=2, num_heads=2),
+        pointnet2=dataclasses.replace(
+            demo.pointnet2, npoints=[128, 64, 32, 16],
+            sa_mlps=[[8, 8, 16], [16, 16, 32], [32, 32, 32], [32, 32, 64]],
+            fp_mlps=[[32, 32], [64, 64], [64, 64], [64, 64]],
+        ),
+        attention=dataclasses.replace(demo.attention, num_heads=2, dim_ffn=64),
+        keypoints=dataclasses.replace(demo.keypoints, kpt_num=16, block_num=2),
+        nocs=dataclasses.replace(demo.nocs, mlp=[64, 64], atten_hidden=64),
+        estimator=dataclasses.replace(
+            demo.estimator, pose_mlp1=[64, 64], pose_mlp2=[64, 64], head_hidden=[64, 32]
+        ),
+        reconstructor=dataclasses.replace(demo.reconstructor, decoder_hidden=[64, 64]),
+    )
+
+
 @pytest.fixture(scope="module")
 def demo_net() -> CleanPoseNet:
     torch.manual_seed(0)
-    return CleanPoseNet(ModelConfig.named("demo")).eval()
+    return CleanPoseNet(_tiny_config()).eval()
+
+
+def test_demo_eval_forward() -> None:
+    torch.manual_seed(0)
+    net = CleanPoseNet(ModelConfig.named("demo")).eval()
+    rgb, pts, choose, cat, queue = _inputs(net.cfg, 1)
+    with torch.no_grad():
+        out = net(rgb, pts, choose, cat, queue_feats=queue)
+    assert out["pred_kpt_3d"].shape == (1, 48, 3) and torch.isfinite(out["pred_rotation"]).all()
 
 
 @pytest.mark.parametrize("bsz", [1, 3])
@@ -92,6 +126,7 @@ def test_eval_forward_shapes(demo_net: CleanPoseNet, bsz: int) -> None:
     assert out["kpt_nocs"].shape == (bsz, k, 3)
     assert out["iakd_heatmap"].shape == (bsz, k, cfg.n_points)
     assert out["dino_x_prenorm"].shape == (bsz, 1 + (cfg.image_size // 14) ** 2, cfg.dino.embed_dim)
+    assert out["iakd_rgb_local"].shape == (bsz, cfg.rgb_feat_dim, cfg.n_points)
     assert out["fd_out"].shape == (bsz, k, cfg.d_model)
     assert "recon_model" not in out
     rot = out["pred_rotation"]
@@ -114,6 +149,9 @@ def test_compute_recon_and_queue_errors(demo_net: CleanPoseNet) -> None:
     with pytest.raises(ValueError, match="queue_feats"):
         demo_net(rgb, pts, choose, cat)
     with pytest.raises(ValueError, match="queue_feats must be"):
+        demo_net(rgb, pts, choose, cat, queue_feats=queue[..., :7])
+    # Any number of entries works (keys/values of a cross-attention): the deterministic mode uses all.
+    with torch.no_grad():
         demo_net(rgb, pts, choose, cat, queue_feats=queue[:, :5])
 
 
