@@ -77,6 +77,7 @@ class LaunchFile:
         self.path = path
         self.tree = ast.parse(path.read_text(), filename=str(path))
         self.defaults: dict[str, str] = {}
+        self.declared_arguments: list[str] = []
         # Names bound once by a plain assignment anywhere in the file (helpers' locals included).
         targets: dict[str, list[ast.expr]] = {}
         for n in ast.walk(self.tree):
@@ -97,6 +98,8 @@ class LaunchFile:
             if default is None and len(call.args) > 1:
                 default = call.args[1]
             value = self._literal(default)
+            if isinstance(name, str):
+                self.declared_arguments.append(name)
             if isinstance(name, str) and isinstance(value, str):
                 self.defaults[name] = value
 
@@ -459,3 +462,11 @@ def test_launch_parser_follows_opaque_function_helpers(tmp_path: Path) -> None:
     assert node.remappings == {"image": "/cam/image", "camera_info": "/cam/info"}
     assert resolve_topic("~/markers", node) == "/cleanpose_node/markers"
     assert resolve_topic("depth", node) == "/depth"
+
+
+def test_readme_documents_every_launch_argument() -> None:
+    _skip_without(LAUNCH_FILES, "launch/*.py")
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = set(re.findall(r"^\| `(\w+)` \|", readme.split("### Launch", 1)[1].split("\n### ", 1)[0], re.M))
+    declared = {name for path in LAUNCH_FILES for name in LaunchFile(path).declared_arguments}
+    assert table == declared, f"README launch table {sorted(table)} != launch arguments {sorted(declared)}"
