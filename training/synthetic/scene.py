@@ -109,7 +109,7 @@ def sample_scene(
     cats = list(categories)
     objects: list[SceneObject] = []
     placed: list[tuple[np.ndarray, float]] = []
-    place_r = 0.10 + 0.045 * n_objects
+    place_r = 0.06 + 0.035 * n_objects
     for k in range(n_objects):
         cat = cats[int(rng.integers(len(cats)))]
         model = make_object(cat, rng)
@@ -166,7 +166,7 @@ def random_views(
     rng: np.random.Generator,
     scene: Scene,
     n: int,
-    elevation_deg: tuple[float, float] = (25.0, 70.0),
+    elevation_deg: tuple[float, float] = (18.0, 65.0),
     distance_m: tuple[float, float] = (0.5, 1.0),
 ) -> list[np.ndarray]:
     """Independent camera poses looking down at the scene (a REAL275-like hand-held sequence, unordered)."""
