@@ -147,7 +147,9 @@ class CleanPoseNet(nn.Module):
 
         In eval mode returns `pred_rotation` (B,3,3), `pred_translation` (B,3), `pred_size` (B,3),
         `pred_kpt_3d` (B,K,3), `kpt_nocs` (B,K,3) (+ `recon_model`, `recon_delta` if compute_recon).
-        In train mode the centred points are augmented with `augmentation` = (dR (B,3,3),
+        `recon_model` / `recon_delta` are (B, K*pts_per_kpt, 3) point lists (the published code returns
+        the shape as (B, 3, K*P)); `recon_model` is in the camera frame, `recon_delta` in the network's
+        (augmented) frame. In train mode the centred points are augmented with `augmentation` = (dR (B,3,3),
         dt (B,1,3), ds (B,1)) or a draw from `generator`, predictions are mapped back to the camera
         frame, and the reconstruction, centroid, queue-update and distillation features are added.
         """
