@@ -63,6 +63,13 @@ class ScheduleConfig:
     step_size_up: int = 20_000
     step_size_down: int | None = 20_000
     mode: str = "triangular"
+    # Wall-clock budget for the whole run (seconds, None = off). After ``calibrate_iters`` iterations the
+    # measured
+    # speed fixes the number of iterations that fit, and the cycle's step sizes are scaled by the same
+    # factor so
+    # the schedule still completes (used by the demo, which must fit one 10-minute GPU command).
+    time_budget_s: float | None = None
+    calibrate_iters: int = 60
 
 
 @dataclass
@@ -466,6 +473,32 @@ class Trainer:
             )
         return loaders
 
+    def _make_scheduler(self, up: int, down: int | None, steps_taken: int):
+        s = self.cfg.schedule
+        for g in self.optimizer.param_groups:
+            g.pop("initial_lr", None)
+        self.scheduler = torch.optim.lr_scheduler.CyclicLR(
+            self.optimizer,
+            base_lr=s.base_lr,
+            max_lr=s.max_lr,
+            step_size_up=up,
+            step_size_down=down,
+            mode=s.mode,
+            cycle_momentum=False,
+        )
+        for _ in range(steps_taken):
+            self.scheduler.step()
+
+    def rescale_schedule(self, new_total: int) -> None:
+        """Shorten the run to ``new_total`` iterations, scaling the LR cycle by the same factor."""
+        s = self.cfg.schedule
+        f = new_total / s.iterations
+        s.step_size_up = max(1, round(s.step_size_up * f))
+        if s.step_size_down is not None:
+            s.step_size_down = max(1, round(s.step_size_down * f))
+        s.iterations = int(new_total)
+        self._make_scheduler(s.step_size_up, s.step_size_down, self.iteration)
+
     # ---------------------------------------------------------------- checkpointing
 
     def state_path(self) -> Path:
@@ -483,6 +516,11 @@ class Trainer:
             "queue": self.queue.detach().cpu(),
             "world_size": self.info.world_size,
             "seed": self.cfg.trainer.seed,
+            "schedule": {
+                "iterations": self.cfg.schedule.iterations,
+                "step_size_up": self.cfg.schedule.step_size_up,
+                "step_size_down": self.cfg.schedule.step_size_down,
+            },
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy_queue": _np_state_to_tensors(self._queue_rng(self.iteration).get_state()),
@@ -499,6 +537,17 @@ class Trainer:
         if state.get("version") != STATE_VERSION:
             raise RuntimeError(f"{path}: train state version {state.get('version')} != {STATE_VERSION}")
         self.net.load_state_dict(state["model"], strict=True)
+        sch = state.get("schedule") or {}
+        if sch and (sch["iterations"], sch["step_size_up"], sch["step_size_down"]) != (
+            self.cfg.schedule.iterations,
+            self.cfg.schedule.step_size_up,
+            self.cfg.schedule.step_size_down,
+        ):
+            # a time-budgeted run fixed its length: the resumed run continues that schedule
+            self.cfg.schedule.iterations = int(sch["iterations"])
+            self.cfg.schedule.step_size_up = int(sch["step_size_up"])
+            self.cfg.schedule.step_size_down = sch["step_size_down"]
+            self._make_scheduler(self.cfg.schedule.step_size_up, self.cfg.schedule.step_size_down, 0)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -660,6 +709,7 @@ class Trainer:
 
             bar = tqdm(total=total, initial=self.iteration, dynamic_ncols=True, desc="train")
         t0 = time.time()
+        t_cal = t0
         start_it = self.iteration
         acc: dict[str, float] = {}
         n_acc = 0
@@ -674,6 +724,33 @@ class Trainer:
                 it = self.iteration
                 if bar is not None:
                     bar.update(1)
+                sched = self.cfg.schedule
+                if sched.time_budget_s and it - start_it == 10:
+                    t_cal = time.time()
+                if sched.time_budget_s and it - start_it == 10 + sched.calibrate_iters:
+                    per_it = (time.time() - t_cal) / sched.calibrate_iters
+                    remaining = sched.time_budget_s - (time.time() - t0)
+                    fit_n = it + int(0.97 * remaining / per_it)
+                    # every rank must agree on the length: take rank 0's estimate
+                    n_t = D.broadcast_(
+                        self.info, torch.tensor([fit_n], dtype=torch.int64, device=self.device)
+                    )
+                    fit_n = int(n_t.item())
+                    if fit_n < sched.iterations:
+                        if self.info.is_main:
+                            log.info(
+                                "time budget %.0fs at %.3fs/it: %d -> %d iterations (LR cycle scaled)",
+                                sched.time_budget_s,
+                                per_it,
+                                sched.iterations,
+                                fit_n,
+                            )
+                        self.rescale_schedule(max(fit_n, it + 1))
+                        stop = min(stop, sched.iterations)
+                        total = sched.iterations
+                        if bar is not None:
+                            bar.total = total
+                            bar.refresh()
                 if it % tc.log_every == 0 or it == stop:
                     mean = {k: v / n_acc for k, v in acc.items()}
                     vec = torch.tensor(
@@ -698,6 +775,8 @@ class Trainer:
                     flag = torch.tensor([1.0 if self._stop_reason else 0.0], device=self.device)
                     if float(D.all_reduce_mean(self.info, flag)) > 0 and not self._stop_reason:
                         self._stop_reason = "another rank stopped"
+                if it >= stop:
+                    break
                 if self._stop_reason:
                     log.warning("stopping at iteration %d (%s); checkpoint written", it, self._stop_reason)
                     break

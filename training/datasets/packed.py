@@ -43,6 +43,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torch.utils.data import Dataset
 
 from training.datasets import augment as aug
@@ -52,7 +53,6 @@ from training.datasets.common import (
     canonicalise_symmetric_rotation,
     get_bbox,
     normalise_rgb,
-    outlier_mask,
     remap_choose,
     sample_indices,
     worker_rng,
@@ -170,14 +170,14 @@ class PackedDataset(Dataset):
             rgb = aug.augment_rgb(rgb, rng)
         cat, rot, t, size = self.gt(i)
         model = self.models[int(self.model[i])]
-        _qo, pc_mask = outlier_mask(
-            pts.astype(np.float64),
-            rot.astype(np.float64),
-            t.astype(np.float64),
-            size.astype(np.float64),
-            model.astype(np.float64),
-            self.threshold,
+        # Same test as common.outlier_mask (nearest model point of Rᵀ(p − t)/‖s‖ closer than threshold),
+        # with a
+        # KD-tree instead of the dense 1024x1024 distance matrix: ~50x faster, it dominated the sample time.
+        qo = ((pts.astype(np.float64) - t) / (np.linalg.norm(size.astype(np.float64)) + 1e-8)) @ rot.astype(
+            np.float64
         )
+        dmin, _ = cKDTree(model.astype(np.float64)).query(qo, k=1)
+        pc_mask = (dmin < self.threshold).astype(np.float32)
         return {
             "pts": torch.from_numpy(pts.astype(np.float32)),
             "rgb": torch.from_numpy(normalise_rgb(rgb)),
@@ -242,7 +242,7 @@ class _ShardWriter:
         jpeg_off = np.concatenate([[0], np.cumsum([len(j) for j in self.buf["jpeg"]])]).astype(np.int64)
         pix_off = np.concatenate([[0], np.cumsum([len(p) for p in self.buf["pix"]])]).astype(np.int64)
         name = f"shard_{len(self.names):05d}.npz"
-        np.savez(
+        np.savez_compressed(
             self.out / name,
             jpeg=np.concatenate(self.buf["jpeg"]).astype(np.uint8),
             jpeg_off=jpeg_off,
@@ -274,6 +274,7 @@ def pack_nocs_layout(
     model_points: int = 1024,
     limit_images: int | None = None,
     fill_depth: bool = True,
+    split: str = "train",
 ) -> dict:
     """Pack every instance of every listed image of a NOCS-layout synthetic set (the synthetic generator's
     output,
@@ -282,7 +283,7 @@ def pack_nocs_layout(
     from training.datasets.depth_fill import fill_missing, load_depth
     from training.datasets.nocs import TRAIN_LABEL_KEYS, NOCSTrainingDataset
 
-    ds = NOCSTrainingDataset(src, data_type="synthetic", augment=False, list_file=list_file)
+    ds = NOCSTrainingDataset(src, data_type="synthetic", augment=False, list_file=list_file, split=split)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("shard_*.npz"):
@@ -344,7 +345,7 @@ def pack_nocs_layout(
             counts[cat] += 1
             n_obj += 1
     writer.flush()
-    np.save(out / "models.npy", models)
+    np.save(out / "models.npy", models.astype(np.float16))
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -361,6 +362,7 @@ def pack_nocs_layout(
         "models": model_ids,
         "source": str(src),
         "list_file": list_file,
+        "split": split,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
@@ -376,6 +378,9 @@ def main(argv=None) -> int:
     pk.add_argument("src")
     pk.add_argument("out")
     pk.add_argument("--list-file", default=None, help="image list relative to SRC (default: auto-discovered)")
+    pk.add_argument(
+        "--split", default="train", help="synthetic split name (train_list.txt, obj_models/train.pkl)"
+    )
     pk.add_argument("--max-points", type=int, default=1024)
     pk.add_argument("--jpeg-quality", type=int, default=85)
     pk.add_argument("--limit-images", type=int, default=None)
@@ -386,7 +391,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO)
     if a.cmd == "pack":
         meta = pack_nocs_layout(
-            a.src, a.out, a.list_file, a.max_points, a.jpeg_quality, limit_images=a.limit_images, seed=a.seed
+            a.src,
+            a.out,
+            a.list_file,
+            a.max_points,
+            a.jpeg_quality,
+            limit_images=a.limit_images,
+            seed=a.seed,
+            split=a.split,
         )
     else:
         meta = json.loads((Path(a.root) / "meta.json").read_text())
