@@ -30,6 +30,8 @@ from cleanpose_model.preprocess import build_object_inputs_np, build_object_inpu
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = ROOT / "test" / "data" / "parity" / "cleanpose_parity_v1.npz"
 PUBLISHED_H100_MS = {1: 30.1, 6: 31.1, 16: 31.9}
+# Fast-mode variants measured side by side: DINOv2 autocast dtype (TF32 on elsewhere).
+FAST_MODES = {"fast": "fast", "fast_bf16": "bf16"}
 
 
 def sync(dev: torch.device) -> None:
@@ -92,8 +94,9 @@ def bench_forward(net, dev, counts, warmup, runs, modes):
     rows, runners = [], {}
     if "exact" in modes:
         runners["exact"] = GraphedForward(net, precision="fp32", queue_entries=12)
-    if "fast" in modes:
-        runners["fast"] = GraphedForward(net, precision="fast", queue_entries=12)
+    for m in modes:
+        if m.startswith("fast"):
+            runners[m] = GraphedForward(net, precision=FAST_MODES[m], queue_entries=12)
     for n in counts:
         inputs = parity_inputs(n, dev)
         row = {"objects": n}
@@ -134,17 +137,17 @@ def accuracy(net, dev, runners, frames_npz: Path | None):
         sets.append(("synthetic_frames", batches))
     with torch.inference_mode():
         for name, batches in sets:
-            e_fast, e_exact = [], []
+            e_fast, e_exact = {}, []
             for rgb, pts, choose, cat, queue in batches:
                 ref = net(rgb, pts, choose, cat, queue_feats=queue)
                 if "exact" in runners:
                     e_exact.append(pose_errors(runners["exact"](rgb, pts, choose, cat, queue), ref))
-                if "fast" in runners:
-                    e_fast.append(pose_errors(runners["fast"](rgb, pts, choose, cat, queue), ref))
-            res[name] = {
-                "exact_vs_reference": summarize(e_exact) if e_exact else None,
-                "fast_vs_reference": summarize(e_fast) if e_fast else None,
-            }
+                for m in [m for m in runners if m.startswith("fast")]:
+                    e_fast.setdefault(m, []).append(
+                        pose_errors(runners[m](rgb, pts, choose, cat, queue), ref)
+                    )
+            res[name] = {"exact_vs_reference": summarize(e_exact) if e_exact else None}
+            res[name].update({f"{m}_vs_reference": summarize(e) for m, e in e_fast.items()})
     return res
 
 
@@ -179,23 +182,39 @@ def bench_preprocess(frames_npz: Path, dev: torch.device, warmup: int, runs: int
     return out
 
 
-def gpu_memory(net, dev, counts, runners):
-    """Peak memory allocated by torch per mode and object count, plus the process total seen by the driver."""
-    out = []
+def gpu_memory(counts, precision: str) -> list[dict]:
+    """GPU memory of an inference process as the node runs it (fresh process per count, so earlier
+    benchmark allocations do not inflate the numbers): weights, CUDA graphs for the buckets up to
+    the count, one forward."""
+    import subprocess
+    import sys
+
+    rows = []
     for n in counts:
-        rgb, pts, choose, cat, queue = parity_inputs(n, dev)
-        row = {"objects": n}
-        for mode, runner in runners.items():
-            torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            with torch.inference_mode():
-                runner(rgb, pts, choose, cat, queue)
-            torch.cuda.synchronize(dev)
-            row[f"{mode}_peak_allocated_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-            row[f"{mode}_reserved_mb"] = torch.cuda.memory_reserved(dev) / 2**20
-        row["process_total_mb"] = process_gpu_mb()
-        out.append(row)
-    return out
+        cmd = [sys.executable, __file__, "--memory-probe", str(n), "--memory-precision", precision]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def memory_probe(n: int, precision: str) -> dict:
+    from cleanpose_model.fast import GraphedForward
+
+    dev = torch.device("cuda")
+    net = build_parity_net("cleanpose", dev)
+    runner = GraphedForward(net, precision=precision, queue_entries=80)
+    rgb, pts, choose, cat, _ = parity_inputs(n, dev)
+    queue = torch.randn(n, 80, 256, device=dev)  # deterministic mode attends over the whole queue
+    with torch.inference_mode():
+        runner(rgb, pts, choose, cat, queue)
+    torch.cuda.synchronize(dev)
+    return {
+        "objects": n,
+        "precision": precision,
+        "peak_allocated_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
+        "reserved_mb": torch.cuda.memory_reserved(dev) / 2**20,
+        "process_total_mb": process_gpu_mb(),
+    }
 
 
 def process_gpu_mb() -> float | None:
@@ -220,7 +239,7 @@ def cpu_inference(counts, runs):
     with torch.inference_mode():
         for n in counts:
             rgb, pts, choose, cat, queue = parity_inputs(n, dev)
-            t = timed(lambda: net(rgb, pts, choose, cat, queue_feats=queue), dev, 1, runs)
+            t = timed(lambda a=(rgb, pts, choose, cat), q=queue: net(*a, queue_feats=q), dev, 1, runs)
             rows.append(
                 {
                     "objects": n,
@@ -279,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--cpu-inference", action="store_true", help="also time CPU-only inference")
+    ap.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-precision", default="fast", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.memory_probe, args.memory_precision)))
+        return 0
     dev = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -294,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     net = build_parity_net("cleanpose", dev)
-    modes = ["reference", "exact", "fast"] if dev.type == "cuda" else ["reference"]
+    modes = ["reference", "exact", *FAST_MODES] if dev.type == "cuda" else ["reference"]
     rows, runners = bench_forward(net, dev, counts, args.warmup, args.runs, modes)
     for r in rows:
         for m in modes[1:]:
@@ -333,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         + f" (n={s['rot_deg']['n']})"
                     )
-        report["gpu_memory"] = gpu_memory(net, dev, [1, 6, 20], runners)
+        report["gpu_memory"] = gpu_memory([1, 6, 20], "fast") + gpu_memory([6], "fp32")
         print("\n## GPU memory (MB)\n")
         print(table(report["gpu_memory"], list(report["gpu_memory"][0])))
 

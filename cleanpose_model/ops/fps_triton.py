@@ -25,7 +25,7 @@ try:  # Triton ships with CUDA builds of torch; CPU-only installs do not have it
 except ImportError:  # pragma: no cover - depends on the installation
     HAVE_TRITON = False
 
-_ORIGIN_SKIP = 1e-3
+ORIGIN_SKIP = tl.constexpr(1e-3) if HAVE_TRITON else 1e-3
 
 if HAVE_TRITON:
 
@@ -39,7 +39,7 @@ if HAVE_TRITON:
         y = tl.load(base + n + offs, mask=valid, other=0.0)
         z = tl.load(base + 2 * n + offs, mask=valid, other=0.0)
         mag = x * x + y * y + z * z
-        keep = valid & (mag > _ORIGIN_SKIP)
+        keep = valid & (mag > ORIGIN_SKIP)
         temp = tl.where(keep, 1e10, -1.0)
         old = 0
         tl.store(out_ptr + b * npoint, old)
