@@ -180,6 +180,17 @@ class Renderer:
         uvs = hit["primitive_uvs"].numpy()[oi]
         w1, w2 = uvs[:, 0:1], uvs[:, 1:2]
         albedo[oi] = tc[:, 0] * (1 - w1 - w2) + tc[:, 1] * w1 + tc[:, 2] * w2
+        obj_o = obj_idx[oi]
+        for k, obj in enumerate(self.scene.objects):
+            tex_k = obj.model.texture
+            if tex_k is None or tex_k.kind == "none":
+                continue
+            sel = np.flatnonzero(obj_o == k)
+            if len(sel):
+                # Canonical (normalised) coordinates of the hit points: R^T (p - t) / scale.
+                pc = (pts[oi[sel]] - obj.t_world.astype(f32)) @ (obj.R_world / obj.scale).astype(f32)
+                w = tex_k.weight(pc)[:, None]
+                albedo[oi[sel]] = albedo[oi[sel]] * (1 - w) + tex_k.color.astype(f32)[None] * w
         # --- shading: ambient + Lambert (+ shadow ray) + a little Blinn-Phong on objects ----------------
         n = hit["primitive_normals"].numpy()
         facing = np.einsum("ij,ij->i", n, dirs)

@@ -39,6 +39,47 @@ class Part:
 
 
 @dataclass
+class SolidTexture:
+    """A pattern evaluated at surface points in the canonical frame, on top of the vertex colours.
+
+    Vertex colours are only as detailed as the mesh; a solid texture adds print-like detail (stripes, checks,
+    blotches) at any resolution, which is what an RGB backbone sees on real objects.
+    """
+
+    kind: str  # "none", "stripes", "checker" or "blotches"
+    waves: np.ndarray  # (3, 3) wave vectors (rad per unit of the normalised frame)
+    phases: np.ndarray  # (3,)
+    color: np.ndarray  # (3,) second colour
+    strength: float  # blend weight of the second colour in [0, 1]
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> SolidTexture:
+        kind = str(rng.choice(["none", "stripes", "checker", "blotches"], p=[0.25, 0.3, 0.15, 0.3]))
+        waves = rng.normal(0, 1, (3, 3))
+        waves *= (rng.uniform(15, 70, 3) / np.linalg.norm(waves, axis=1))[:, None]
+        return cls(
+            kind=kind,
+            waves=waves,
+            phases=rng.uniform(0, 2 * np.pi, 3),
+            color=_random_color(rng),
+            strength=float(rng.uniform(0.3, 0.8)),
+        )
+
+    def weight(self, p: np.ndarray) -> np.ndarray:
+        """(n,) blend weight of the second colour at canonical points p (n, 3)."""
+        if self.kind == "none":
+            return np.zeros(len(p), np.float32)
+        arg = p.astype(np.float32) @ self.waves.T.astype(np.float32) + self.phases.astype(np.float32)
+        if self.kind == "stripes":
+            w = (np.sin(arg[:, 0]) > 0).astype(np.float32)
+        elif self.kind == "checker":
+            w = ((np.sin(arg[:, 0]) > 0) ^ (np.sin(arg[:, 1]) > 0)).astype(np.float32)
+        else:
+            w = np.clip(0.5 + np.sin(arg).sum(1) / 3.0, 0, 1)
+        return w * np.float32(self.strength)
+
+
+@dataclass
 class ObjectModel:
     """One object instance in its canonical NOCS frame (box centred, diagonal 1)."""
 
@@ -50,6 +91,7 @@ class ObjectModel:
     triangle_part: np.ndarray  # (M,) int16 index into part_names
     part_names: list[str] = field(default_factory=list)
     part_triangle_ranges: list[tuple[int, int]] = field(default_factory=list)
+    texture: SolidTexture | None = None
 
     @property
     def category_id(self) -> int:
@@ -464,13 +506,15 @@ def make_object(category: str, rng: np.random.Generator, model_id: str | None = 
     v = np.concatenate(verts)
     lo, hi = v.min(0), v.max(0)
     v = (v - 0.5 * (lo + hi)) / np.linalg.norm(hi - lo)
+    model_id = model_id or f"{category}_{int(rng.integers(0, 1 << 31)):010d}"
     return ObjectModel(
         category=category,
-        model_id=model_id or f"{category}_{int(rng.integers(0, 1 << 31)):010d}",
+        model_id=model_id,
         vertices=v,
         triangles=np.concatenate(tris).astype(np.int32),
         colors=np.concatenate(cols).astype(np.float32),
         triangle_part=np.concatenate(tpart),
         part_names=[p.name for p in parts],
         part_triangle_ranges=ranges,
+        texture=SolidTexture.random(rng),
     )

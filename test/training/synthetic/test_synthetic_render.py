@@ -178,3 +178,27 @@ def test_mug_handle_visibility_follows_the_view():
         assert len(f.instance_ids) == 1
         results[side] = int(f.handle_visibility[0])
     assert results == {+1: 1, -1: 0}
+
+
+def test_solid_texture_changes_only_object_pixels():
+    from training.synthetic.shapes import SolidTexture
+
+    rng, scene, renderer = _setup(seed=6, n_objects=3)
+    T = random_views(rng, scene, 1)[0]
+    for obj in scene.objects:
+        obj.model.texture = SolidTexture(
+            kind="checker",
+            waves=np.diag([60.0, 60.0, 60.0]),
+            phases=np.zeros(3),
+            color=np.array([1.0, 0.0, 0.0]),
+            strength=0.8,
+        )
+    textured = Renderer(scene, renderer.camera).render(T, np.random.default_rng(0), rgb_noise_sigma=0.0)
+    for obj in scene.objects:
+        obj.model.texture = None
+    plain = Renderer(scene, renderer.camera).render(T, np.random.default_rng(0), rgb_noise_sigma=0.0)
+    changed = np.any(textured.rgb != plain.rgb, axis=2)
+    on_objects = textured.instance_map >= 0
+    assert not np.any(changed & ~on_objects)
+    assert changed[on_objects].mean() > 0.2
+    np.testing.assert_array_equal(textured.depth_mm, plain.depth_mm)
