@@ -507,7 +507,10 @@ def node_command(
     node_name: str = NODE_NAME,
     extra_params: dict[str, str] | None = None,
 ) -> list[str]:
-    params = {"checkpoint": str(checkpoint), "device": device}
+    # Reliable inputs: best-effort images of a few hundred KB travel as UDP fragments when they exceed Fast
+    # DDS's shared-memory segment, and one lost fragment loses the frame (all of them, with default socket
+    # buffers), which would measure the transport settings rather than the node.
+    params = {"checkpoint": str(checkpoint), "device": device, "input_reliability": "reliable"}
     params.update(extra_params or {})
     cmd = [sys.executable, "-m", "cleanpose_ros.node", "--ros-args", "-r", f"__node:={node_name}"]
     for k, v in params.items():
