@@ -54,7 +54,10 @@ class GAFABlock(nn.Module):
 
         pre = kpt_feat
         rel = kpt_3d.unsqueeze(2) - kpt_3d.unsqueeze(1)  # (B, K, K, 3), i minus j
-        pos = self.fc_delta_abs(kpt_3d) + self.fc_delta_l(rel).mean(dim=2)
+        # mean_j of the last (linear) layer equals that layer applied to mean_j of its input: this
+        # runs the widest matmul on K rows instead of K*K.
+        rel_hidden = self.fc_delta_l[:4](rel).mean(dim=2)
+        pos = self.fc_delta_abs(kpt_3d) + self.fc_delta_l[4](rel_hidden)
         glob = kpt_feat.mean(dim=1, keepdim=True).expand(-1, n_kpt, -1)
         fused = self.fuse_mlp(torch.cat([kpt_feat, glob, pos], dim=-1).transpose(1, 2)).transpose(1, 2)
         kpt_feat = torch.relu(fused + pre)
