@@ -27,6 +27,7 @@ from cleanpose_ros.bench import (
     _jsonable,
     default_checkpoint,
     device_description,
+    format_map,
     node_command,
     score_frames,
 )
@@ -150,11 +151,7 @@ def report(run, acc: dict, bag, trained: bool, device: str) -> str:
         f"IoU50 {_fmt(s.get('iou50'))} % of {s.get('gt_objects', 0)} ground-truth objects "
         f"({s.get('found', 0)} estimated)"
     )
-    m = acc.get("nocs_map")
-    if m and "skipped" not in m:
-        lines.append(f"NOCS mAP (evaluation protocol): {json.dumps(_jsonable(m))}")
-    elif m:
-        lines.append(f"NOCS mAP: {m['skipped']}")
+    lines.append(format_map(acc.get("nocs_map")))
     ls = [v for v in lat.values()]
     lines.append(
         f"Frames in {run.sent}, out {run.received}, dropped {run.dropped}; latency p50 "
