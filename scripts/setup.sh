@@ -21,7 +21,7 @@ REQ_FILES=(requirements/base.txt requirements/ros.txt requirements/dev.txt)
 # Packages colcon builds here; the vision_msgs / tf2_msgs copies are only for machines without a distribution.
 INTERFACE_PKGS=(msg test/ros_interfaces/vision_msgs test/ros_interfaces/tf2_msgs)
 
-log() { printf '[setup] %s\n' "$*" >&2; }
+log() { printf '[setup +%ss] %s\n' "$SECONDS" "$*" >&2; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 is_root() { [ "$(id -u)" = 0 ]; }
 
@@ -29,7 +29,7 @@ is_root() { [ "$(id -u)" = 0 ]; }
 hash_files() { sha256sum "$@" | sha256sum | cut -c1-16; }
 stamp_ok() { [ "$FORCE" != 1 ] && [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 
-start=$SECONDS
+SECONDS=0
 
 # --- 1. system library open3d needs -------------------------------------------------------------------
 if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
@@ -120,4 +120,4 @@ if ! stamp_ok "$WS/.stamp" "$ws_hash" || [ ! -f "$WS/install/setup.bash" ]; then
     echo "$ws_hash" > "$WS/.stamp"
 fi
 
-log "done in $((SECONDS - start)) s. Use: source scripts/env.sh"
+log "done. Use: source scripts/env.sh"

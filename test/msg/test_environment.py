@@ -23,7 +23,7 @@ def test_setup_is_a_fast_no_op_when_done(ros_overlay: Path) -> None:
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
     # Every step that does work logs a line; a current set-up logs only the final "done".
-    work = [line for line in proc.stderr.splitlines() if line.startswith("[setup]") and "done in" not in line]
+    work = [line for line in proc.stderr.splitlines() if line.startswith("[setup") and "] done." not in line]
     assert work == [], work
     assert elapsed < 15, f"no-op set-up took {elapsed:.1f} s"
 
