@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARITY = ROOT / "test" / "data" / "parity" / "cleanpose_parity_v1.npz"
 PUBLISHED_H100_MS = {1: 30.1, 6: 31.1, 16: 31.9}
 # Fast-mode variants measured side by side: DINOv2 autocast dtype (TF32 on elsewhere).
-FAST_MODES = {"fast": "fast", "fast_bf16": "bf16"}
+FAST_MODES = {"fast": "fast", "fast_bf16": "bf16", "fast_fp16_all": "fp16_all"}
 
 
 def sync(dev: torch.device) -> None:
