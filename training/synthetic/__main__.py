@@ -40,6 +40,14 @@ def _objects_range(text: str) -> tuple[int, int]:
     return a, b
 
 
+def _count_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    a, b = int(lo), int(hi or lo)
+    if not 0 <= a <= b:
+        raise argparse.ArgumentTypeError(f"expected A-B with 0 <= A <= B, got {text!r}")
+    return a, b
+
+
 def _categories(text: str) -> tuple[str, ...]:
     cats = tuple(c.strip() for c in text.split(",") if c.strip())
     bad = [c for c in cats if c not in CATEGORIES]
@@ -69,6 +77,7 @@ def generate_nocs(
     min_valid_depth_pixels: int = 64,
     shadows: bool = True,
     progress: bool = False,
+    distractors: tuple[int, int] = (0, 2),
 ) -> NocsWriter:
     camera = Camera.real275(width, height)
     writer = NocsWriter(
@@ -81,7 +90,9 @@ def generate_nocs(
     )
     bar = tqdm(total=scenes * frames, unit="frame", disable=not progress, desc=f"nocs/{split}")
     for k, rng in enumerate(scene_rngs(seed, f"nocs/{split}", scenes)):
-        scene = sample_scene(rng, int(rng.integers(objects[0], objects[1] + 1)), categories)
+        scene = sample_scene(
+            rng, int(rng.integers(objects[0], objects[1] + 1)), categories, distractors=distractors
+        )
         writer.add_scene_models(scene, rng)
         renderer = Renderer(scene, camera, shadows=shadows)
         for i, T in enumerate(random_views(rng, scene, frames)):
@@ -101,9 +112,12 @@ def bag_frames(
     camera: Camera,
     rate_hz: float,
     shadows: bool = True,
+    distractors: tuple[int, int] = (0, 2),
 ) -> Iterator[Frame]:
     """Frames of one static scene along a smooth arc; the light stays fixed so only the camera moves."""
-    scene = sample_scene(rng, int(rng.integers(objects[0], objects[1] + 1)), categories)
+    scene = sample_scene(
+        rng, int(rng.integers(objects[0], objects[1] + 1)), categories, distractors=distractors
+    )
     renderer = Renderer(scene, camera, shadows=shadows)
     lighting = Lighting.random(rng)
     for T in arc_trajectory(rng, scene, frames, rate_hz=rate_hz):
@@ -126,10 +140,11 @@ def generate_bag(
     scene_index: int = 0,
     progress: bool = False,
     compress: bool = True,
+    distractors: tuple[int, int] = (0, 2),
 ) -> int:
     camera = Camera.real275(width, height)
     rng = scene_rngs(seed, "bag", scene_index + 1)[scene_index]
-    it = bag_frames(rng, frames, objects, categories, camera, rate_hz, shadows)
+    it = bag_frames(rng, frames, objects, categories, camera, rate_hz, shadows, distractors)
     it = tqdm(it, total=frames, unit="frame", disable=not progress, desc=f"bag {Path(out).name}")
     opts = BagOptions(storage=storage, rate_hz=rate_hz, mask_noise=mask_noise, compress=compress)
     # Mask noise draws from its own stream, so switching it on does not change the rendered frames.
@@ -146,6 +161,7 @@ def write_previews(
     width: int = 640,
     height: int = 480,
     shadows: bool = True,
+    distractors: tuple[int, int] = (0, 2),
 ) -> list[Path]:
     """PNGs of random frames with the GT 3D boxes, axes and labels drawn, and the depth beside them."""
     import cv2
@@ -157,7 +173,9 @@ def write_previews(
     camera = Camera.real275(width, height)
     paths = []
     for k, rng in enumerate(scene_rngs(seed, "preview", frames)):
-        scene = sample_scene(rng, int(rng.integers(objects[0], objects[1] + 1)), categories)
+        scene = sample_scene(
+            rng, int(rng.integers(objects[0], objects[1] + 1)), categories, distractors=distractors
+        )
         frame = Renderer(scene, camera, shadows=shadows).render(random_views(rng, scene, 1)[0], rng)
         d = frame.depth_mm.astype(np.float32)
         valid = d > 0
@@ -197,7 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="frames per scene (nocs) or per bag",
         )
         s.add_argument("--scenes", type=int, default=1)
-        s.add_argument("--objects-per-frame", type=_objects_range, default=(3, 6), metavar="A-B")
+        s.add_argument(
+            "--objects-per-frame",
+            type=_objects_range,
+            default=(3, 6),
+            metavar="A-B",
+            help="category objects placed per scene (fewer may be visible in a frame)",
+        )
         s.add_argument("--categories", type=_categories, default=CATEGORIES, help="comma-separated subset")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--width", type=int, default=640)
@@ -210,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="perturb GT masks used as detections: erode/dilate up to R px, score jitter sigma J",
         )
         s.add_argument("--no-shadows", action="store_true", help="skip shadow rays (faster)")
+        s.add_argument(
+            "--distractors",
+            type=_count_range,
+            default=(0, 2),
+            metavar="A-B",
+            help="non-category clutter objects per scene (no ground truth), e.g. 0-2 or 0",
+        )
         if name == "nocs":
             s.add_argument("--split", default="train")
             s.add_argument(
@@ -250,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             min_valid_depth_pixels=args.min_valid_depth,
             shadows=not args.no_shadows,
             progress=True,
+            distractors=args.distractors,
         )
         n = args.scenes * args.frames
     elif args.command == "preview":
@@ -262,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             width=args.width,
             height=args.height,
             shadows=not args.no_shadows,
+            distractors=args.distractors,
         )
         n = len(paths)
     else:
@@ -284,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                 shadows=not args.no_shadows,
                 scene_index=k,
                 progress=True,
+                compress=not args.no_compress,
+                distractors=args.distractors,
             )
     dt = time.perf_counter() - t0
     print(f"wrote {n} frames to {args.out} in {dt:.1f} s ({n / max(dt, 1e-9):.2f} frames/s)", file=sys.stderr)

@@ -74,7 +74,7 @@ class Frame:
     rgb: np.ndarray  # (H, W, 3) uint8 RGB
     depth_mm: np.ndarray  # (H, W) uint16, 0 = missing
     depth_clean_m: np.ndarray  # (H, W) float32 noiseless depth (0 where nothing hit)
-    instance_map: np.ndarray  # (H, W) int16: scene object index, -1 = table / background
+    instance_map: np.ndarray  # (H, W) int16: scene object index, -1 = table / distractor / background
     T_world_cam: np.ndarray  # (4, 4)
     K: np.ndarray  # (3, 3)
     object_indices: np.ndarray  # (n,) index into scene.objects
@@ -108,7 +108,9 @@ class Renderer:
         self._geom_to_obj = {}
         tri_cols, offsets, handle_flags = [], [], []
         off = 0
-        for k, obj in enumerate(scene.objects):
+        # Objects first, then distractors: index k < len(scene.objects) is a ground-truth object.
+        self._bodies = [*scene.objects, *scene.distractors]
+        for k, obj in enumerate(self._bodies):
             v = obj.world_vertices().astype(np.float32)
             gid = self._rc.add_triangles(
                 o3d.core.Tensor(v), o3d.core.Tensor(obj.model.triangles.astype(np.uint32))
@@ -181,7 +183,7 @@ class Renderer:
         w1, w2 = uvs[:, 0:1], uvs[:, 1:2]
         albedo[oi] = tc[:, 0] * (1 - w1 - w2) + tc[:, 1] * w1 + tc[:, 2] * w2
         obj_o = obj_idx[oi]
-        for k, obj in enumerate(self.scene.objects):
+        for k, obj in enumerate(self._bodies):
             tex_k = obj.model.texture
             if tex_k is None or tex_k.kind == "none":
                 continue
@@ -228,6 +230,7 @@ class Renderer:
 
         # --- ground truth -------------------------------------------------------------------------------
         inst = obj_idx.reshape(H, W).astype(np.int16)
+        inst[inst >= len(self.scene.objects)] = -1  # distractors are background for the ground truth
         R_cw, t_cw = R_wc.T, -R_wc.T @ eye
         present = np.unique(inst[inst >= 0])
         masks = np.stack([inst == k for k in present]) if len(present) else np.zeros((0, H, W), bool)
@@ -309,7 +312,9 @@ class Renderer:
         jump[:-1] |= dv
         jump[:, 1:] |= dh
         jump[:, :-1] |= dh
-        edge = cv2.dilate(jump.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        # The ragged band is a few sensor pixels wide at 640 columns: scale it with the image width.
+        k = 2 * round(W / 640) + 1
+        edge = cv2.dilate(jump.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool) if k > 1 else jump
         # One uniform draw serves both dropouts (disjoint ranges of it), halving the RNG cost.
         r = rng.random((H, W), dtype=np.float32)
         drop = (edge & (r < noise.edge_dropout)) | (r > 1.0 - noise.random_dropout)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .shapes import CATEGORIES, DIAGONAL_RANGE_M, ObjectModel, make_object
+from .shapes import CATEGORIES, DIAGONAL_RANGE_M, ObjectModel, make_distractor, make_object
 
 # REAL275 colour intrinsics (preprocessing.md §1.3).
 REAL275_K = np.array([[591.0125, 0.0, 322.525], [0.0, 590.16775, 244.11084], [0.0, 0.0, 1.0]])
@@ -60,7 +60,7 @@ class Scene:
     table_color: np.ndarray  # (3,)
     table_texture: np.ndarray  # (T, T, 3) float32, tiled over the plane
     texture_period_m: float
-    seed_info: dict = field(default_factory=dict)
+    distractors: list[SceneObject] = field(default_factory=list)  # clutter without ground truth
 
 
 def yaw(theta: float) -> np.ndarray:
@@ -99,21 +99,29 @@ def sample_scene(
     n_objects: int,
     categories: tuple[str, ...] | list[str] = CATEGORIES,
     max_tries: int = 200,
+    distractors: tuple[int, int] = (0, 2),
 ) -> Scene:
     """Random non-interpenetrating layout of n_objects upright objects on the table.
 
     Footprints are discs around the box centre whose radius is half the xz box diagonal, a conservative bound
     for every yaw; discs may not overlap (with a small gap). Objects that cannot be placed after max_tries
-    are skipped, so a scene may hold fewer objects than asked for.
+    are skipped, so a scene may hold fewer objects than asked for. Distractors (a uniform count in the
+    `distractors` range) are placed the same way after the objects.
     """
     cats = list(categories)
     objects: list[SceneObject] = []
     placed: list[tuple[np.ndarray, float]] = []
     place_r = 0.06 + 0.035 * n_objects
-    for k in range(n_objects):
-        cat = cats[int(rng.integers(len(cats)))]
-        model = make_object(cat, rng)
-        scale = float(rng.uniform(*DIAGONAL_RANGE_M[cat]))
+    n_distractors = int(rng.integers(distractors[0], distractors[1] + 1)) if distractors[1] > 0 else 0
+    clutter: list[SceneObject] = []
+    for k in range(n_objects + n_distractors):
+        if k < n_objects:
+            cat = cats[int(rng.integers(len(cats)))]
+            model = make_object(cat, rng)
+            scale = float(rng.uniform(*DIAGONAL_RANGE_M[cat]))
+        else:
+            model = make_distractor(rng)
+            scale = float(rng.uniform(0.06, 0.16))
         ext = scale * model.extents
         foot = 0.5 * float(np.hypot(ext[0], ext[2]))
         for _ in range(max_tries):
@@ -128,7 +136,10 @@ def sample_scene(
         # Resting on the table: the lowest vertex touches z = 0 (the box bottom for upright objects).
         t = np.array([xy[0], xy[1], 0.0])
         t[2] = -float(((scale * model.vertices) @ R.T)[:, 2].min())
-        objects.append(SceneObject(model=model, scale=scale, R_world=R, t_world=t, instance_id=k + 1))
+        so = SceneObject(
+            model=model, scale=scale, R_world=R, t_world=t, instance_id=k + 1 if k < n_objects else 0
+        )
+        (objects if k < n_objects else clutter).append(so)
     tex, base = _table_texture(rng)
     centers = np.array([o.t_world for o in objects]) if objects else np.zeros((1, 3))
     center = np.array([centers[:, 0].mean(), centers[:, 1].mean(), 0.04])
@@ -139,6 +150,7 @@ def sample_scene(
         table_color=base,
         table_texture=tex,
         texture_period_m=float(rng.uniform(0.25, 0.8)),
+        distractors=clutter,
     )
 
 

@@ -487,11 +487,34 @@ _BUILDERS = {
 }
 
 
+def _distractor(rng: np.random.Generator) -> list[Part]:
+    """Clutter that belongs to no category: a box, a cylinder or a flat block."""
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        v, t = box(rng.uniform(0.3, 1.0, 3), np.zeros(3), subdiv=3)
+    elif kind == 1:
+        r, h = rng.uniform(0.15, 0.5), rng.uniform(0.05, 1.0)
+        v, t = revolve(np.array([(r, 0.0), (r, h)]), 24)
+    else:
+        v, t = box(np.array([1.0, rng.uniform(0.05, 0.15), rng.uniform(0.6, 1.0)]), np.zeros(3), subdiv=3)
+    return [Part(v, t, _texture(v, _random_color(rng), rng), "body")]
+
+
+def make_distractor(rng: np.random.Generator) -> ObjectModel:
+    """A non-category object (no ground truth is written for it); same frame conventions as make_object."""
+    return _assemble("distractor", _distractor(rng), rng, None)
+
+
 def make_object(category: str, rng: np.random.Generator, model_id: str | None = None) -> ObjectModel:
     """Build one random instance of a category in the NOCS canonical frame."""
     if category not in _BUILDERS:
         raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
-    parts = _BUILDERS[category](rng)
+    return _assemble(category, _BUILDERS[category](rng), rng, model_id)
+
+
+def _assemble(
+    category: str, parts: list[Part], rng: np.random.Generator, model_id: str | None
+) -> ObjectModel:
     verts, tris, cols, tpart, ranges = [], [], [], [], []
     offset = 0
     ntri = 0

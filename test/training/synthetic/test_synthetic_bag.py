@@ -217,3 +217,15 @@ def test_rclpy_deserializes_the_project_types_built_by_colcon(bag, ros_overlay):
     assert [o.size.x for o in gt.objects] == [o.size.x for o in ours_gt.objects]
     tf = deserialize_message(raw_tf, TFMessage)
     assert tf.transforms[0].child_frame_id == bw.CAMERA_FRAME
+
+
+def test_cli_no_compress_and_distractor_options(tmp_path):
+    args = ["bag", "--frames", "1", "--width", "80", "--height", "60", "--objects-per-frame", "1-2"]
+    assert main([*args, "--out", str(tmp_path / "z" / "bag")]) == 0
+    assert main([*args, "--out", str(tmp_path / "p" / "bag"), "--no-compress"]) == 0
+    assert main([*args, "--out", str(tmp_path / "d" / "bag"), "--distractors", "0"]) == 0
+    z, p = (tmp_path / n / "bag" / "bag.mcap" for n in "zp")
+    assert z.stat().st_size < p.stat().st_size
+    assert _read(tmp_path / "z" / "bag")[0] == _read(tmp_path / "p" / "bag")[0]
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "bad"), "--distractors", "3-1"])

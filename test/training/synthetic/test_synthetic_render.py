@@ -202,3 +202,20 @@ def test_solid_texture_changes_only_object_pixels():
     assert not np.any(changed & ~on_objects)
     assert changed[on_objects].mean() > 0.2
     np.testing.assert_array_equal(textured.depth_mm, plain.depth_mm)
+
+
+def test_distractors_are_rendered_but_have_no_ground_truth():
+    rng = np.random.default_rng(12)
+    scene = sample_scene(rng, 2, distractors=(3, 3))
+    assert len(scene.distractors) >= 2 and all(d.instance_id == 0 for d in scene.distractors)
+    renderer = Renderer(scene, Camera.real275(W, H))
+    f = renderer.render(look_at(scene.center + np.array([0.0, -0.5, 0.6]), scene.center), rng)
+    assert len(f.instance_ids) <= len(scene.objects)
+    # Pixels above the table that belong to no labelled object: the distractors.
+    K = f.K
+    v, u = np.nonzero(f.depth_clean_m > 0)
+    z = f.depth_clean_m[v, u]
+    p_cam = np.stack([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], 1)
+    height = (p_cam @ f.T_world_cam[:3, :3].T + f.T_world_cam[:3, 3])[:, 2]
+    unlabelled_above = (height > 0.01) & (f.instance_map[v, u] < 0)
+    assert unlabelled_above.sum() > 20
