@@ -442,6 +442,23 @@ def nocs_map(frame_pairs) -> dict[str, Any]:
     return out
 
 
+def accuracy_section(bag: BagFrames, topics: TopicConfig, run: RunResult) -> dict[str, Any]:
+    """Scores of one run against the bag's ground truth, or why there are none."""
+    if not bag.has_gt:
+        found = ", ".join(sorted(bag.topics_found))
+        return {
+            "skipped": f"no ground truth topic {topics.gt!r} in the bag (topics: {found}), accuracy skipped"
+        }
+    pairs = [
+        (r.frame, bag.frames[r.frame].gt, r.output) for r in run.records if bag.frames[r.frame].gt is not None
+    ]
+    if not pairs:
+        return {"skipped": "no frame had ground truth within the sync slop, accuracy skipped"}
+    acc = score_frames(pairs)
+    acc["source"] = f"DDS {run.mode} run, iteration {run.iteration}"
+    return acc
+
+
 def format_map(m: dict | None) -> str:
     if not m:
         return "mAP: not computed"
@@ -969,16 +986,7 @@ def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path):
         "diagnostics": diagnostics,
         "notes": notes,
     }
-    if bag.has_gt:
-        pairs = [
-            (r.frame, bag.frames[r.frame].gt, r.output)
-            for r in acc_run.records
-            if bag.frames[r.frame].gt is not None
-        ]
-        result["accuracy"] = score_frames(pairs) if pairs else {"skipped": "no frame had ground truth"}
-        result["accuracy"]["source"] = f"DDS {acc_run.mode} run, iteration 0"
-    else:
-        result["accuracy"] = {"skipped": f"no ground truth topic {topics.gt!r} in the bag, accuracy skipped"}
+    result["accuracy"] = accuracy_section(bag, topics, acc_run)
     ip_lat = None
     if args.in_process:
         pipe = make_pipeline(checkpoint, args.device)

@@ -1,0 +1,106 @@
+"""cleanpose-bench: the real node over DDS on a small generated bag (numbers internally consistent), the
+statistics, the accuracy scoring, and the error paths (missing topic, no ground truth)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from test_replay import write_tiny_bag
+
+from cleanpose_ros import bench
+from cleanpose_ros.replay import RunResult, SendRecord, TopicConfig, load_frames
+
+
+def test_latency_and_jitter_stats():
+    s = bench.latency_stats([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert s["p50"] == 3.0 and s["max"] == 5.0 and s["min"] == 1.0
+    assert s["p50"] <= s["p95"] <= s["p99"] <= s["max"]
+    assert bench.latency_stats([])["p50"] is None
+    # a perfectly steady stream has no jitter whatever its rate
+    assert bench.jitter_stats([0.0, 0.1, 0.2, 0.3])["max"] == pytest.approx(0.0, abs=1e-9)
+    assert bench.jitter_stats([0.0, 0.1, 0.3])["mean"] == pytest.approx(100.0)
+
+
+def test_run_stats_counts():
+    recs = [SendRecord(i, 1 + i % 2, i, 10.0 + i * 0.1) for i in range(5)]
+    for r in recs[:3]:
+        r.t_recv = r.t_send + 0.05
+    run = RunResult("rate", 10.0, 0, recs, 10.0, 11.0)
+    st = bench.run_stats(run)
+    assert (st["sent"], st["received"], st["dropped"]) == (5, 3, 2)
+    assert st["latency_ms"]["p50"] == pytest.approx(50.0)
+    lvo = bench.latency_by_objects(recs)
+    assert sum(v["count"] for v in lvo.values()) == 3 and set(lvo) == {1, 2}
+
+
+def test_accuracy_perfect_and_rotation_symmetry(tmp_path):
+    bag = load_frames(write_tiny_bag(tmp_path / "bag", frames=3))
+    acc = bench.score_frames([(f.index, f.gt, f.gt) for f in bag.frames])
+    s = acc["per_object_success"]
+    assert s["gt_objects"] == 6 and s["5deg2cm"] == 100.0 and s["iou50"] == 100.0
+    assert acc["nocs_map"].get("10deg5cm") == pytest.approx(100.0)
+    # about y, bottles are symmetric, laptops are not
+    a = np.radians(70)
+    Ry = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    assert bench.rotation_error_deg(Ry, np.eye(3), "bottle") == pytest.approx(0.0, abs=1e-6)
+    assert bench.rotation_error_deg(Ry, np.eye(3), "laptop") == pytest.approx(70.0)
+
+
+def test_bag_without_gt_skips_accuracy_with_message(tmp_path):
+    bag = load_frames(write_tiny_bag(tmp_path / "bag", frames=2, with_gt=False))
+    run = RunResult("max", None, 0, [SendRecord(0, 1, 0, 0.0, 0.1)], 0.0, 1.0)
+    acc = bench.accuracy_section(bag, TopicConfig(), run)
+    assert (
+        "no ground truth topic '/ground_truth/poses'" in acc["skipped"]
+        and "accuracy skipped" in acc["skipped"]
+    )
+
+
+def test_cli_missing_topic_names_topics_found(tmp_path, capsys):
+    path = write_tiny_bag(tmp_path / "bag", frames=1)
+    code = bench.main([str(path), "--detections-topic", "/mask_rcnn/result", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "/mask_rcnn/result" in err and "/camera/color/image_raw" in err and "--detections-topic" in err
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_bench_real_node_small_bag(tmp_path, ros_overlay, storage):
+    """The whole bench, node as a subprocess, on a 3-frame 160x120 synthetic bag; only the mcap case runs
+    the in-process comparison (the sqlite3 case checks the storage path end to end)."""
+    from training.synthetic.__main__ import generate_bag
+
+    bag_path = tmp_path / "bag"
+    generate_bag(
+        bag_path, frames=3, objects=(1, 2), seed=3, width=160, height=120, storage=storage, shadows=False
+    )
+    out = tmp_path / "out"
+    args = [str(bag_path), "--rates", "20,max", "--iterations", "1", "--warmup", "1", "--out", str(out)]
+    if storage == "sqlite3":
+        args.append("--no-in-process")
+    assert bench.main(args) == 0, (out / "node.log").read_text() if (out / "node.log").exists() else ""
+    res = json.loads((out / "bench.json").read_text())
+    assert res["bag"]["storage"] == storage and res["bag"]["frames"] == 3
+    assert [a["mode"] for a in res["dds"]] == ["rate", "max"]
+    for agg in res["dds"]:
+        assert agg["sent"] == agg["received"] + agg["dropped"]
+        for run in agg["runs"]:
+            assert run["sent"] == run["received"] + run["dropped"] == 3
+        L = agg["latency_ms"]
+        if agg["received"]:
+            assert 0 < L["min"] <= L["p50"] <= L["p95"] <= L["p99"] <= L["max"]
+    closed = res["dds"][1]
+    assert closed["received"] == 3, "closed loop waits for every answer"
+    assert closed["cpu_percent_max"] is not None and closed["cpu_percent_max"] > 0
+    assert res["accuracy"]["per_object_success"]["gt_objects"] > 0
+    assert sum(v["count"] for v in res["latency_vs_objects"].values()) == closed["received"]
+    if storage == "mcap":
+        ip = res["in_process"]
+        assert ip["frames"] == 3 and ip["latency_ms"]["p50"] > 0
+        assert "ros_overhead" in res
+    assert (out / "bench.png").stat().st_size > 1000
+    assert os.environ.get("ROS_DOMAIN_ID")  # ran on the session's own domain
