@@ -96,7 +96,9 @@ def bench_forward(net, dev, counts, warmup, runs, modes):
         runners["exact"] = GraphedForward(net, precision="fp32", queue_entries=12)
     for m in modes:
         if m.startswith("fast"):
-            runners[m] = GraphedForward(net, precision=FAST_MODES[m], queue_entries=12)
+            runners[m] = GraphedForward(
+                net, precision=FAST_MODES[m], queue_entries=12, compile=m.endswith("compiled")
+            )
     for n in counts:
         inputs = parity_inputs(n, dev)
         row = {"objects": n}
@@ -298,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--cpu-inference", action="store_true", help="also time CPU-only inference")
+    ap.add_argument(
+        "--compile", action="store_true", help="also measure torch.compile + graphs (fast_compiled)"
+    )
     ap.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--memory-precision", default="fast", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -318,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     net = build_parity_net("cleanpose", dev)
+    if args.compile:
+        FAST_MODES["fast_compiled"] = "fast"
     modes = ["reference", "exact", *FAST_MODES] if dev.type == "cuda" else ["reference"]
     rows, runners = bench_forward(net, dev, counts, args.warmup, args.runs, modes)
     for r in rows:

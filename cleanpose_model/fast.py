@@ -86,6 +86,7 @@ class GraphedForward:
         n_points: int = 1024,
         queue_entries: int | None = None,
         tf32: bool | None = None,
+        compile: bool = False,
     ) -> None:
         precision = FAST_PRECISION if precision == "fast" else precision
         if precision not in _AUTOCAST:
@@ -110,6 +111,8 @@ class GraphedForward:
             _AutocastBackbone(net.rgb_extractor, dtype) if dtype is not None and not self._whole else None
         )
         self.tf32 = (precision != "fp32") if tf32 is None else tf32
+        # torch.compile fuses the many small elementwise kernels that remain after graph capture.
+        self._forward = torch.compile(self.net, dynamic=False) if compile else self.net
         self._pool = None
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict, dict]] = {}
 
@@ -133,7 +136,7 @@ class GraphedForward:
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         autocast = torch.autocast("cuda", dtype=torch.float16, enabled=self._whole)
         with _swapped_backbone(self.net, self._backbone), _tf32(self.tf32), autocast:
-            out = self.net(
+            out = self._forward(
                 inputs["rgb"],
                 inputs["pts"],
                 inputs["choose"],
