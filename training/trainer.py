@@ -34,6 +34,7 @@ import os
 import signal
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -486,8 +487,11 @@ class Trainer:
             mode=s.mode,
             cycle_momentum=False,
         )
-        for _ in range(steps_taken):
-            self.scheduler.step()
+        with warnings.catch_warnings():
+            # fast-forwarding the schedule without optimizer steps is intended here
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for _ in range(steps_taken):
+                self.scheduler.step()
 
     def rescale_schedule(self, new_total: int) -> None:
         """Shorten the run to ``new_total`` iterations, scaling the LR cycle by the same factor."""

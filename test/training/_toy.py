@@ -13,15 +13,16 @@ from training.datasets.common import worker_rng
 
 class ToyObjects(Dataset):
     def __init__(
-        self, n: int = 16, n_points: int = 1024, cat_num: int = 6, seed: int = 0, image_size: int = 224
+        self,
+        n: int = 16,
+        n_points: int = 1024,
+        cat_num: int = 6,
+        seed: int = 0,
+        image_size: int = 224,
+        fixed_points: bool = False,
     ):
-        self.n, self.n_points, self.cat_num, self.seed, self.image_size = (
-            n,
-            n_points,
-            cat_num,
-            seed,
-            image_size,
-        )
+        self.n, self.n_points, self.cat_num, self.seed = n, n_points, cat_num, seed
+        self.image_size, self.fixed_points = image_size, fixed_points
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -32,7 +33,12 @@ class ToyObjects(Dataset):
 
     def __getitem__(self, index):
         fixed = np.random.default_rng([self.seed, int(index)])  # the object itself is fixed per index
-        rng = worker_rng(self.seed, self.epoch, int(index))  # what varies per epoch: the point subset
+        # what varies per epoch: the point subset (unless fixed, for overfitting tests)
+        rng = (
+            np.random.default_rng([self.seed, int(index), 1])
+            if self.fixed_points
+            else worker_rng(self.seed, self.epoch, int(index))
+        )
         cat = int(fixed.integers(self.cat_num))
         size = fixed.uniform(0.05, 0.2, 3)
         R = Rotation.random(random_state=int(fixed.integers(1 << 31))).as_matrix()
