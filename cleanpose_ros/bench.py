@@ -822,6 +822,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", default="10,30,60,max", help="comma list of Hz and/or 'max' (closed loop)")
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames of the bag")
+    p.add_argument(
+        "--objects-per-frame",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep only the first N detections of each frame (latency at N objects from one recording)",
+    )
     p.add_argument("--warmup", type=int, default=3, help="frames sent closed-loop before measuring")
     p.add_argument(
         "--node-running",
@@ -865,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        bag = load_frames(args.bag, topics, max_frames=args.max_frames)
+        bag = load_frames(args.bag, topics, max_frames=args.max_frames, max_objects=args.objects_per_frame)
     except (BagTopicError, FileNotFoundError) as e:
         print(f"cleanpose-bench: {e}", file=sys.stderr)
         return 2

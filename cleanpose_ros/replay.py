@@ -136,12 +136,16 @@ def load_frames(
     *,
     max_frames: int | None = None,
     slop_s: float = 0.02,
+    max_objects: int | None = None,
 ) -> BagFrames:
     """Read a rosbag2 directory (or a single .mcap/.db3 file) into frames.
 
     Images are the frame clock; depth and detections pair by header stamp (nearest within `slop_s`, as an
     approximate-time synchronizer would), camera info by the latest one at or before the image, since it is
     constant on most robots and often recorded at a different rate.
+
+    `max_objects` keeps only the first N detections of every frame (and their ground truth), so one recording
+    gives the latency at 1, 3, ... objects per frame.
     """
     from rosbags.highlevel import AnyReader
 
@@ -205,13 +209,43 @@ def load_frames(
                 continue
             raw["info"] = by_role["info"][j][1]
             det = deser(raw["detections"], "detections")
+            if max_objects is not None and len(det.detections) > max_objects:
+                det = _truncate_detections(det, max_objects)
+                raw["detections"] = _restamp_keep(
+                    store.serialize_cdr(det, msgtypes["detections"]), raw["detections"]
+                )
             gt = None
             if gt_topic and len(stamps["gt"]):
                 k = _nearest(stamps["gt"], stamp)
                 if abs(int(stamps["gt"][k]) - stamp) <= slop:
                     gt = deser(by_role["gt"][k][1], "gt")
+                    if max_objects is not None:
+                        keep = {d.id for d in det.detections}
+                        gt = type(gt)(gt.header, [o for o in gt.objects if o.instance_id in keep])
             frames.append(Frame(len(frames), stamp, raw, len(det.detections), gt))
     return BagFrames(path, frames, msgtypes, found, gt_topic is not None, skipped, _storage_of(path))
+
+
+def _truncate_detections(det, n: int):
+    from dataclasses import replace
+
+    kw = {"detections": det.detections[:n]}
+    if len(det.masks):
+        kw["masks"] = det.masks[:n]
+    if len(det.mask_offset_x):
+        kw["mask_offset_x"], kw["mask_offset_y"] = det.mask_offset_x[:n], det.mask_offset_y[:n]
+    if det.label_image.height and det.label_image.data.size:
+        lab = det.label_image
+        dt = np.uint16 if lab.encoding == "16UC1" else np.uint8
+        img = lab.data.view(dt).copy()
+        img[img > n] = 0
+        kw["label_image"] = replace(lab, data=img.view(np.uint8))
+    return replace(det, **kw)
+
+
+def _restamp_keep(new: bytes, old: bytes) -> bytes:
+    # rosbags serializes little-endian; keep the recorded stamp exactly
+    return cdr_restamp(new, cdr_stamp_ns(old))
 
 
 def deserialize_rclpy(raw: bytes, msgtype: str):

@@ -222,3 +222,18 @@ def test_dds_replay_echo_node(tmp_path, ros_overlay, rclpy_context):
         assert all(r.t_recv > r.t_send for r in got)
         assert [len(r.output.objects) for r in got] == [r.n_objects for r in got]
     assert time.time_ns() - seen[-1].header.stamp.sec * 10**9 < 60 * 10**9  # restamped to send time
+
+
+def test_max_objects_truncates_detections_and_gt(tmp_path):
+    from cleanpose_ros.replay import deserialize_rclpy
+
+    bag = load_frames(write_tiny_bag(tmp_path / "bag", frames=3), max_objects=2)
+    assert [f.n_objects for f in bag.frames] == [1, 2, 2]
+    assert [len(f.gt.objects) for f in bag.frames] == [1, 2, 2]
+    raw = bag.frames[2].raw["detections"]
+    assert cdr_stamp_ns(raw) == bag.frames[2].stamp_ns
+    try:
+        msg = deserialize_rclpy(raw, "cleanpose_msgs/msg/InstanceSegmentation")
+    except ImportError:
+        return  # no overlay in this environment: the rosbags side was checked above
+    assert len(msg.detections) == len(msg.masks) == 2
