@@ -99,8 +99,18 @@ class PoseEstimator:
 
     def __init__(self, net: torch.nn.Module, cfg=None, queue: ConfounderQueue | torch.Tensor | None = None, *,
                  device="cpu", dtype: torch.dtype = torch.float32, queue_mode: str = "deterministic",
-                 seed: int = 0):
+                 seed: int = 0, precision: str = "fp32", cuda_graphs: bool | None = None):
+        """``precision``: ``"fp32"`` (exact: the parity path) or ``"fast"`` (CUDA only: DINOv2 in fp16
+        autocast, TF32 elsewhere; see ``cleanpose_model.fast``). ``cuda_graphs`` (default: on for CUDA)
+        replays the forward from CUDA graphs, one per batch-size bucket; outputs equal the eager ones."""
+        if precision not in ("fp32", "fast"):
+            raise ValueError(f"precision must be 'fp32' or 'fast', got {precision!r}")
         self.device = resolve_device(device)
+        self.precision = precision if self.device.type == "cuda" else "fp32"
+        self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs needs a CUDA device")
+        self._graphed: dict[int, object] = {}
         self.dtype = dtype
         self.cfg = cfg if cfg is not None else getattr(net, "cfg", None)
         self.net = net.to(device=self.device, dtype=dtype).eval()
@@ -120,7 +130,7 @@ class PoseEstimator:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32,
                         queue_mode: str = "deterministic", seed: int = 0, *, config=None, queue_path=None,
-                        dinov2_path=None) -> PoseEstimator:
+                        dinov2_path=None, **options) -> PoseEstimator:
         """Build from our ``.safetensors`` checkpoint, or from a published ``.pt/.pth`` when ``config`` (name
         or YAML path) and, for CleanPose, ``queue_path`` are given."""
         from cleanpose_model.io import checkpoints
@@ -131,7 +141,7 @@ class PoseEstimator:
         else:
             net, cfg, queue = checkpoints.load_published(path, config=config, queue_path=queue_path,
                                                          dinov2_path=dinov2_path)
-        return cls(net, cfg, queue, device=device, dtype=dtype, queue_mode=queue_mode, seed=seed)
+        return cls(net, cfg, queue, device=device, dtype=dtype, queue_mode=queue_mode, seed=seed, **options)
 
     def reseed(self, seed: int) -> None:
         """Restart the random queue draws (``queue_mode='random'``) from ``seed``."""
@@ -149,27 +159,50 @@ class PoseEstimator:
             queue_feats = None
             if self.queue is not None:
                 queue_feats = self.queue.select(b.category, self.queue_mode, self.rng)
-            out = self.net(b.rgb, b.pts, b.choose, b.category, queue_feats=queue_feats)
+            out = self._forward(queue_feats)(b.rgb, b.pts, b.choose, b.category, queue_feats=queue_feats)
         return PoseResult(rotation=out["pred_rotation"], translation=out["pred_translation"],
                           size=out["pred_size"], keypoints=out["pred_kpt_3d"])
 
+    def _forward(self, queue_feats: torch.Tensor | None):
+        """The eager network, or its graphed replay for this queue width (graphs have fixed shapes)."""
+        if not self.cuda_graphs or self.dtype != torch.float32:
+            return self.net
+        entries = 0 if queue_feats is None else int(queue_feats.shape[1])
+        if entries not in self._graphed:
+            from cleanpose_model.fast import GraphedForward
+
+            self._graphed[entries] = GraphedForward(self.net, precision=self.precision,
+                                                    queue_entries=entries or None)
+        return self._graphed[entries]
+
     def warmup(self, n_objects: int = 1, n_points: int = 1024) -> None:
-        """One forward on synthetic inputs (allocator, kernel selection); the random-mode RNG is untouched."""
-        g = torch.Generator().manual_seed(0)
-        pts = torch.rand(n_objects, n_points, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, 0.7])
-        batch = ObjectBatch(
-            rgb=torch.randn(n_objects, 3, 224, 224, generator=g),
-            pts=pts,
-            choose=torch.randint(0, 224 * 224, (n_objects, n_points), generator=g),
-            category=torch.arange(n_objects) % len(self.categories),
-        )
-        mode, self.queue_mode = self.queue_mode, "deterministic"
+        """Forwards on synthetic inputs (allocator, kernel selection and, with CUDA graphs, the capture of
+        every batch bucket up to ``n_objects``, so no frame pays for a capture); the random-mode RNG state
+        is restored afterwards."""
+        from cleanpose_model.fast import DEFAULT_BUCKETS
+
+        sizes = [n_objects]
+        if self.cuda_graphs:
+            sizes = [b for b in DEFAULT_BUCKETS if b < n_objects] + [n_objects]
+        state = self.rng.get_state()
         try:
-            self.predict(batch)
+            for n in sizes:
+                g = torch.Generator().manual_seed(n)
+                pts = torch.rand(n, n_points, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, 0.7])
+                self.predict(ObjectBatch(
+                    rgb=torch.randn(n, 3, self.image_size, self.image_size, generator=g),
+                    pts=pts,
+                    choose=torch.randint(0, self.image_size ** 2, (n, n_points), generator=g),
+                    category=torch.arange(n) % len(self.categories),
+                ))
         finally:
-            self.queue_mode = mode
+            self.rng.set_state(state)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    @property
+    def image_size(self) -> int:
+        return int(getattr(self.cfg, "image_size", 224) or 224)
 
     def _empty(self) -> PoseResult:
         kpt = int(getattr(self.cfg, "kpt_num", 96) or 96)

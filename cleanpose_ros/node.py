@@ -35,7 +35,6 @@ from cleanpose_ros.sync import InputSynchronizer
 
 NODE_NAME = "cleanpose_node"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 _RUNTIME_PIPELINE_FIELDS = (
     "score_threshold",
     "max_objects",
@@ -129,7 +128,7 @@ class CleanPoseNode(LifecycleNode):
         self._worker = threading.Thread(target=self._worker_loop, name="cleanpose_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"configured: device {self._device}, dtype {self.p.dtype}, "
+            f"configured: device {self._device}, precision {self.p.precision}, "
             f"categories {self.estimator.categories}, "
             f"tf {self._tf.backend}, diagnostics {self._diag.backend}"
         )
@@ -231,7 +230,6 @@ class CleanPoseNode(LifecycleNode):
         return dev
 
     def _load_model(self, warm: bool | None = None) -> None:
-        import torch
 
         from cleanpose_model.inference import PoseEstimator
 
@@ -248,12 +246,13 @@ class CleanPoseNode(LifecycleNode):
         self.estimator = PoseEstimator.from_checkpoint(
             str(path),
             device=self._device,
-            dtype=getattr(torch, _DTYPES[self.p.dtype]),
             queue_mode=self.p.queue_mode,
+            precision=self.p.precision,
+            cuda_graphs=self.p.cuda_graphs and self._device.startswith("cuda"),
         )
         self.pipeline = FramePipeline(self.estimator, self._pipeline_config(self.p))
         if self.p.warmup if warm is None else warm:
-            self.estimator.warmup(n_objects=2)
+            self.estimator.warmup(n_objects=min(self.p.max_objects, 8))
         self.get_logger().info(f"model loaded from {path} in {time.perf_counter() - t0:.2f} s")
 
     def _release_model(self) -> None:
