@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# cleanpose-bench over DDS on the lent GPU machine, in one command (Python 3.12 + CUDA torch there, no ROS, no
+# registry). What it needs travels in .carry/gpu_bench (git-ignored, built here by `scripts/gpu_bench.sh pack`):
+#   ros312.tar.xz   ROS 2 Kilted cp312 wheels (rclpy, Fast DDS, msgs, rosidl/ament toolchain, colcon, rosbags)
+#                   installed with `pip install --target` and identical library copies turned into symlinks
+#   bag_gpu6.tar.xz 10 synthetic 640x480 frames with 8 objects each (+ ground truth); the bench keeps the
+#                   first 1, 3 or 6 detections per frame (--objects-per-frame)
+# On the GPU machine (as root, repo root):
+#   bash scripts/gpu_bench.sh run            -> $OUT (or outputs/gpu_bench): summary.md, objN.json/.png, log
+# Device tool call: command "bash scripts/gpu_bench.sh run", carry [".carry/gpu_bench"].
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CARRY="$REPO/.carry/gpu_bench"
+mode="${1:-run}"
+
+pack() {
+    # Here (Python 3.11 venv with pip and network to PyPI): cross-install the cp312 wheels and the bag.
+    local py="$REPO/.venv/bin/python" wh=/tmp/gpu_bench_whl312 tgt=/tmp/ros312
+    local plats=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
+        --platform manylinux2014_x86_64 --platform any)
+    mkdir -p "$CARRY" "$wh"
+    # Pure-Python sdists (empy) become wheels first: cross-platform downloads take wheels only.
+    "$py" -m pip wheel -q --no-deps "empy==$("$py" -m pip show empy | sed -n 's/^Version: //p')" -w "$wh"
+    grep -hv '^#' "$REPO/requirements/ros.txt" | sed '/^$/d' > "$wh/req.txt"
+    echo "rosbags==0.11.9" >> "$wh/req.txt"
+    "$py" -m pip download -q --only-binary=:all: --find-links "$wh" --python-version 3.12 --implementation cp \
+        "${plats[@]}" -d "$wh" -r "$wh/req.txt"
+    # Already on the GPU image (KINDS.md package list): numpy, pyyaml, pytest, ... must not be shadowed.
+    ls "$wh"/*.whl | grep -vE '/(numpy|pyyaml|setuptools|pygments|pytest[a-z_]*|coverage|iniconfig|pluggy|packaging|typing_extensions|tzdata|python_dateutil|pyparsing|six)-' \
+        > "$wh/sel.txt"
+    rm -rf "$tgt"
+    "$py" -m pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 --implementation cp \
+        "${plats[@]}" --target "$tgt" $(cat "$wh/sel.txt")
+    "$py" - "$tgt" <<'EOF'
+import collections, hashlib, os, sys
+root = sys.argv[1]
+groups = collections.defaultdict(list)
+for dp, _, files in os.walk(root):
+    for f in files:
+        p = os.path.join(dp, f)
+        if not os.path.islink(p) and os.path.getsize(p) >= 4096:
+            groups[(os.path.getsize(p), hashlib.sha1(open(p, "rb").read()).hexdigest())].append(p)
+for paths in groups.values():
+    paths.sort(key=len)  # wheels store libX.so, libX.so.N, libX.so.N.M as copies; keep the longest name
+    for p in paths[:-1]:
+        os.remove(p)
+        os.symlink(os.path.relpath(paths[-1], os.path.dirname(p)), p)
+EOF
+    (cd /tmp && tar -cJf "$CARRY/ros312.tar.xz" ros312)
+    if [ ! -f "$CARRY/bag_gpu6.tar.xz" ]; then
+        rm -rf /tmp/gpu_bench_bag && mkdir -p /tmp/gpu_bench_bag
+        "$py" -m training.synthetic bag --out /tmp/gpu_bench_bag/gpu6 --frames 10 --objects-per-frame 8-8 --seed 1 \
+            --no-shadows
+        (cd /tmp/gpu_bench_bag && tar -cJf "$CARRY/bag_gpu6.tar.xz" gpu6)
+    fi
+    du -sh "$CARRY"/*
+}
+
+run() {
+    local out="${OUT:-$REPO/outputs/gpu_bench}" work=/tmp/gpu_bench t0=$SECONDS
+    mkdir -p "$out" "$work"
+    local log="$out/gpu_bench.log"
+    exec > >(tee "$log") 2>&1
+    [ -f "$CARRY/ros312.tar.xz" ] || { echo "missing $CARRY/ros312.tar.xz: run 'scripts/gpu_bench.sh pack' here and carry .carry/gpu_bench"; exit 2; }
+    tar -xJf "$CARRY/ros312.tar.xz" -C /tmp
+    tar -xJf "$CARRY/bag_gpu6.tar.xz" -C "$work"
+    local T=/tmp/ros312 py
+    py="$(command -v python3)"
+    # The wheels' CMake configs name the build machine's Python paths (see /work/shared/ROS_ENV.md).
+    mkdir -p /opt/python/cp312-cp312/include /opt/python/cp312-cp312/lib/python3.12/site-packages
+    ln -sfn "$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
+        /opt/python/cp312-cp312/include/python3.12
+    ln -sfn "$("$py" -c 'import numpy, os; print(os.path.dirname(numpy.__file__))')" \
+        /opt/python/cp312-cp312/lib/python3.12/site-packages/numpy
+    # --target installs skip the bootstrapper's .pth, so set what it would set.
+    export _ROS_WHEELS_BOOTSTRAP_COMPLETE=1
+    export LD_LIBRARY_PATH="$T/lib:$(ls -d "$T"/ros_*.libs | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export PYTHONPATH="$T:$REPO${PYTHONPATH:+:$PYTHONPATH}" AMENT_PREFIX_PATH="$T" CMAKE_PREFIX_PATH="$T"
+    export PATH="$T/bin:$PATH"
+    echo "[gpu_bench] $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null); torch" \
+        "$("$py" -c 'import torch; print(torch.__version__, torch.cuda.is_available())')"
+    echo "[gpu_bench] colcon build of the interface packages ($((SECONDS - t0)) s)"
+    (cd "$REPO" && "$py" -m colcon --log-base "$work/log" build \
+        --base-paths msg test/ros_interfaces/vision_msgs test/ros_interfaces/tf2_msgs \
+        --build-base "$work/build" --install-base "$work/install" --merge-install \
+        --event-handlers console_cohesion- status- summary+ \
+        --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$py" > "$work/colcon.out" 2>&1) \
+        || { tail -n 80 "$work/colcon.out"; exit 1; }
+    set +u
+    # shellcheck disable=SC1091
+    source "$work/install/local_setup.bash"
+    set -u
+    export RMW_IMPLEMENTATION=rmw_fastrtps_cpp ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=42
+    export PYTHONUNBUFFERED=1
+    echo "[gpu_bench] ROS ready ($((SECONDS - t0)) s)"
+    for n in ${GPU_BENCH_OBJECTS:-1 3 6}; do
+        echo "[gpu_bench] ===== $n object(s) per frame ($((SECONDS - t0)) s)"
+        "$py" -m cleanpose_ros.bench "$work/gpu6" --objects-per-frame "$n" --device cuda \
+            --rates "${GPU_BENCH_RATES:-30,max}" --iterations "${GPU_BENCH_ITERATIONS:-3}" \
+            --out "$work/obj$n" ${GPU_BENCH_ARGS:-} || { tail -n 40 "$work/obj$n/node.log"; exit 1; }
+        cp "$work/obj$n/bench.json" "$out/obj$n.json"
+        cp "$work/obj$n/bench.png" "$out/obj$n.png"
+    done
+    "$py" -m bench.gpu_summary "$out"/obj*.json | tee "$out/summary.md"
+    echo "[gpu_bench] done in $((SECONDS - t0)) s"
+}
+
+case "$mode" in
+    pack) pack ;;
+    run) run ;;
+    *) echo "usage: $0 pack|run"; exit 2 ;;
+esac
