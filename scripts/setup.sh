@@ -15,7 +15,12 @@ cd "$REPO"
 
 VENV="$REPO/.venv"
 WS="$REPO/build/ros_ws"
-PYTHON="${CLEANPOSE_PYTHON:-python3.11}"
+PYTHON="${CLEANPOSE_PYTHON:-}"
+if [ -z "$PYTHON" ]; then
+    # Debian 12's python3 is 3.11; a machine with several Pythons may only have it as python3.11.
+    PYTHON=python3.11
+    command -v python3.11 >/dev/null || PYTHON=python3
+fi
 FORCE="${CLEANPOSE_FORCE:-0}"
 REQ_FILES=(requirements/base.txt requirements/ros.txt requirements/dev.txt)
 # Packages colcon builds here; the vision_msgs / tf2_msgs copies are only for machines without a distribution.
@@ -45,7 +50,17 @@ fi
 
 # --- 2. venv --------------------------------------------------------------------------------------------
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found; set CLEANPOSE_PYTHON to a Python 3.11 interpreter"
+"$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null \
+    || die "$PYTHON is not Python 3.11 (the ROS 2 wheels are cp311); set CLEANPOSE_PYTHON"
 if [ ! -x "$VENV/bin/python" ]; then
+    if ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+        # Debian splits venv support (ensurepip) into python3.11-venv.
+        is_root && command -v apt-get >/dev/null \
+            || die "$PYTHON cannot create venvs; as root: apt-get install -y python3.11-venv"
+        log "installing Debian python3.11-venv"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3.11-venv >/dev/null \
+            || die "apt-get install python3.11-venv failed"
+    fi
     log "creating $VENV with $("$PYTHON" -V 2>&1)"
     "$PYTHON" -m venv "$VENV"
 fi
