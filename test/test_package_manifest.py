@@ -190,3 +190,38 @@ def test_scan_catches_a_new_unlisted_import(tmp_path: Path, package) -> None:
     # ... and a known module whose key is missing from package.xml is reported as such.
     problems = undeclared(imported_modules([pkg_dir]), _runtime_keys(package) - {"python3-numpy"})
     assert any("<exec_depend>python3-numpy</exec_depend>" in p for p in problems), problems
+
+
+# ------------------------------------------------------------- the newcomer / CI contract of the repository
+def test_readme_commands_are_make_targets_and_ci_runs_the_test_command() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split("## Two commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
+
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    targets = dict(re.findall(r"^([\w-]+):([^=\n]*)$", makefile, re.M))
+    for target in ["setup", "demo", "test", "test-all", "lint", "format", "bench"]:
+        assert target in targets, f"Makefile lacks target {target}"
+    for target in ["demo", "test", "test-all", "bench"]:
+        assert "setup" in targets[target].split(), f"make {target} must set up first"
+
+    ci = REPO_ROOT / ".ci" / "run"
+    lines = ci.read_text().splitlines()
+    assert lines[0] == "#!/usr/bin/env bash"
+    assert ci.stat().st_mode & 0o111, ".ci/run is not executable"
+    body = [line.strip() for line in lines[1:] if line.strip() and not line.lstrip().startswith("#")]
+    assert body[0] == "set -euo pipefail"
+    assert [line for line in body if not line.startswith(("set ", "cd "))] == ["make test"]
+
+
+def test_pytest_configuration() -> None:
+    import tomllib
+
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    pytest_cfg = config["tool"]["pytest"]["ini_options"]
+    assert pytest_cfg["testpaths"] == ["test"]
+    assert "-m 'not gpu'" in pytest_cfg["addopts"]
+    assert "--strict-markers" in pytest_cfg["addopts"]
+    assert {m.split(":")[0] for m in pytest_cfg["markers"]} == {"slow", "gpu", "ros"}
+    assert config["tool"]["ruff"]["line-length"] == 110
