@@ -767,6 +767,15 @@ class Trainer:
                     mean["it_per_s"] = (it - start_it) / max(el, 1e-9)
                     writer.write(it, mean)
                     self.history.append({"iteration": it, **mean})
+                    if bar is None and self.info.is_main:
+                        log.info(
+                            "it %d/%d %s",
+                            it,
+                            total,
+                            " ".join(
+                                f"{k}={mean[k]:.4g}" for k in ("total", *TERMS, "lr", "it_per_s") if k in mean
+                            ),
+                        )
                     if bar is not None:
                         bar.set_postfix({k: f"{mean[k]:.3g}" for k in ("total", *TERMS, "lr") if k in mean})
                     acc, n_acc = {}, 0
