@@ -27,6 +27,7 @@ negative slice starts there).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -94,8 +95,9 @@ def remap_choose(choose: np.ndarray, crop_side: int, image_size: int = IMAGE_SIZ
 
 
 def _normalize_lut() -> np.ndarray:
-    """(3, 256) float32: uint8 value -> ImageNet-normalised value per channel, computed with exactly the float32
-    operations of the protocol (/255, -mean, /std), so a lookup is bit-identical to doing them per pixel."""
+    """(3, 256) float32: uint8 value -> ImageNet-normalised value per channel, computed with exactly the
+    float32 operations of the protocol (/255, -mean, /std), so a lookup is bit-identical to doing them per
+    pixel."""
     v = np.arange(256, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
     return (v[None, :] - IMAGENET_MEAN[:, None]) / IMAGENET_STD[:, None]
 
@@ -103,7 +105,9 @@ def _normalize_lut() -> np.ndarray:
 _NORM_LUT = _normalize_lut()
 
 
-def normalize_rgb(crop_uint8: np.ndarray, image_size: int = IMAGE_SIZE, out: np.ndarray | None = None) -> np.ndarray:
+def normalize_rgb(
+    crop_uint8: np.ndarray, image_size: int = IMAGE_SIZE, out: np.ndarray | None = None
+) -> np.ndarray:
     """uint8 RGB crop -> (3, S, S) float32, resized with OpenCV bilinear and ImageNet-normalised (into `out`
     when given). A table lookup per channel: broadcasting the 3-vector over the last axis costs ~1 ms per
     object, the lookup ~0.1 ms, and gives the same bits."""
@@ -302,6 +306,7 @@ def build_object_inputs_torch(
     valid_depth = torch.isfinite(depth) & (depth > 0)
     Kt = np.asarray(K, dtype=np.float64)
     fx, fy, cx, cy = float(Kt[0, 0]), float(Kt[1, 1]), float(Kt[0, 2]), float(Kt[1, 2])
+    f_t = torch.tensor([fx, fy], dtype=torch.float64, device=dev)
     mean = torch.tensor(IMAGENET_MEAN, device=dev).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=dev).view(3, 1, 1)
 
@@ -325,7 +330,8 @@ def build_object_inputs_torch(
         z = depth[r0 + row, c0 + col]
         u = (c0 + col).to(torch.float64)
         v = (r0 + row).to(torch.float64)
-        ptss.append(torch.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], dim=1).to(torch.float32))
+        # focal lengths as device tensors: CUDA divides by a host scalar via its reciprocal (not exact)
+        ptss.append(torch.stack([(u - cx) * z / f_t[0], (v - cy) * z / f_t[1], z], dim=1).to(torch.float32))
         crop = rgb[r0:r1, c0:c1].permute(2, 0, 1).unsqueeze(0).to(torch.float32)
         crop = F.interpolate(crop, size=(image_size, image_size), mode="bilinear", align_corners=False)[0]
         rgbs.append((crop / 255.0 - mean) / std)
@@ -356,3 +362,208 @@ def build_object_inputs_torch(
         np.asarray(nums, np.int64),
         np.asarray(windows, np.int64).reshape(-1, 4),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_tables(side: int, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """(8, image_size) int32 source rows/cols and 11-bit weights of OpenCV's INTER_LINEAR uint8 resize of a
+    side x side image to image_size x image_size: y0, y1, b0, b1, x0, x1, a0, a1 (window coordinates).
+
+    Reproduces OpenCV's `resizeGeneric_` set-up literally: scale = 1 / (dst / src) in double, the source
+    coordinate rounded to float32, the fraction in float32, each weight rounded separately to the nearest
+    short of (1 - f) * 2048 and f * 2048; columns left/right of the image get f = 0 at the clamped column,
+    rows keep their fraction and have both row indices clamped (OpenCV clamps rows when fetching them)."""
+    d = np.arange(image_size, dtype=np.float64)
+    f = ((d + 0.5) * (1.0 / (image_size / side)) - 0.5).astype(np.float32)
+    i0 = np.floor(f).astype(np.int64)
+    frac = (f - i0.astype(np.float32)).astype(np.float32)
+
+    def weights(fr):
+        return (
+            np.rint((np.float32(1.0) - fr) * np.float32(2048.0)).astype(np.int64),
+            np.rint(fr * np.float32(2048.0)).astype(np.int64),
+        )
+
+    y0, y1 = np.clip(i0, 0, side - 1), np.clip(i0 + 1, 0, side - 1)
+    b0, b1 = weights(frac)
+    fx = frac.copy()
+    x0 = i0.copy()
+    outside = (x0 < 0) | (x0 >= side - 1)
+    fx[outside] = 0.0
+    x0 = np.clip(x0, 0, side - 1)
+    x1 = np.minimum(x0 + 1, side - 1)
+    a0, a1 = weights(fx)
+    return np.stack([y0, y1, b0, b1, x0, x1, a0, a1]).astype(np.int32)
+
+
+def resize_uint8_like_cv2(img: np.ndarray, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """Numpy model of what `build_object_inputs_batched` computes for one square uint8 (s, s, C) crop;
+    equal to cv2.resize(img, (image_size, image_size), INTER_LINEAR) (tests check it on this OpenCV)."""
+    y0, y1, b0, b1, x0, x1, a0, a1 = (t.astype(np.int64) for t in _resize_tables(img.shape[0], image_size))
+    im = img.astype(np.int64)
+    h0 = im[y0][:, x0] * a0[None, :, None] + im[y0][:, x1] * a1[None, :, None]
+    h1 = im[y1][:, x0] * a0[None, :, None] + im[y1][:, x1] * a1[None, :, None]
+    out = _vertical_fixed_point(h0, h1, b0[:, None, None], b1[:, None, None])
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _vertical_fixed_point(h0, h1, b0, b1):
+    """OpenCV's vectorised vertical pass for uint8 (VResizeLinearVec_32s8u, which handles every pixel of a
+    224-wide RGB row on SSE/AVX/NEON): rows of horizontal sums (scale 2048) are shifted right by 4, multiplied
+    by 16-bit weights keeping the high half, summed and rounded with (+2) >> 2. Its scalar tail,
+    (h0 * b0 + h1 * b1 + 2^21) >> 22, differs in about 1 pixel of 8 by one level. Works on numpy arrays and
+    torch tensors alike (int64 or int32: every intermediate stays below 2^27)."""
+    return ((((h0 >> 4) * b0) >> 16) + (((h1 >> 4) * b1) >> 16) + 2) >> 2
+
+
+def _upload(arr: np.ndarray, dev):
+    """Host array -> tensor on `dev`. On CUDA through pinned memory without blocking: a copy from pageable
+    memory may wait for the queued kernels (the RGB resize), which is exactly what the batched path avoids."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if dev.type != "cuda":
+        return t.to(dev)
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
+def build_object_inputs_batched(
+    rgb,
+    depth_m,
+    K,
+    masks,
+    boxes,
+    categories,
+    rng=None,
+    n_points: int = N_POINTS,
+    min_points: int = MIN_POINTS,
+    image_size: int = IMAGE_SIZE,
+):
+    """All objects of a frame at once in torch on the device of `depth_m`; same arguments and return value
+    as `build_object_inputs_torch`: (ObjectBatch on that device, kept, num_points, windows), the last three
+    host int64 arrays. rgb (H, W, 3) uint8, depth (H, W) float metres (0 / NaN / inf / negative = invalid),
+    masks (n, H, W) bool or uint8 tensors on one device; boxes (n, 4) (y1, x1, y2, x2), categories (n,) and K
+    host arrays.
+
+    One host sync: the per-object valid counts (the protocol's keep / replacement rules depend on them, and
+    the samples are drawn with the caller's numpy generator, calls and order as in `build_object_inputs_np`).
+    On CUDA the RGB resize and the rank table are queued behind the counts' copy, so they run while the host
+    draws the samples.
+
+    Equality with `build_object_inputs_np` for the same generator: pts, choose, category, kept, num_points,
+    windows are identical (float64 back-projection, float64 floor remap). rgb: the resize is OpenCV's
+    fixed-point uint8 bilinear done with integer arithmetic (`_resize_tables`, `_vertical_fixed_point`),
+    followed by the same float32 normalisation table, so it is bit-identical to the OpenCV path on builds
+    that use the vectorised kernel (checked here, OpenCV 5.0 x86); the documented bound is at most one grey
+    level before normalisation (1 / 255 / 0.224 after it), the scalar kernel's deviation."""
+    import torch
+
+    from cleanpose_model.inference import ObjectBatch
+
+    if rng is None:
+        rng = np.random.default_rng(DEFAULT_SEED)
+    dev = depth_m.device
+    h, w = depth_m.shape
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    categories = np.asarray(categories, dtype=np.int64).reshape(-1)
+    n = masks.shape[0]
+    if n != len(boxes) or n != len(categories):
+        raise ValueError(f"{n} masks but {len(boxes)} boxes and {len(categories)} categories")
+    if tuple(rgb.shape) != (h, w, 3) or tuple(masks.shape[1:]) != (h, w):
+        raise ValueError(f"rgb {tuple(rgb.shape)} / masks {tuple(masks.shape)} do not match depth {(h, w)}")
+
+    def empty():
+        batch = ObjectBatch(
+            rgb=torch.zeros((0, 3, image_size, image_size), device=dev),
+            pts=torch.zeros((0, n_points, 3), device=dev),
+            choose=torch.zeros((0, n_points), dtype=torch.int64, device=dev),
+            category=torch.zeros((0,), dtype=torch.int64, device=dev),
+        )
+        return batch, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.int64)
+
+    if n == 0:
+        return empty()
+
+    # Host: windows (integer protocol arithmetic) and the per-side resize tables, one upload.
+    wins = np.asarray([get_bbox(b, h, w) for b in boxes], np.int64).reshape(n, 4)
+    r0, c0 = wins[:, 0], wins[:, 2]
+    sides = wins[:, 1] - wins[:, 0]
+    s_max = int(sides.max())
+    tables = np.stack([_resize_tables(int(s), image_size) for s in sides])  # (n, 8, image_size)
+    host = np.concatenate([np.stack([r0, c0, sides], 1).astype(np.int32), tables.reshape(n, -1)], axis=1)
+    meta = _upload(host, dev)
+    r0_t, c0_t, side_t = meta[:, 0:1].long(), meta[:, 1:2].long(), meta[:, 2:3].long()
+
+    # Padded (n, S, S) window gather of mask and depth validity via flat indices; the padding (past the
+    # window's side) is invalid. Row-major order over the padded window is the window's own order.
+    ar = torch.arange(s_max, device=dev)
+    rows = (r0_t + ar).clamp_(max=h - 1)  # (n, S)
+    cols = (c0_t + ar).clamp_(max=w - 1)
+    inside = ar < side_t  # (n, S)
+    lin = (rows[:, :, None] * w + cols[:, None, :]).reshape(n, -1)  # (n, S*S)
+    dflat = depth_m.reshape(-1)
+    valid_depth = torch.isfinite(dflat) & (dflat > 0)
+    m_flat = masks.reshape(n, -1)
+    valid = (torch.gather(m_flat, 1, lin) != 0) & valid_depth[lin]
+    valid &= (inside[:, :, None] & inside[:, None, :]).reshape(n, -1)
+    counts = valid.sum(1)
+    if dev.type == "cuda":
+        counts_host = torch.empty(n, dtype=counts.dtype, pin_memory=True)
+        counts_host.copy_(counts, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+    else:
+        counts_host, copied = counts, None
+
+    # Queued behind the copy: inclusive ranks of the valid pixels (k-th valid = first rank >= k + 1) ...
+    ranks = valid.cumsum(1, dtype=torch.int32)
+    # ... and the RGB crop+resize of every object (rows of dropped objects are discarded below).
+    tab = meta[:, 3:].reshape(n, 8, image_size).long()
+    ys = torch.stack([tab[:, 0], tab[:, 1]]) + r0_t  # (2, n, D) image rows of the two taps
+    xs = torch.stack([tab[:, 4], tab[:, 5]]) + c0_t  # (2, n, D) image cols
+    bw = torch.stack([tab[:, 2], tab[:, 3]]).to(torch.int32)[:, :, :, None, None]  # (2, n, D, 1, 1)
+    aw = torch.stack([tab[:, 6], tab[:, 7]]).to(torch.int32)[:, :, None, :, None]  # (2, n, 1, D, 1)
+    taps = rgb[ys[:, None, :, :, None], xs[None, :, :, None, :]].to(torch.int32)  # (2y, 2x, n, D, D, 3)
+    hsum = (taps * aw[None]).sum(1)  # horizontal pass per tap row: (2, n, D, D, 3), scale 2048
+    res = _vertical_fixed_point(hsum[0], hsum[1], bw[0], bw[1]).clamp_(0, 255)  # (n, D, D, 3)
+    lut = _upload(_NORM_LUT, dev).reshape(-1)
+    off = torch.arange(3, device=dev).view(1, 3, 1, 1) * 256
+    rgb_all = lut[res.permute(0, 3, 1, 2).long() + off]  # (n, 3, D, D) float32, ImageNet-normalised
+
+    if copied is not None:
+        copied.synchronize()
+    counts_np = counts_host.numpy().astype(np.int64)
+    kept = np.flatnonzero(counts_np > min_points)
+    if kept.size == 0:
+        return empty()
+    # Same generator calls, same order as the numpy path (kept objects in detection order).
+    sel = np.stack([sample_indices(int(counts_np[j]), n_points, rng) for j in kept]).astype(np.int32)
+    # one upload: sample ranks (k-th valid pixel has rank k + 1), then kept index and category per object
+    post = _upload(
+        np.concatenate([sel + 1, kept[:, None], categories[kept][:, None]], 1).astype(np.int32), dev
+    )
+    target = post[:, :n_points].contiguous()
+    kept_t, cat_t = post[:, n_points].long(), post[:, n_points + 1].long()
+    if kept.size < n:
+        ranks, rgb_all = ranks[kept_t], rgb_all[kept_t]
+        r0_t, c0_t, side_t = r0_t[kept_t], c0_t[kept_t], side_t[kept_t]
+    pos = torch.searchsorted(ranks, target)  # (m, N) flat index in the padded window
+    row = torch.div(pos, s_max, rounding_mode="floor")
+    col = pos - row * s_max
+    v = r0_t + row
+    u = c0_t + col
+    z = dflat[v * w + u].to(torch.float64)
+    Kt = np.asarray(K, dtype=np.float64)
+    fx, fy, cx, cy = float(Kt[0, 0]), float(Kt[1, 1]), float(Kt[0, 2]), float(Kt[1, 2])
+    # Focal lengths as device tensors: CUDA divides by a host scalar as a multiplication by its reciprocal
+    # (not correctly rounded), which would break equality with numpy's division.
+    f_t = _upload(np.array([fx, fy], np.float64), dev)
+    pts = torch.stack([(u.double() - cx) * z / f_t[0], (v.double() - cy) * z / f_t[1], z], dim=2)
+    pts = pts.to(torch.float32)
+    # The numpy path's float64 ratio image_size / side, as a correctly rounded tensor/tensor division:
+    # torch computes `scalar / tensor` as reciprocal * scalar, which can be one ulp off and move a floor.
+    side_d = side_t.double()
+    ratio = torch.full_like(side_d, float(image_size)) / side_d
+    choose = (torch.floor(row.double() * ratio) * image_size + torch.floor(col.double() * ratio)).long()
+    batch = ObjectBatch(rgb=rgb_all, pts=pts, choose=choose, category=cat_t)
+    return batch, kept.astype(np.int64), counts_np[kept], wins[kept]
