@@ -88,6 +88,8 @@ class DistillationConfig:
     # The published teacher is a submodule of Net and therefore runs in train mode (BN batch statistics,
     # DropPath active; training.md §4.2). False runs it in eval mode (deterministic targets).
     teacher_train_mode: bool = True
+    # PointBertConfig overrides (default: PointTransformer_8192point.yaml, the one the published teacher uses)
+    pointbert: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -427,9 +429,10 @@ class Trainer:
         if float(self.criterion.w.distillation) == 0.0:
             log.warning("distillation OFF: loss weight 'distillation' is 0")
             return None
-        from training.ulip import load_pointbert_teacher
+        from training.ulip import PointBertConfig, load_pointbert_teacher
 
-        teacher = load_pointbert_teacher(path).to(self.device)
+        pb = PointBertConfig(**self.cfg.distillation.pointbert)
+        teacher = load_pointbert_teacher(path, pb).to(self.device)
         teacher.train(self.cfg.distillation.teacher_train_mode)
         return teacher
 
