@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cleanpose_model.preprocess import DEFAULT_SEED, build_object_inputs_np
+from cleanpose_model.preprocess import DEFAULT_SEED, build_object_inputs_batched, build_object_inputs_np
 from cleanpose_ros.class_map import DEFAULT_CLASS_MAP, ClassMap
 
 
@@ -29,6 +29,9 @@ class PipelineConfig:
     class_map: list[str] = field(default_factory=lambda: list(DEFAULT_CLASS_MAP))
     seed: int = DEFAULT_SEED  # fixed per frame: the same frame always gives the same pose
     box_source: str = "mask"  # used when process() is given a raw InstanceSegmentation message
+    # "auto": batched torch path on the estimator's device when it is CUDA (same pixels, ~1 ms for 6 objects),
+    # else the numpy path; "numpy" / "torch" force one.
+    preprocess: str = "auto"
 
 
 @dataclass
@@ -112,6 +115,28 @@ class FramePipeline:
                 d[d > cfg.max_depth] = 0.0
         return d
 
+    def build_inputs(self, rgb, depth, K, masks, boxes, cats):
+        """Per-object inputs on the estimator's device -> (ObjectBatch, kept, category, num_points), the last
+        three host arrays. Both paths draw the same samples from the same seed (identical poses)."""
+        dev = self.estimator.device
+        rng = np.random.default_rng(self.cfg.seed)
+        kw = dict(rng=rng, n_points=self.cfg.n_points, min_points=self.cfg.min_points)
+        mode = self.cfg.preprocess
+        if mode not in ("auto", "numpy", "torch"):
+            raise ValueError(f"preprocess must be 'auto', 'numpy' or 'torch', got {mode!r}")
+        if mode == "torch" or (mode == "auto" and dev.type == "cuda"):
+            import torch
+
+            def up(a):
+                return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+
+            batch, kept, num_points, _ = build_object_inputs_batched(
+                up(rgb), up(depth), K, up(masks), boxes, cats, **kw
+            )
+            return batch, kept, np.asarray(cats, np.int64).reshape(-1)[kept], num_points
+        objs = build_object_inputs_np(rgb, depth, K, masks, boxes, cats, **kw)
+        return objs.to_batch(dev, self.estimator.dtype), objs.kept, objs.category, objs.num_points
+
     def process(self, rgb: np.ndarray, depth_m: np.ndarray, K: np.ndarray, det) -> FrameResult:
         t0 = time.perf_counter()
         if hasattr(det, "format") and hasattr(det, "detections"):  # a raw cleanpose_msgs/InstanceSegmentation
@@ -120,29 +145,21 @@ class FramePipeline:
             det = parse_instance_segmentation(det, rgb.shape[0], rgb.shape[1], self.cfg.box_source)
         idx, cats, res = self.select(det)
         depth = self.prepare_depth(depth_m)
-        objs = build_object_inputs_np(
-            rgb,
-            depth,
-            K,
-            det.masks[idx],
-            det.boxes[idx],
-            cats,
-            rng=np.random.default_rng(self.cfg.seed),
-            n_points=self.cfg.n_points,
-            min_points=self.cfg.min_points,
+        batch, kept, category, num_points = self.build_inputs(
+            rgb, depth, K, det.masks[idx], det.boxes[idx], cats
         )
-        res.skipped_few_points = len(idx) - len(objs)
+        res.skipped_few_points = len(idx) - len(kept)
         t1 = time.perf_counter()
         res.timings_ms["preprocess"] = (t1 - t0) * 1e3
-        if len(objs) == 0:
+        if len(kept) == 0:
             res.timings_ms["inference"] = 0.0
             return res
-        out = self.estimator.predict(objs.to_batch(self.estimator.device, self.estimator.dtype)).as_numpy()
+        out = self.estimator.predict(batch).as_numpy()
         t2 = time.perf_counter()
         res.timings_ms["inference"] = (t2 - t1) * 1e3
-        for i, k in enumerate(objs.kept):
+        for i, k in enumerate(kept):
             j = idx[int(k)]
-            cat = int(objs.category[i])
+            cat = int(category[i])
             res.objects.append(
                 ObjectResult(
                     class_name=self.class_map.name(cat),
@@ -153,7 +170,7 @@ class FramePipeline:
                     rotation=out["rotation"][i].astype(np.float64),
                     translation=out["translation"][i].astype(np.float64),
                     size=out["size"][i].astype(np.float64),
-                    num_points=int(objs.num_points[i]),
+                    num_points=int(num_points[i]),
                 )
             )
         return res
