@@ -36,7 +36,7 @@ def summary_markdown(summary: dict) -> str:
         f"- device: {summary.get('device')} ({summary.get('gpu', '').strip() or 'see gpu.txt'}), "
         f"world size {summary.get('world_size')}, global batch {summary.get('global_batch')}",
         f"- iterations: {summary.get('iterations')} in {summary.get('seconds', 0):.0f} s "
-        f"(**{ips:.2f} it/s**, {ips * summary.get('global_batch', 0):.0f} objects/s); set-up and evaluation "
+        f"(**{ips:.2f} it/s**, {ips * summary.get('global_batch', 0):.0f} objects/s); set-up + final save "
         f"{summary.get('setup_seconds', 0):.0f} s",
         f"- parameters: {summary.get('params', 0) / 1e6:.2f} M",
         "",
