@@ -152,6 +152,7 @@ def main(argv=None) -> int:
                 "objects": res["objects"],
                 "median_rot_deg": res["median_rot_deg"],
                 "median_trans_cm": res["median_trans_cm"],
+                "seconds": res["seconds"],
             }
             print(md, flush=True)
         if info.is_main:
