@@ -347,3 +347,21 @@ def test_batched_rejects_mismatched_inputs():
         _batched(rgb, d, K_REAL, masks, boxes[:2], [0, 1, 2, 3], None)
     with pytest.raises(ValueError, match="do not match depth"):
         _batched(rgb[:100], d, K_REAL, masks, boxes, [0, 1, 2, 3], None)
+
+
+def test_preprocess_bench_short_mode(tmp_path):
+    """bench/preprocess_bench.py on the CPU (CI short mode): table, JSON, and its own equality check."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(root / "bench" / "preprocess_bench.py"), "--device", "cpu", "--synthetic"]
+    cmd += ["--runs", "1", "--warmup", "0", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert "| torch batched | cpu |" in out.stdout and "| numpy (CPU) | cpu |" in out.stdout
+    res = json.loads((tmp_path / "preprocess_bench.json").read_text())
+    assert res["check"]["pts_choose_kept_equal"] and res["check"]["rgb_max_diff_grey_levels"] <= 1.0
+    assert res["objects"] == 6 and res["image"] == [480, 640]
