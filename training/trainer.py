@@ -107,6 +107,10 @@ class TrainerConfig:
     progress: bool = True
     find_unused_parameters: bool | None = None
     max_seconds: float | None = None  # stop (with a checkpoint) after this much training time
+    # Also keep a model snapshot (our safetensors format, with the queue) at every ckpt_every, as the
+    # published
+    # epoch_<E>.pt files; train_state.pt (for resuming) is overwritten each time.
+    snapshots: bool = True
 
 
 @dataclass
@@ -784,6 +788,8 @@ class Trainer:
                     acc, n_acc = {}, 0
                 if it % tc.ckpt_every == 0 and it < stop:
                     self.save_state()
+                    if tc.snapshots:
+                        self.save_final(self.ckpt_dir / f"iter_{it:07d}.safetensors")
                 if tc.max_seconds is not None and time.time() - t0 > tc.max_seconds and it < stop:
                     self._stop_reason = f"time budget {tc.max_seconds}s"
                 if self.info.enabled:

@@ -75,7 +75,7 @@ def test_resume_is_bit_exact(tmp_path):
 def test_stop_request_writes_resumable_state_and_final_checkpoint(tmp_path):
     from cleanpose_model.io.checkpoints import load_checkpoint
 
-    tr = make_trainer(tiny_config(tmp_path / "r", iterations=50))
+    tr = make_trainer(tiny_config(tmp_path / "r", iterations=50, ckpt_every=1))
     orig = tr.train_step
 
     def step_then_stop(batch):
@@ -87,6 +87,7 @@ def test_stop_request_writes_resumable_state_and_final_checkpoint(tmp_path):
     tr.train_step = step_then_stop
     res = tr.fit()
     assert res["stopped"] == "test" and tr.iteration == 2
+    assert (tmp_path / "r" / "ckpt" / "iter_0000001.safetensors").is_file()  # periodic model snapshot
     state = torch.load(tmp_path / "r" / "ckpt" / "train_state.pt", weights_only=True)
     assert state["iteration"] == 2 and json.loads(state["config_json"])["model"] == "demo"
     path = tr.save_final()
