@@ -2,7 +2,8 @@
 
     python -m training.demo_readme <dir holding the run's $OUT files> [--models models/demo]
 
-Copies ``final.safetensors`` to ``models/demo/demo.safetensors`` and ``train_summary.json``, ``eval.json``,
+Copies ``final.safetensors`` (or joins its ``.partNN`` pieces, checking the sha256 in train.log) to
+``models/demo/demo.safetensors`` and ``train_summary.json``, ``eval.json``,
 ``eval_table.md``, ``scalars.csv``, ``config.yaml``, ``train.log`` next to it, then replaces the text
 between the
 README's ``<!-- summary -->`` / ``<!-- eval -->`` markers.
@@ -11,6 +12,7 @@ README's ``<!-- summary -->`` / ``<!-- eval -->`` markers.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import shutil
@@ -65,9 +67,25 @@ def main(argv=None) -> int:
     run, dst = Path(a.run_dir), Path(a.models)
     dst.mkdir(parents=True, exist_ok=True)
     ckpt = run / "final.safetensors"
-    if not ckpt.is_file():
-        raise SystemExit(f"{ckpt} not found")
-    shutil.copyfile(ckpt, dst / "demo.safetensors")
+    parts = sorted(run.glob("final.safetensors.part*"))
+    if ckpt.is_file():
+        shutil.copyfile(ckpt, dst / "demo.safetensors")
+    elif parts:  # scripts/train_demo_gpu.sh splits it for the device tool's 16 MiB per-file limit
+        with open(dst / "demo.safetensors", "wb") as fh:
+            for part in parts:
+                fh.write(part.read_bytes())
+    else:
+        raise SystemExit(f"neither {ckpt} nor its parts found")
+    log = run / "train.log"
+    m = (
+        re.search(r"^([0-9a-f]{64})\s+\S*final\.safetensors$", log.read_text(), re.M)
+        if log.is_file()
+        else None
+    )
+    if m:
+        got = hashlib.sha256((dst / "demo.safetensors").read_bytes()).hexdigest()
+        if got != m.group(1):
+            raise SystemExit(f"checkpoint sha256 {got} != {m.group(1)} recorded in {log}")
     for f in FILES:
         if (run / f).is_file():
             shutil.copyfile(run / f, dst / f)

@@ -111,6 +111,7 @@ class TrainerConfig:
     # published
     # epoch_<E>.pt files; train_state.pt (for resuming) is overwritten each time.
     snapshots: bool = True
+    tensorboard: bool = True  # also write TensorBoard scalars (out_dir/tb) when tensorboard is importable
 
 
 @dataclass
@@ -713,7 +714,7 @@ class Trainer:
         self._wrap_ddp()
         stop = total if max_iterations is None else min(total, max_iterations)
         old_handlers = self._install_signals()
-        writer = _ScalarWriter(self.out_dir, self.info.is_main, append=resume is not None)
+        writer = _ScalarWriter(self.out_dir, self.info.is_main, append=resume is not None, tb=tc.tensorboard)
         bar = None
         if self.info.is_main and tc.progress:
             from tqdm import tqdm
@@ -826,7 +827,7 @@ class Trainer:
 class _ScalarWriter:
     """CSV scalars (always) + TensorBoard (when importable), rank 0 only."""
 
-    def __init__(self, out_dir: Path, enabled: bool, append: bool):
+    def __init__(self, out_dir: Path, enabled: bool, append: bool, tb: bool = True):
         self.enabled = enabled
         self.path = out_dir / "scalars.csv"
         self.fields: list[str] | None = None
@@ -840,6 +841,8 @@ class _ScalarWriter:
             self.fields = header.split(",") if header else None
         elif self.path.exists():
             self.path.unlink()
+        if not tb:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
