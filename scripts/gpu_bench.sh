@@ -31,6 +31,15 @@ pack() {
     rm -rf "$tgt"
     "$py" -m pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 --implementation cp \
         "${plats[@]}" --target "$tgt" $(cat "$wh/sel.txt")
+    # pip --target keeps only the site-packages part of each wheel's data scheme plus share/; the CMake
+    # package configs under <prefix>/lib/cmake (fastcdr, fastdds, ...) are dropped, so unpack them by hand.
+    for w in $(cat "$wh/sel.txt"); do
+        unzip -qo "$w" '*.data/data/lib/*' -d "$wh/data" 2>/dev/null || true
+    done
+    if compgen -G "$wh/data/*.data/data/lib" > /dev/null; then
+        mkdir -p "$tgt/lib"
+        for d in "$wh"/data/*.data/data/lib; do cp -a "$d"/. "$tgt/lib/"; done
+    fi
     "$py" - "$tgt" <<'EOF'
 import collections, hashlib, os, sys
 root = sys.argv[1]
