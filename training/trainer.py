@@ -246,6 +246,17 @@ class IterationBatchSampler(Sampler):
             yield self.keys_for(it)
 
 
+def _worker_init(_worker_id: int) -> None:
+    # N workers x (OpenCV's own thread pool) oversubscribes the cores; the workers are the parallelism.
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
 def collate(samples: list[dict]) -> dict:
     out = {}
     for k in samples[0]:
@@ -475,6 +486,7 @@ class Trainer:
                     batch_sampler=sampler,
                     num_workers=workers,
                     collate_fn=collate,
+                    worker_init_fn=_worker_init,
                     pin_memory=self.device.type == "cuda",
                     persistent_workers=False,
                     prefetch_factor=4 if workers > 0 else None,
