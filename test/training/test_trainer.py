@@ -170,3 +170,12 @@ def test_packed_dataset_round_trip(tmp_path):
     assert s["pts"].shape == (1024, 3) and s["rgb"].shape == (3, 224, 224) and int(s["category_label"]) == 1
     # bottle (0) is symmetric: its rotation is canonicalised; identity stays identity
     assert torch.allclose(ds[0]["rotation_label"], torch.eye(3))
+
+
+def test_results_do_not_depend_on_the_worker_count(tmp_path):
+    torch.set_num_threads(1)
+    a = make_trainer(tiny_config(tmp_path / "w0", iterations=3, workers=0))
+    a.fit()
+    b = make_trainer(tiny_config(tmp_path / "w2", iterations=3, workers=2))
+    b.fit()
+    assert [[h[k] for k in LOSS_KEYS] for h in a.history] == [[h[k] for k in LOSS_KEYS] for h in b.history]
