@@ -509,7 +509,7 @@ class Trainer:
         )
         with warnings.catch_warnings():
             # fast-forwarding the schedule without optimizer steps is intended here
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             for _ in range(steps_taken):
                 self.scheduler.step()
 
