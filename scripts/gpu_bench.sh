@@ -40,6 +40,12 @@ pack() {
         mkdir -p "$tgt/lib"
         for d in "$wh"/data/*.data/data/lib; do cp -a "$d"/. "$tgt/lib/"; done
     fi
+    # ROS packages keep their Python code in the data scheme's lib/python3.12/site-packages, next to a
+    # placeholder package at the top level; in a venv both land in one directory, so merge them here.
+    if [ -d "$tgt/lib/python3.12/site-packages" ]; then
+        cp -a "$tgt/lib/python3.12/site-packages"/. "$tgt/"
+        rm -rf "$tgt/lib/python3.12"
+    fi
     "$py" - "$tgt" <<'EOF'
 import collections, hashlib, os, sys
 root = sys.argv[1]
