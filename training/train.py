@@ -32,7 +32,13 @@ log = logging.getLogger("cleanpose.train")
 
 def _parse_value(text: str):
     # YAML scalars: numbers, booleans, null, lists ("[1, 2]") parse as such; anything else stays a string.
-    return yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "2e-5" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _apply_override(d: dict, key: str, value) -> None:
@@ -133,6 +139,14 @@ def main(argv=None) -> int:
             "last_scalars": trainer.history[-1] if trainer.history else None,
             "first_scalars": trainer.history[0] if trainer.history else None,
         }
+        h = trainer.history
+        if len(h) >= 3:
+            # steady state: from the second log interval on (the first includes warm-up: workers, CUDA/cuDNN
+            # init)
+            a, b = h[1], h[-1]
+            summary["it_per_s_steady"] = (b["iteration"] - a["iteration"]) / max(
+                b["elapsed_s"] - a["elapsed_s"], 1e-9
+            )
         test_root = cfg.eval.get("packed_test") if cfg.eval else None
         if info.is_main and test_root and not a.no_eval:
             from training.datasets.packed import PackedDataset

@@ -785,6 +785,7 @@ class Trainer:
                     mean["lr"] = scal["lr"]
                     el = time.time() - t0
                     mean["it_per_s"] = (it - start_it) / max(el, 1e-9)
+                    mean["elapsed_s"] = el
                     writer.write(it, mean)
                     self.history.append({"iteration": it, **mean})
                     if bar is None and self.info.is_main:
