@@ -180,3 +180,68 @@ def test_results_do_not_depend_on_the_worker_count(tmp_path):
     b = make_trainer(tiny_config(tmp_path / "w2", iterations=3, workers=2))
     b.fit()
     assert [[h[k] for k in LOSS_KEYS] for h in a.history] == [[h[k] for k in LOSS_KEYS] for h in b.history]
+
+
+def test_packed_evaluation_scores_a_perfect_prediction_100(tmp_path):
+    from training.datasets.packed import FORMAT, VERSION, PackedDataset, _ShardWriter
+    from training.eval_packed import build_records, markdown_table, per_object_errors
+    from training.evaluation.metrics import NOCS_PROTOCOL, evaluate_records
+
+    rng = np.random.default_rng(1)
+    w = _ShardWriter(tmp_path, per_shard=10)
+    for i in range(6):
+        from scipy.spatial.transform import Rotation
+
+        R = Rotation.random(random_state=i).as_matrix().astype(np.float32)
+        w.add(
+            jpeg=np.zeros(4, np.uint8),
+            depth_mm=np.full(5, 600, np.uint16),
+            pix=np.arange(5, dtype=np.uint32),
+            window=[0, 40, 0, 40],
+            category=i,
+            rotation=R,
+            translation=np.array([0.1 * i, 0, 0.8], np.float32),
+            size=rng.uniform(0.05, 0.2, 3).astype(np.float32),
+            model=0,
+            image=i // 3,
+        )
+    w.flush()
+    np.save(tmp_path / "models.npy", np.zeros((1, 4, 3), np.float16))
+    (tmp_path / "meta.json").write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "intrinsics": [1, 1, 0, 0],
+                "image_size": [48, 64],
+                "shards": w.names,
+            }
+        )
+    )
+    ds = PackedDataset(tmp_path, augment=False)
+    perfect = {"rotation": ds.rotation.copy(), "translation": ds.translation.copy(), "size": ds.size.copy()}
+    recs = build_records(ds, perfect)
+    assert len(recs) == 2 and [len(r["gt_class_ids"]) for r in recs] == [3, 3]
+    res = evaluate_records(recs, NOCS_PROTOCOL)
+    assert res.iou_ap("nocs", 0.5) == pytest.approx(1.0) and res.pose_ap(5, 2) == pytest.approx(1.0)
+    # 20° off about the x axis: fails 5°/10° for asymmetric categories
+    bad = dict(
+        perfect,
+        rotation=perfect["rotation"]
+        @ Rotation.from_euler("x", 20, degrees=True).as_matrix().astype(np.float32),
+    )
+    err = per_object_errors(ds, bad)
+    assert np.allclose(err["rot_deg"][[2, 4, 5]], 20, atol=1e-3) and np.allclose(err["trans_cm"], 0)
+    res_bad = evaluate_records(build_records(ds, bad), NOCS_PROTOCOL)
+    assert res_bad.pose_ap(10, 5, cls=3) == pytest.approx(0.0)  # camera (class id 3)
+    assert "| mean |" in markdown_table(
+        {
+            "table": {
+                "mean": dict.fromkeys(
+                    ["IoU25", "IoU50", "IoU75", "IoU50_catre", "5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm"],
+                    1.0,
+                )
+            },
+            "objects": 6,
+        }
+    )
