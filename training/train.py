@@ -143,9 +143,9 @@ def main(argv=None) -> int:
         if len(h) >= 3:
             # steady state: from the second log interval on (the first includes warm-up: workers, CUDA/cuDNN
             # init)
-            a, b = h[1], h[-1]
-            summary["it_per_s_steady"] = (b["iteration"] - a["iteration"]) / max(
-                b["elapsed_s"] - a["elapsed_s"], 1e-9
+            first, last = h[1], h[-1]
+            summary["it_per_s_steady"] = (last["iteration"] - first["iteration"]) / max(
+                last["elapsed_s"] - first["elapsed_s"], 1e-9
             )
         test_root = cfg.eval.get("packed_test") if cfg.eval else None
         if info.is_main and test_root and not a.no_eval:
