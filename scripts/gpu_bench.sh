@@ -40,12 +40,6 @@ pack() {
         mkdir -p "$tgt/lib"
         for d in "$wh"/data/*.data/data/lib; do cp -a "$d"/. "$tgt/lib/"; done
     fi
-    # ROS packages keep their Python code in the data scheme's lib/python3.12/site-packages, next to a
-    # placeholder package at the top level; in a venv both land in one directory, so merge them here.
-    if [ -d "$tgt/lib/python3.12/site-packages" ]; then
-        cp -a "$tgt/lib/python3.12/site-packages"/. "$tgt/"
-        rm -rf "$tgt/lib/python3.12"
-    fi
     "$py" - "$tgt" <<'EOF'
 import collections, hashlib, os, sys
 root = sys.argv[1]
@@ -90,7 +84,10 @@ run() {
     # --target installs skip the bootstrapper's .pth, so set what it would set.
     export _ROS_WHEELS_BOOTSTRAP_COMPLETE=1
     export LD_LIBRARY_PATH="$T/lib:$(ls -d "$T"/ros_*.libs | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    export PYTHONPATH="$T:$REPO${PYTHONPATH:+:$PYTHONPATH}" AMENT_PREFIX_PATH="$T" CMAKE_PREFIX_PATH="$T"
+    # ROS packages keep their Python code in the data scheme's lib/python3.12/site-packages (where their CMake
+    # configs look for it too), next to placeholder packages at the top level: that directory goes first.
+    export PYTHONPATH="$T/lib/python3.12/site-packages:$T:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+    export AMENT_PREFIX_PATH="$T" CMAKE_PREFIX_PATH="$T"
     export PATH="$T/bin:$PATH"
     echo "[gpu_bench] $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null); torch" \
         "$("$py" -c 'import torch; print(torch.__version__, torch.cuda.is_available())')"
