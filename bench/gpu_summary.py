@@ -22,8 +22,8 @@ def summary(paths: list[Path]) -> str:
         r0 = runs[0]
         lines.append(
             f"### cleanpose-bench over DDS on {r0['device']} (bag {Path(r0['bag']['path']).name}, "
-            f"{r0['bag']['frames']} frames; {'trained' if r0['trained_model'] else 'UNTRAINED'} demo "
-            f"model {Path(r0['checkpoint']).name})"
+            f"{r0['bag']['frames']} frames; checkpoint {Path(r0['checkpoint']).name}"
+            f"{'' if r0['trained_model'] else ' (UNTRAINED weights)'})"
         )
         lines.append("")
     lines.append(

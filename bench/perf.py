@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.allow_tf32 = False
     if args.quick:
         args.runs, args.warmup = 2, 1
-    counts = [1, 2] if args.quick else [1, 2, 4, 6, 8, 16, 32]
+    counts = args.objects or ([1, 2] if args.quick else [1, 2, 4, 6, 8, 16, 32])
     report: dict = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
         "torch": torch.__version__,
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     plot(rows, modes, args.out / "perf_scaling.png")
 
-    if runners:
+    if runners and "accuracy" not in args.skip:
         report["accuracy"] = accuracy(net, dev, runners, args.frames)
         print("\n## Pose difference to the fp32 reference (deg / mm / mm)\n")
         for name, d in report["accuracy"].items():
@@ -364,11 +364,12 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         + f" (n={s['rot_deg']['n']})"
                     )
+    if runners and "memory" not in args.skip:
         report["gpu_memory"] = gpu_memory([1, 6, 20], "fast") + gpu_memory([6], "fp32")
         print("\n## GPU memory (MB)\n")
         print(table(report["gpu_memory"], list(report["gpu_memory"][0])))
 
-    if args.frames.exists():
+    if args.frames.exists() and "preprocess" not in args.skip:
         report["preprocess"] = bench_preprocess(args.frames, dev, args.warmup, args.runs)
         print("\n## Per-object input construction, 640x480, 6 masks (ms)\n")
         print(table([report["preprocess"]], list(report["preprocess"])))
