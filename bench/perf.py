@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--compile", action="store_true", help="also measure torch.compile + graphs (fast_compiled)"
     )
+    ap.add_argument("--objects", type=int, nargs="+", help="object counts to time (default 1 2 4 6 8 16 32)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "memory", "preprocess"])
     ap.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--memory-precision", default="fast", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
