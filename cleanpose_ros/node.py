@@ -249,6 +249,7 @@ class CleanPoseNode(LifecycleNode):
             queue_mode=self.p.queue_mode,
             precision=self.p.precision,
             cuda_graphs=self.p.cuda_graphs and self._device.startswith("cuda"),
+            compile=self.p.torch_compile and self.p.cuda_graphs and self._device.startswith("cuda"),
         )
         self.pipeline = FramePipeline(self.estimator, self._pipeline_config(self.p))
         if self.p.warmup if warm is None else warm:

@@ -38,6 +38,12 @@ class NodeParams:
         read_only=True,
         choices=("fp32", "fast"),
     )
+    torch_compile: bool = _p(
+        False,
+        "Run the network through torch.compile before the CUDA-graph capture (~1.5x faster forward on an "
+        "H200; adds tens of seconds per batch bucket at configure). CUDA only.",
+        read_only=True,
+    )
     cuda_graphs: bool = _p(
         True,
         "Replay the forward from CUDA graphs (same outputs, far fewer launches). CUDA only.",

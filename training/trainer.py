@@ -102,6 +102,9 @@ class TrainerConfig:
     ckpt_every: int = 5000
     log_every: int = 20
     workers: int = 4
+    # How DataLoader workers start: "fork" (fast, the Linux default) or "spawn"/"forkserver" (safe when the
+    # parent already runs threads that hold locks, e.g. inside a long-lived test or ROS process).
+    worker_start: str = "fork"
     out_dir: str = "runs/cleanpose"
     resume: str = "auto"  # auto | never | <path to a train_state.pt>
     progress: bool = True
@@ -490,6 +493,7 @@ class Trainer:
                     pin_memory=self.device.type == "cuda",
                     persistent_workers=False,
                     prefetch_factor=4 if workers > 0 else None,
+                    multiprocessing_context=tc.worker_start if workers > 0 else None,
                 )
             )
         return loaders

@@ -177,7 +177,9 @@ def test_results_do_not_depend_on_the_worker_count(tmp_path):
     torch.set_num_threads(1)
     a = make_trainer(tiny_config(tmp_path / "w0", iterations=3, workers=0))
     a.fit()
-    b = make_trainer(tiny_config(tmp_path / "w2", iterations=3, workers=2))
+    # spawn: this test runs inside a pytest process that earlier tests filled with threads (DDS, OpenMP),
+    # and forking such a process can deadlock the workers.
+    b = make_trainer(tiny_config(tmp_path / "w2", iterations=3, workers=2, worker_start="spawn"))
     b.fit()
     assert [[h[k] for k in LOSS_KEYS] for h in a.history] == [[h[k] for k in LOSS_KEYS] for h in b.history]
 
