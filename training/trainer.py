@@ -425,6 +425,8 @@ class Trainer:
         amp = tc.amp if self.device.type == "cuda" else "off"
         if tc.amp != "off" and self.device.type != "cuda":
             log.info("amp=%s ignored on %s: autocast is used on CUDA only", tc.amp, self.device)
+        # YAML reads a bare `off` as False.
+        amp = "off" if amp in (False, None) else amp
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
         self.scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16"))
 
