@@ -37,6 +37,7 @@ from cleanpose_ros.replay import (
     TopicConfig,
     deserialize_rclpy,
     load_frames,
+    prefer_large_data_transport,
 )
 
 SYMMETRIC = {"bottle", "bowl", "can"}
@@ -866,6 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prefer_large_data_transport()
     topics = TopicConfig(
         args.image_topic, args.depth_topic, args.info_topic, args.detections_topic, args.gt_topic or None
     )

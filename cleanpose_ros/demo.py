@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from cleanpose_ros.replay import prefer_large_data_transport
+
+    prefer_large_data_transport()
     if args.short:
         args.frames = min(args.frames, 6)
     try:

@@ -10,6 +10,7 @@ send it answers even when the same bag is replayed several times.
 from __future__ import annotations
 
 import importlib
+import os
 import struct
 import threading
 import time
@@ -88,6 +89,14 @@ def stamp_ns_of(header: Any) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ bag reading
+
+
+def prefer_large_data_transport() -> None:
+    """Use Fast DDS's LARGE_DATA builtin transports (shared memory + TCP) in this process and the nodes it
+    starts, unless the user chose otherwise. With the default UDP transport a 640x480 image is ~40 UDP
+    fragments; one lost fragment stalls a reliable topic until the next heartbeat (seconds) and drops the
+    frame on a best-effort one. Must run before rclpy.init()."""
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 
 
 def make_typestore():

@@ -9,7 +9,7 @@ with autostart:=false a lifecycle manager (or `ros2 lifecycle set`) drives it.
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
@@ -100,5 +100,15 @@ def generate_launch_description():
             default_value="true",
             description="Configure + activate on start (false: leave it to a lifecycle manager)",
         ),
+        DeclareLaunchArgument(
+            "fastdds_builtin_transports",
+            default_value=os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
+            description="Fast DDS transports of the node (LARGE_DATA: shared memory + TCP for images; with "
+            "the default UDP transport, lost fragments of 640x480 images stall reliable topics for seconds "
+            "and drop best-effort ones). Give the camera and detector the same setting.",
+        ),
     ]
-    return LaunchDescription([*args, OpaqueFunction(function=_nodes)])
+    transports = SetEnvironmentVariable(
+        "FASTDDS_BUILTIN_TRANSPORTS", LaunchConfiguration("fastdds_builtin_transports")
+    )
+    return LaunchDescription([*args, transports, OpaqueFunction(function=_nodes)])

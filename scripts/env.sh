@@ -24,5 +24,8 @@ case ":${CMAKE_PREFIX_PATH:-}:" in *":$VIRTUAL_ENV:"*) ;; *)
 source "$_cleanpose_repo/build/ros_ws/install/local_setup.bash"
 [ "$_cleanpose_nounset" = 1 ] && set -u
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
+# Shared memory + TCP for large messages (images): with plain UDP one lost fragment of a 640x480 image stalls
+# a reliable topic until the next heartbeat and drops the frame on a best-effort one.
+export FASTDDS_BUILTIN_TRANSPORTS="${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}"
 export CLEANPOSE_REPO="$_cleanpose_repo"
 unset _cleanpose_repo _cleanpose_nounset
