@@ -33,8 +33,10 @@ def make_inputs(cfg: ModelConfig, bsz: int, device: torch.device, seed: int = 0)
     side = torch.where(torch.rand(bsz, cfg.n_points, generator=gen) < 0.5, -0.5, 0.5)
     pts.scatter_(2, face.unsqueeze(-1), side.unsqueeze(-1))
     pts = pts * (0.1 + 0.1 * torch.rand(bsz, 1, 3, generator=gen))
-    pts = pts + torch.tensor([0.0, 0.0, 0.5]) + 0.5 * torch.rand(bsz, 1, 3, generator=gen) * torch.tensor(
-        [0.2, 0.2, 1.0]
+    pts = (
+        pts
+        + torch.tensor([0.0, 0.0, 0.5])
+        + 0.5 * torch.rand(bsz, 1, 3, generator=gen) * torch.tensor([0.2, 0.2, 1.0])
     )
     choose = torch.randint(0, s * s, (bsz, cfg.n_points), generator=gen)
     cat = torch.arange(bsz) % cfg.cat_num
@@ -97,13 +99,19 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         "objects": {},
     }
-    print(f"CleanPoseNet forward, config {args.config}, {result['device_name']} ({device}), fp32"
-          f"{' +TF32' if args.tf32 else ''}, {args.runs} runs after {args.warmup} warm-up")
+    print(
+        f"CleanPoseNet forward, config {args.config}, {result['device_name']} ({device}), fp32"
+        f"{' +TF32' if args.tf32 else ''}, {args.runs} runs after {args.warmup} warm-up"
+    )
     print(f"{'objects':>8} {'median ms':>10} {'min ms':>8} {'max ms':>8}")
     for n in args.objects:
         times = time_forward(net, make_inputs(cfg, n, device), device, args.warmup, args.runs)
-        row = {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-               "all_ms": times}
+        row = {
+            "median_ms": statistics.median(times),
+            "min_ms": min(times),
+            "max_ms": max(times),
+            "all_ms": times,
+        }
         if device.type == "cuda":
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         result["objects"][str(n)] = row

@@ -50,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         report = parity.run_parity(variant, args.vectors / f"{variant}_parity_v1.npz", device=device, net=net)
         bad = parity.failures(report)
         all_ok &= not bad
-        result["variants"][variant] = {"tensors": report, "failures": bad, "ok": not bad,
-                                       "seconds": time.perf_counter() - t0}
+        result["variants"][variant] = {
+            "tensors": report,
+            "failures": bad,
+            "ok": not bad,
+            "seconds": time.perf_counter() - t0,
+        }
         print(f"== {variant} on {result['device_name']} ({'TF32 on' if args.tf32 else 'fp32, TF32 off'})")
         print(parity.format_report(report))
         print("PASS" if not bad else "FAIL:\n  " + "\n  ".join(bad))

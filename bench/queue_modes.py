@@ -64,14 +64,20 @@ def main(argv=None) -> dict:
     net = build_parity_net("cleanpose")
     rgb, pts, choose = (torch.from_numpy(vec[k]) for k in ("rgb", "pts", "choose"))
     category = torch.from_numpy(vec["category_label"]).reshape(-1)
-    out = net(rgb, pts, choose, category, queue_feats=torch.from_numpy(queue_sample(vec)),
-              return_intermediates=True)
-    base = {"gafa_out": out["gafa_out"], "centroid": out["centroid"],
-            "kpt_3d": out["pred_kpt_3d"] - out["centroid"][:, None]}
+    out = net(
+        rgb, pts, choose, category, queue_feats=torch.from_numpy(queue_sample(vec)), return_intermediates=True
+    )
+    base = {
+        "gafa_out": out["gafa_out"],
+        "centroid": out["centroid"],
+        "kpt_3d": out["pred_kpt_3d"] - out["centroid"][:, None],
+    }
     # The tail must reproduce the full forward for the recorded sample.
     r, t, s = tail(net, base, category, torch.from_numpy(queue_sample(vec)))
-    tail_err = max(float((a - out[k]).abs().max())
-                   for a, k in ((r, "pred_rotation"), (t, "pred_translation"), (s, "pred_size")))
+    tail_err = max(
+        float((a - out[k]).abs().max())
+        for a, k in ((r, "pred_rotation"), (t, "pred_translation"), (s, "pred_size"))
+    )
     assert tail_err < 1e-5, tail_err
 
     queue = ConfounderQueue(torch.from_numpy(vec["queue"]))
@@ -80,30 +86,47 @@ def main(argv=None) -> dict:
     R = torch.stack([x[0] for x in rand]).double().numpy()  # (D, B, 3, 3)
     T = torch.stack([x[1] for x in rand]).double().numpy()
     S = torch.stack([x[2] for x in rand]).double().numpy()
-    cands = {mode: [x.double().numpy() for x in tail(net, base, category, queue.select(category, mode))]
-             for mode in ("all", "spread")}
-    cands["recorded official draw"] = [out[k].double().numpy()
-                                       for k in ("pred_rotation", "pred_translation", "pred_size")]
+    cands = {
+        mode: [x.double().numpy() for x in tail(net, base, category, queue.select(category, mode))]
+        for mode in ("all", "spread")
+    }
+    cands["recorded official draw"] = [
+        out[k].double().numpy() for k in ("pred_rotation", "pred_translation", "pred_size")
+    ]
 
     pcts = (50, 90, 99, 100)
-    result = {"draws": args.draws, "seed": args.seed, "tail_vs_forward_max_abs": tail_err,
-              "categories": category.tolist(), "objects": []}
-    header = (f"{'obj':>3} {'cat':>3} {'metric':<10} " + " ".join(f"{'rand p' + str(p):>9}" for p in pcts)
-              + "".join(f" {m[:8]:>9} {'(rank)':>7}" for m in cands))
+    result = {
+        "draws": args.draws,
+        "seed": args.seed,
+        "tail_vs_forward_max_abs": tail_err,
+        "categories": category.tolist(),
+        "objects": [],
+    }
+    header = (
+        f"{'obj':>3} {'cat':>3} {'metric':<10} "
+        + " ".join(f"{'rand p' + str(p):>9}" for p in pcts)
+        + "".join(f" {m[:8]:>9} {'(rank)':>7}" for m in cands)
+    )
     lines = [header, "-" * len(header)]
     for b in range(R.shape[1]):
         rc, tc, sc = chordal_mean(R[:, b]), T[:, b].mean(0), S[:, b].mean(0)
-        dist = {"rot_deg": angle_deg(R[:, b], rc), "trans_mm": 1e3 * np.linalg.norm(T[:, b] - tc, axis=-1),
-                "size_mm": 1e3 * np.linalg.norm(S[:, b] - sc, axis=-1)}
+        dist = {
+            "rot_deg": angle_deg(R[:, b], rc),
+            "trans_mm": 1e3 * np.linalg.norm(T[:, b] - tc, axis=-1),
+            "size_mm": 1e3 * np.linalg.norm(S[:, b] - sc, axis=-1),
+        }
         obj = {"category": int(category[b]), "random": {}, "candidates": {}}
         for metric, d in dist.items():
             obj["random"][metric] = {f"p{p}": float(np.percentile(d, p)) for p in pcts}
             row = f"{b:>3} {int(category[b]):>3} {metric:<10} " + " ".join(
-                f"{np.percentile(d, p):>9.4f}" for p in pcts)
+                f"{np.percentile(d, p):>9.4f}" for p in pcts
+            )
             for mode, (cr, ct, cs) in cands.items():
-                v = {"rot_deg": float(angle_deg(cr[b], rc)),
-                     "trans_mm": float(1e3 * np.linalg.norm(ct[b] - tc)),
-                     "size_mm": float(1e3 * np.linalg.norm(cs[b] - sc))}[metric]
+                v = {
+                    "rot_deg": float(angle_deg(cr[b], rc)),
+                    "trans_mm": float(1e3 * np.linalg.norm(ct[b] - tc)),
+                    "size_mm": float(1e3 * np.linalg.norm(cs[b] - sc)),
+                }[metric]
                 rank = float((d < v).mean() * 100)
                 obj["candidates"].setdefault(mode, {})[metric] = {"value": v, "percentile_rank": rank}
                 row += f" {v:>9.4f} {rank:>6.0f}%"

@@ -17,7 +17,16 @@ import yaml
 NOCS_CATEGORIES = ["bottle", "bowl", "camera", "can", "laptop", "mug"]
 NOCS_SYMMETRIC = ["bottle", "bowl", "can"]
 HOUSECAT6D_CATEGORIES = [
-    "box", "bottle", "can", "cup", "remote", "teapot", "cutlery", "glass", "shoe", "tube",
+    "box",
+    "bottle",
+    "can",
+    "cup",
+    "remote",
+    "teapot",
+    "cutlery",
+    "glass",
+    "shoe",
+    "tube",
 ]
 HOUSECAT6D_SYMMETRIC = ["bottle", "can", "glass"]
 

@@ -42,19 +42,31 @@ def verify(net, cfg, queue, out_path: str, n_objects: int = 2) -> float:
     new = PoseEstimator.from_checkpoint(out_path)
     batch = random_batch(n_objects, cfg.n_points, cfg.cat_num, image_size=cfg.image_size)
     a, b = ref.predict(batch), new.predict(batch)
-    return max(float((x - y).abs().max()) for x, y in
-               ((a.rotation, b.rotation), (a.translation, b.translation), (a.size, b.size),
-                (a.keypoints, b.keypoints)))
+    return max(
+        float((x - y).abs().max())
+        for x, y in (
+            (a.rotation, b.rotation),
+            (a.translation, b.translation),
+            (a.size, b.size),
+            (a.keypoints, b.keypoints),
+        )
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cleanpose-convert", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="published state_dict (.pt/.pth), e.g. epoch_30.pt")
     p.add_argument("--queue", help="confounder queue tensor_list.pkl (required for CleanPose)")
-    p.add_argument("--dinov2", help="DINOv2 hub weights (dinov2_vits14_pretrain.pth) for a checkpoint saved "
-                   "without its frozen backbone; the checkpoint's own rgb_extractor.* keys take precedence")
-    p.add_argument("--config", required=True,
-                   help="shipped config (cleanpose_nocs, cleanpose_housecat6d, agpose_nocs) or a YAML path")
+    p.add_argument(
+        "--dinov2",
+        help="DINOv2 hub weights (dinov2_vits14_pretrain.pth) for a checkpoint saved "
+        "without its frozen backbone; the checkpoint's own rgb_extractor.* keys take precedence",
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        help="shipped config (cleanpose_nocs, cleanpose_housecat6d, agpose_nocs) or a YAML path",
+    )
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--verify", action="store_true", help="reload the output and compare outputs (identical)")
     return p
@@ -64,15 +76,28 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = checkpoints.load_config(args.config)
-        net, cfg, queue = checkpoints.load_published(args.checkpoint, cfg, queue_path=args.queue,
-                                                     dinov2_path=args.dinov2)
+        net, cfg, queue = checkpoints.load_published(
+            args.checkpoint, cfg, queue_path=args.queue, dinov2_path=args.dinov2
+        )
         if queue is not None and queue.num_entries != cfg.front_door.queue_length:
-            print(f"note: queue holds {queue.num_entries} entries per category (config says "
-                  f"{cfg.front_door.queue_length}); the file keeps all of them", file=sys.stderr)
-        header = checkpoints.save_checkpoint(args.out, net, cfg, queue, metadata={
-            "source": {"checkpoint": os.path.basename(args.checkpoint),
-                       "queue": os.path.basename(args.queue) if args.queue else None,
-                       "dinov2": os.path.basename(args.dinov2) if args.dinov2 else None}})
+            print(
+                f"note: queue holds {queue.num_entries} entries per category (config says "
+                f"{cfg.front_door.queue_length}); the file keeps all of them",
+                file=sys.stderr,
+            )
+        header = checkpoints.save_checkpoint(
+            args.out,
+            net,
+            cfg,
+            queue,
+            metadata={
+                "source": {
+                    "checkpoint": os.path.basename(args.checkpoint),
+                    "queue": os.path.basename(args.queue) if args.queue else None,
+                    "dinov2": os.path.basename(args.dinov2) if args.dinov2 else None,
+                }
+            },
+        )
     except (CheckpointError, DeviceUnavailableError, FileNotFoundError, ValueError) as exc:
         print(f"cleanpose-convert: error: {exc}", file=sys.stderr)
         return 1
@@ -87,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         diff = verify(net, cfg, queue, args.out)
         print(f"verify: max |published - converted| over all outputs = {diff:.3g}")
         if diff != 0.0:
-            print("cleanpose-convert: error: converted checkpoint does not reproduce the published weights",
-                  file=sys.stderr)
+            print(
+                "cleanpose-convert: error: converted checkpoint does not reproduce the published weights",
+                file=sys.stderr,
+            )
             return 2
     return 0
 

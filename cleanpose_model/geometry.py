@@ -78,11 +78,20 @@ def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """Quaternion (..., 4) as (x, y, z, w) (ROS order) -> (..., 3, 3)."""
     q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)
     x, y, z, w = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(*q.shape[:-1], 3, 3)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - z * w),
+            2 * (x * z + y * w),
+            2 * (x * y + z * w),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - x * w),
+            2 * (x * z - y * w),
+            2 * (y * z + x * w),
+            1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(*q.shape[:-1], 3, 3)
 
 
 def matrix_to_quaternion(rot: torch.Tensor) -> torch.Tensor:
@@ -92,16 +101,47 @@ def matrix_to_quaternion(rot: torch.Tensor) -> torch.Tensor:
     """
     m = rot
     m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    cand = torch.stack([
-        torch.stack([1 + m00 - m11 - m22, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0],
-                     m[..., 2, 1] - m[..., 1, 2]], dim=-1),
-        torch.stack([m[..., 0, 1] + m[..., 1, 0], 1 - m00 + m11 - m22, m[..., 1, 2] + m[..., 2, 1],
-                     m[..., 0, 2] - m[..., 2, 0]], dim=-1),
-        torch.stack([m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 - m00 - m11 + m22,
-                     m[..., 1, 0] - m[..., 0, 1]], dim=-1),
-        torch.stack([m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1],
-                     1 + m00 + m11 + m22], dim=-1),
-    ], dim=-2)  # (..., 4 branches, 4)
+    cand = torch.stack(
+        [
+            torch.stack(
+                [
+                    1 + m00 - m11 - m22,
+                    m[..., 0, 1] + m[..., 1, 0],
+                    m[..., 0, 2] + m[..., 2, 0],
+                    m[..., 2, 1] - m[..., 1, 2],
+                ],
+                dim=-1,
+            ),
+            torch.stack(
+                [
+                    m[..., 0, 1] + m[..., 1, 0],
+                    1 - m00 + m11 - m22,
+                    m[..., 1, 2] + m[..., 2, 1],
+                    m[..., 0, 2] - m[..., 2, 0],
+                ],
+                dim=-1,
+            ),
+            torch.stack(
+                [
+                    m[..., 0, 2] + m[..., 2, 0],
+                    m[..., 1, 2] + m[..., 2, 1],
+                    1 - m00 - m11 + m22,
+                    m[..., 1, 0] - m[..., 0, 1],
+                ],
+                dim=-1,
+            ),
+            torch.stack(
+                [
+                    m[..., 2, 1] - m[..., 1, 2],
+                    m[..., 0, 2] - m[..., 2, 0],
+                    m[..., 1, 0] - m[..., 0, 1],
+                    1 + m00 + m11 + m22,
+                ],
+                dim=-1,
+            ),
+        ],
+        dim=-2,
+    )  # (..., 4 branches, 4)
     diag = torch.stack([cand[..., 0, 0], cand[..., 1, 1], cand[..., 2, 2], cand[..., 3, 3]], dim=-1)
     best = diag.argmax(dim=-1)
     q = torch.gather(cand, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
@@ -127,9 +167,12 @@ def box_corners(size: torch.Tensor) -> torch.Tensor:
 
     Corner order: bit 2/1/0 of the corner index selects +x/+y/+z (0 = min).
     """
-    signs = torch.tensor(
-        [[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], dtype=size.dtype, device=size.device
-    ) - 0.5
+    signs = (
+        torch.tensor(
+            [[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], dtype=size.dtype, device=size.device
+        )
+        - 0.5
+    )
     return signs * size.unsqueeze(-2)
 
 

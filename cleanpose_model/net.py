@@ -33,15 +33,16 @@ class CleanPoseNet(nn.Module):
         if cfg.has_distill_head:
             # psi in the paper: maps the normalised point feature into the teacher's space.
             self.pointnet2ulip = nn.Parameter(
-                torch.randn(cfg.pts_feat_dim, cfg.distill.feat_dim) * cfg.distill.feat_dim ** -0.5
+                torch.randn(cfg.pts_feat_dim, cfg.distill.feat_dim) * cfg.distill.feat_dim**-0.5
             )
         self.rgb_extractor = DinoVisionTransformer(cfg.dino)
         if cfg.dino.frozen:
             self.rgb_extractor.requires_grad_(False)
         self.feature_mlp = nn.Sequential(nn.Conv1d(cfg.dino.embed_dim, cfg.rgb_feat_dim, 1))
         self.pts_extractor = PointNet2MSG(cfg.pointnet2)
-        self.IAKD = IAKD(cfg.keypoints.kpt_num, d, cfg.keypoints.block_num, heads, ffn,
-                         cfg.keypoints.temperature)
+        self.IAKD = IAKD(
+            cfg.keypoints.kpt_num, d, cfg.keypoints.block_num, heads, ffn, cfg.keypoints.temperature
+        )
         self.GAFA = GAFA(d, cfg.gafa.ks, cfg.gafa.delta_hidden, cfg.gafa.tau)
         self.nocs_predictor = NOCSPredictor(cfg.nocs, d, cfg.cat_num, heads, ffn)
         self.estimator = PoseSizeEstimator(cfg.estimator, d)
@@ -68,7 +69,7 @@ class CleanPoseNet(nn.Module):
         patch grid and only the chosen pixels are interpolated.
         """
         bsz, n_patch, dim = patch_tokens.shape
-        grid = round(n_patch ** 0.5)
+        grid = round(n_patch**0.5)
         size = self.cfg.image_size
         fmap = patch_tokens.transpose(1, 2).reshape(bsz, dim, grid, grid)
         if not self.cfg.rgb_sparse_gather:
@@ -105,8 +106,14 @@ class CleanPoseNet(nn.Module):
         f = f + self.cfg.distill.alpha * self.projector_pts(f)
         return f @ self.pointnet2ulip
 
-    def _check_inputs(self, rgb: torch.Tensor, pts: torch.Tensor, choose: torch.Tensor,
-                      category: torch.Tensor, queue_feats: torch.Tensor | None) -> None:
+    def _check_inputs(
+        self,
+        rgb: torch.Tensor,
+        pts: torch.Tensor,
+        choose: torch.Tensor,
+        category: torch.Tensor,
+        queue_feats: torch.Tensor | None,
+    ) -> None:
         bsz = pts.shape[0]
         size = self.cfg.image_size
         if pts.dim() != 3 or pts.shape[2] != 3:
@@ -122,11 +129,16 @@ class CleanPoseNet(nn.Module):
             # (the deterministic inference mode attends over the whole queue, see cleanpose_model.queue).
             if queue_feats is None:
                 raise ValueError("the CleanPose variant needs queue_feats (B, select_num, d_model)")
-            if queue_feats.dim() != 3 or queue_feats.shape[0] != bsz or queue_feats.shape[1] < 1 \
-                    or queue_feats.shape[2] != self.cfg.d_model:
+            if (
+                queue_feats.dim() != 3
+                or queue_feats.shape[0] != bsz
+                or queue_feats.shape[1] < 1
+                or queue_feats.shape[2] != self.cfg.d_model
+            ):
                 want = (bsz, self.cfg.front_door.select_num, self.cfg.d_model)
-                raise ValueError(f"queue_feats must be {want} (any count >= 1 on dim 1), "
-                                 f"got {tuple(queue_feats.shape)}")
+                raise ValueError(
+                    f"queue_feats must be {want} (any count >= 1 on dim 1), got {tuple(queue_feats.shape)}"
+                )
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -182,9 +194,13 @@ class CleanPoseNet(nn.Module):
         kpt_feat = self.GAFA(kpt_feat, kpt_3d.detach(), feats.transpose(1, 2), pts_c)
         if return_intermediates:
             inter.update(
-                dino_x_prenorm=tokens, iakd_rgb_local=rgb_local, iakd_pts_local=pts_local,
-                iakd_kpt_query=kp["kpt_query"], iakd_kpt_feature=kp["kpt_feature"],
-                iakd_heatmap=kp["heatmap"], gafa_out=kpt_feat,
+                dino_x_prenorm=tokens,
+                iakd_rgb_local=rgb_local,
+                iakd_pts_local=pts_local,
+                iakd_kpt_query=kp["kpt_query"],
+                iakd_kpt_feature=kp["kpt_feature"],
+                iakd_heatmap=kp["heatmap"],
+                gafa_out=kpt_feat,
             )
         if self.cfg.use_front_door:
             kpt_feat = self.FD_Encoder(kpt_feat, queue_feats)

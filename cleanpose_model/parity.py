@@ -119,8 +119,9 @@ def queue_sample(vectors: dict[str, np.ndarray]) -> np.ndarray:
     return vectors["queue"][cls[:, None], sel]
 
 
-def run_parity(variant: str, vectors_path: str | Path, device: torch.device | str = "cpu",
-               net=None) -> dict[str, dict[str, float]]:
+def run_parity(
+    variant: str, vectors_path: str | Path, device: torch.device | str = "cpu", net=None
+) -> dict[str, dict[str, float]]:
     """Run the parity inputs through our network; per recorded tensor: rel error, max abs error."""
     vec = load_vectors(vectors_path)
     net = net if net is not None else build_parity_net(variant, device)
@@ -131,8 +132,14 @@ def run_parity(variant: str, vectors_path: str | Path, device: torch.device | st
 
     queue = t(queue_sample(vec)) if net.cfg.use_front_door else None
     with torch.no_grad():
-        out = net(t(vec["rgb"]), t(vec["pts"]), t(vec["choose"]), t(vec["category_label"]),
-                  queue_feats=queue, return_intermediates=True)
+        out = net(
+            t(vec["rgb"]),
+            t(vec["pts"]),
+            t(vec["choose"]),
+            t(vec["category_label"]),
+            queue_feats=queue,
+            return_intermediates=True,
+        )
     report: dict[str, dict[str, float]] = {}
     for npz_name, ours_name in TENSOR_NAMES.items():
         if npz_name not in vec:

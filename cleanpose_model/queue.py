@@ -43,8 +43,9 @@ class ConfounderQueue:
         if features.dim() != 3:
             raise QueueError(f"queue must be (cat_num, N_q, d), got shape {tuple(features.shape)}")
         if features.shape[1] < select_num:
-            raise QueueError(f"queue holds {features.shape[1]} entries per category, fewer than select_num="
-                             f"{select_num}")
+            raise QueueError(
+                f"queue holds {features.shape[1]} entries per category, fewer than select_num={select_num}"
+            )
         self.features = features
         self.select_num = int(select_num)
         self._fixed_cache: dict[str, torch.Tensor] = {}
@@ -95,8 +96,12 @@ class ConfounderQueue:
             elif isinstance(rng, (int, np.integer)):
                 rng = np.random.RandomState(int(rng))
             # One draw per category in category order: this order is what makes seeded runs reproduce.
-            return np.stack([np.asarray(rng.choice(n, self.select_num, replace=False), dtype=np.int64)
-                             for _ in range(self.cat_num)])
+            return np.stack(
+                [
+                    np.asarray(rng.choice(n, self.select_num, replace=False), dtype=np.int64)
+                    for _ in range(self.cat_num)
+                ]
+            )
         raise ValueError(f"unknown queue mode {mode!r}; expected one of {MODES}")
 
     def gather(self, category: torch.Tensor, indices) -> torch.Tensor:

@@ -63,8 +63,17 @@ def _torch_load(path) -> object:
         raise InvalidCheckpointFile(
             path, f"refused by the weights-only loader (holds objects other than tensors): {first}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, TypeError,
-            AttributeError, IndexError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+    ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = f"truncated or corrupt file ({type(exc).__name__}: {first})"
         raise InvalidCheckpointFile(path, reason) from None
@@ -90,7 +99,7 @@ def load_published_state_dict(path) -> dict[str, torch.Tensor]:
     path = os.fspath(path)
     sd = _as_state_dict(_torch_load(path), path)
     if next(iter(sd)).startswith("module."):
-        sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+        sd = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
     return {k: v for k, v in sd.items() if not k.startswith("ULIP_model.")}
 
 
@@ -98,11 +107,15 @@ def _variant_problem(expected: Mapping, sd: Mapping) -> str | None:
     net_fd = any(k.startswith("FD_Encoder.") for k in expected)
     file_fd = any(k.startswith("FD_Encoder.") for k in sd)
     if net_fd and not file_fd:
-        return ("every FD_Encoder.* key is missing: this is an AG-Pose checkpoint, use variant agpose "
-                "(e.g. config agpose_nocs)")
+        return (
+            "every FD_Encoder.* key is missing: this is an AG-Pose checkpoint, use variant agpose "
+            "(e.g. config agpose_nocs)"
+        )
     if file_fd and not net_fd:
-        return ("the file has FD_Encoder.* keys the network lacks: this is a CleanPose checkpoint, use "
-                "variant cleanpose (e.g. config cleanpose_nocs)")
+        return (
+            "the file has FD_Encoder.* keys the network lacks: this is a CleanPose checkpoint, use "
+            "variant cleanpose (e.g. config cleanpose_nocs)"
+        )
     if _NOCS_HEAD_KEY in expected and _NOCS_HEAD_KEY in sd:
         want, got = expected[_NOCS_HEAD_KEY].shape, sd[_NOCS_HEAD_KEY].shape
         if want != got and want[1:] == got[1:] and want[0] % 192 == 0 and got[0] % 192 == 0:
@@ -110,21 +123,33 @@ def _variant_problem(expected: Mapping, sd: Mapping) -> str | None:
             variant = "cleanpose" if file_fd else "agpose"
             ds, suffix = _DATASETS.get(n_file, (f"a {n_file}-category dataset", f"<{n_file}-category>"))
             net_ds = _DATASETS.get(n_net, (f"{n_net} categories",))[0]
-            return (f"{_NOCS_HEAD_KEY} has {got[0]} = {n_file}x3x64 output channels: the checkpoint was "
-                    f"trained for {n_file} categories ({ds}), the network was built for {n_net} ({net_ds}); "
-                    f"use the dataset config {variant}_{suffix}")
+            return (
+                f"{_NOCS_HEAD_KEY} has {got[0]} = {n_file}x3x64 output channels: the checkpoint was "
+                f"trained for {n_file} categories ({ds}), the network was built for {n_net} ({net_ds}); "
+                f"use the dataset config {variant}_{suffix}"
+            )
     return None
 
 
-def check_state_dict(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor], source: str,
-                     allow_missing_prefixes: tuple[str, ...] = ()) -> None:
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor],
+    sd: Mapping[str, torch.Tensor],
+    source: str,
+    allow_missing_prefixes: tuple[str, ...] = (),
+) -> None:
     """Raise ``WrongVariantError``/``StateDictMismatch`` unless ``sd`` loads strictly into ``expected``."""
     problem = _variant_problem(expected, sd)
-    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")
-               and not k.startswith(allow_missing_prefixes)]
+    missing = [
+        k
+        for k in expected
+        if k not in sd and not k.endswith("num_batches_tracked") and not k.startswith(allow_missing_prefixes)
+    ]
     unexpected = [k for k in sd if k not in expected and not _is_distill_key(k)]
-    shapes = [(k, tuple(expected[k].shape), tuple(sd[k].shape))
-              for k in sd if k in expected and expected[k].shape != sd[k].shape]
+    shapes = [
+        (k, tuple(expected[k].shape), tuple(sd[k].shape))
+        for k in sd
+        if k in expected and expected[k].shape != sd[k].shape
+    ]
     if problem is None and not (missing or unexpected or shapes):
         return
     lines = [f"state_dict from {source} does not match the network:"]
@@ -140,8 +165,12 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torc
     raise cls("\n  ".join(lines), missing, unexpected, shapes)
 
 
-def load_into(net: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "<state_dict>",
-              allow_missing_prefixes: tuple[str, ...] = ()) -> torch.nn.Module:
+def load_into(
+    net: torch.nn.Module,
+    sd: Mapping[str, torch.Tensor],
+    source: str = "<state_dict>",
+    allow_missing_prefixes: tuple[str, ...] = (),
+) -> torch.nn.Module:
     """Strictly load ``sd`` into ``net`` (in place, values cast to the net's dtypes); returns ``net``."""
     expected = net.state_dict()
     check_state_dict(expected, sd, source, allow_missing_prefixes)
@@ -154,24 +183,34 @@ def load_dinov2_weights(net: torch.nn.Module, path, prefix: str = "rgb_extractor
     head, possibly ``mask_token``) into the network's backbone."""
     path = os.fspath(path)
     sd = _as_state_dict(_torch_load(path), path)
-    sd = {(k if k.startswith(prefix) else prefix + k): v for k, v in sd.items()
-          if not k.startswith(("head.", prefix + "head."))}
+    sd = {
+        (k if k.startswith(prefix) else prefix + k): v
+        for k, v in sd.items()
+        if not k.startswith(("head.", prefix + "head."))
+    }
     expected = {k: v for k, v in net.state_dict().items() if k.startswith(prefix)}
     if not expected:
         raise StateDictMismatch(f"the network has no '{prefix}' backbone to load {path} into")
     if any("register_tokens" in k for k in sd):
-        raise WrongVariantError(f"{path} is a DINOv2 checkpoint with register tokens (dinov2_*_reg); the "
-                                "network uses dinov2_vits14 without registers")
+        raise WrongVariantError(
+            f"{path} is a DINOv2 checkpoint with register tokens (dinov2_*_reg); the "
+            "network uses dinov2_vits14 without registers"
+        )
     missing = [k for k in expected if k not in sd and not k.endswith("mask_token")]
     unexpected = [k for k in sd if k not in expected]
-    shapes = [(k, tuple(expected[k].shape), tuple(sd[k].shape))
-              for k in sd if k in expected and expected[k].shape != sd[k].shape]
+    shapes = [
+        (k, tuple(expected[k].shape), tuple(sd[k].shape))
+        for k in sd
+        if k in expected and expected[k].shape != sd[k].shape
+    ]
     if missing or unexpected or shapes:
         lines = [f"DINOv2 weights {path} do not match the backbone '{prefix[:-1]}':"]
         got, want = sd.get(prefix + "cls_token"), expected.get(prefix + "cls_token")
         if got is not None and want is not None and got.shape != want.shape:
-            lines.append(f"embedding width {got.shape[-1]} != {want.shape[-1]}: not the ViT-S/14 "
-                         "(dinov2_vits14) weights")
+            lines.append(
+                f"embedding width {got.shape[-1]} != {want.shape[-1]}: not the ViT-S/14 "
+                "(dinov2_vits14) weights"
+            )
         if missing:
             lines.append(f"missing keys ({len(missing)}): {_listing(missing)}")
         if unexpected:
@@ -298,7 +337,8 @@ def _read_safetensors(path, tensors: bool = True):
         raise CheckpointFormatError(
             f"{path} is a torch pickle/zip file (a published .pt/.pth checkpoint?), not our safetensors "
             "format: convert it with "
-            "`cleanpose-convert --checkpoint <file> --config <name> --out model.safetensors`")
+            "`cleanpose-convert --checkpoint <file> --config <name> --out model.safetensors`"
+        )
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
@@ -307,8 +347,10 @@ def _read_safetensors(path, tensors: bool = True):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidCheckpointFile(path, f"truncated or corrupt safetensors file ({first})") from None
     if METADATA_KEY not in meta:
-        raise CheckpointFormatError(f"{path} has no '{METADATA_KEY}' metadata header: it is a safetensors "
-                                    "file but was not written by cleanpose_model's save_checkpoint")
+        raise CheckpointFormatError(
+            f"{path} has no '{METADATA_KEY}' metadata header: it is a safetensors "
+            "file but was not written by cleanpose_model's save_checkpoint"
+        )
     try:
         header = json.loads(meta[METADATA_KEY])
     except json.JSONDecodeError as exc:
@@ -320,8 +362,10 @@ def _read_safetensors(path, tensors: bool = True):
     if version != FORMAT_VERSION:
         newer = isinstance(version, int) and version > FORMAT_VERSION
         hint = "; update cleanpose_model" if newer else ""
-        raise CheckpointFormatError(f"{path}: checkpoint format version {version!r} is not supported (this "
-                                    f"code reads version {FORMAT_VERSION}{hint})")
+        raise CheckpointFormatError(
+            f"{path}: checkpoint format version {version!r} is not supported (this "
+            f"code reads version {FORMAT_VERSION}{hint})"
+        )
     for key in ("variant", "config"):
         if key not in header:
             raise CheckpointFormatError(f"{path}: metadata header lacks {key!r}")
@@ -356,7 +400,8 @@ def load_published(path, config, queue_path=None, dinov2_path=None):
     if config is None:
         raise CheckpointFormatError(
             f"{path} is a published checkpoint: give its config (config='cleanpose_nocs' or a YAML path) "
-            "and, for CleanPose, queue_path, or convert it once with `cleanpose-convert`")
+            "and, for CleanPose, queue_path, or convert it once with `cleanpose-convert`"
+        )
     cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else config
     net = _build_net(cfg)
     sd = load_published_state_dict(path)
@@ -368,8 +413,10 @@ def load_published(path, config, queue_path=None, dinov2_path=None):
     queue = None
     if uses_queue(net):
         if queue_path is None:
-            raise QueueError(f"{path} is a CleanPose checkpoint: its confounder queue (tensor_list.pkl, "
-                             "saved next to the .pt files) is required; pass --queue / queue_path")
+            raise QueueError(
+                f"{path} is a CleanPose checkpoint: its confounder queue (tensor_list.pkl, "
+                "saved next to the .pt files) is required; pass --queue / queue_path"
+            )
         queue = ConfounderQueue.from_pickle(queue_path, int(getattr(cfg, "select_num", 12)))
         cat_num = int(sd[_NOCS_HEAD_KEY].shape[0] // 192) if _NOCS_HEAD_KEY in sd else queue.cat_num
         if queue.cat_num != cat_num:

@@ -71,22 +71,35 @@ def load_tensor_list(path) -> list[list[torch.Tensor]]:
         raise UnsafePickleError(f"unsafe queue pickle: {path}: {exc}") from None
     except FileNotFoundError:
         raise QueueError(f"queue file not found: {path}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, RuntimeError, AttributeError,
-            IndexError, KeyError, OSError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        RuntimeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OSError,
+    ) as exc:
         raise QueueError(f"not a valid queue pickle: {path}: {type(exc).__name__}: {exc}") from None
     return _validate(obj, path)
 
 
 def _validate(obj, path: str) -> list[list[torch.Tensor]]:
     if not isinstance(obj, (list, tuple)) or not obj:
-        raise QueueError(f"not a valid queue pickle: {path}: expected a non-empty list of per-category "
-                         f"lists, got {type(obj).__name__}")
+        raise QueueError(
+            f"not a valid queue pickle: {path}: expected a non-empty list of per-category "
+            f"lists, got {type(obj).__name__}"
+        )
     out: list[list[torch.Tensor]] = []
     dim = None
     for c, entries in enumerate(obj):
         if not isinstance(entries, (list, tuple)) or not entries:
-            raise QueueError(f"not a valid queue pickle: {path}: category {c} is a {type(entries).__name__} "
-                             "(expected a non-empty list of tensors)")
+            raise QueueError(
+                f"not a valid queue pickle: {path}: category {c} is a {type(entries).__name__} "
+                "(expected a non-empty list of tensors)"
+            )
         cat = []
         for j, t in enumerate(entries):
             if not isinstance(t, torch.Tensor) or not t.is_floating_point():
@@ -95,8 +108,10 @@ def _validate(obj, path: str) -> list[list[torch.Tensor]]:
             if dim is None:
                 dim = t.shape[1]
             if t.shape[1] != dim:
-                raise QueueError(f"not a valid queue pickle: {path}: entry [{c}][{j}] has {t.shape[1]} "
-                                 f"features, the others {dim}")
+                raise QueueError(
+                    f"not a valid queue pickle: {path}: entry [{c}][{j}] has {t.shape[1]} "
+                    f"features, the others {dim}"
+                )
             cat.append(t)
         out.append(cat)
     return out

@@ -13,8 +13,9 @@ from torch import nn
 
 def _ffn(d_model: int, dim_ffn: int) -> nn.Sequential:
     # Dropout(0) kept so the second Linear sits at index 3, as in the published keys.
-    return nn.Sequential(nn.Linear(d_model, dim_ffn), nn.ReLU(inplace=True), nn.Dropout(0.0),
-                         nn.Linear(dim_ffn, d_model))
+    return nn.Sequential(
+        nn.Linear(d_model, dim_ffn), nn.ReLU(inplace=True), nn.Dropout(0.0), nn.Linear(dim_ffn, d_model)
+    )
 
 
 def _mha(d_model: int, num_heads: int) -> nn.MultiheadAttention:

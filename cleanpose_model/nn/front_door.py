@@ -9,8 +9,9 @@ from cleanpose_model.nn.attention import AttnLayer, SelfAttnLayer
 
 
 class FrontDoorEncoder(nn.Module):
-    def __init__(self, d_model: int, num_heads: int, dim_ffn: int, cross_block_num: int = 4,
-                 self_block_num: int = 2) -> None:
+    def __init__(
+        self, d_model: int, num_heads: int, dim_ffn: int, cross_block_num: int = 4, self_block_num: int = 2
+    ) -> None:
         super().__init__()
         self.cross_attn_layer = AttnLayer(cross_block_num, d_model, num_heads, dim_ffn)
         self.self_attn_layer = SelfAttnLayer(self_block_num, d_model, num_heads, dim_ffn)

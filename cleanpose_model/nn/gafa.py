@@ -8,8 +8,13 @@ from torch import nn
 
 
 def _delta_mlp(d_model: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d_model),
-                         nn.ReLU(inplace=True), nn.Linear(d_model, d_model))
+    return nn.Sequential(
+        nn.Linear(3, hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, d_model),
+        nn.ReLU(inplace=True),
+        nn.Linear(d_model, d_model),
+    )
 
 
 class GAFABlock(nn.Module):
@@ -17,23 +22,33 @@ class GAFABlock(nn.Module):
         super().__init__()
         self.k = k
         self.tau = tau
-        self.fc_in = nn.Sequential(nn.Conv1d(d_model, d_model, 1), nn.BatchNorm1d(d_model),
-                                   nn.ReLU(inplace=True),
-                                   nn.Conv1d(d_model, d_model, 1))
+        self.fc_in = nn.Sequential(
+            nn.Conv1d(d_model, d_model, 1),
+            nn.BatchNorm1d(d_model),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(d_model, d_model, 1),
+        )
         self.fc_delta = _delta_mlp(d_model, delta_hidden)
-        self.fc_delta_1 = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.ReLU(inplace=True),
-                                        nn.Linear(d_model, d_model))
+        self.fc_delta_1 = nn.Sequential(
+            nn.Linear(2 * d_model, d_model), nn.ReLU(inplace=True), nn.Linear(d_model, d_model)
+        )
         self.fc_delta_l = _delta_mlp(d_model, delta_hidden)
         self.fc_delta_abs = _delta_mlp(d_model, delta_hidden)
         self.fuse_mlp = nn.Sequential(
-            nn.Conv1d(3 * d_model, d_model, 1), nn.BatchNorm1d(d_model), nn.ReLU(inplace=True),
-            nn.Conv1d(d_model, d_model, 1), nn.BatchNorm1d(d_model), nn.ReLU(inplace=True),
+            nn.Conv1d(3 * d_model, d_model, 1),
+            nn.BatchNorm1d(d_model),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(d_model, d_model, 1),
+            nn.BatchNorm1d(d_model),
+            nn.ReLU(inplace=True),
         )
-        self.out_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(inplace=True),
-                                     nn.Linear(d_model, d_model))
+        self.out_mlp = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.ReLU(inplace=True), nn.Linear(d_model, d_model)
+        )
 
-    def forward(self, kpt_feat: torch.Tensor, kpt_3d: torch.Tensor, pts_feat: torch.Tensor,
-                pts: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, kpt_feat: torch.Tensor, kpt_3d: torch.Tensor, pts_feat: torch.Tensor, pts: torch.Tensor
+    ) -> torch.Tensor:
         """kpt_feat (B,K,C), kpt_3d (B,K,3) (already detached), pts_feat (B,N,C), pts (B,N,3)."""
         bsz, n_kpt, c = kpt_feat.shape
         # Only the neighbour *set* matters below (everything is symmetric over it), so topk's
@@ -69,8 +84,9 @@ class GAFA(nn.Module):
         super().__init__()
         self.GAFA_blocks = nn.ModuleList(GAFABlock(d_model, k, delta_hidden, tau) for k in ks)
 
-    def forward(self, kpt_feat: torch.Tensor, kpt_3d: torch.Tensor, pts_feat: torch.Tensor,
-                pts: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, kpt_feat: torch.Tensor, kpt_3d: torch.Tensor, pts_feat: torch.Tensor, pts: torch.Tensor
+    ) -> torch.Tensor:
         for blk in self.GAFA_blocks:
             kpt_feat = blk(kpt_feat, kpt_3d, pts_feat, pts)
         return kpt_feat

@@ -41,8 +41,9 @@ class NOCSPredictor(nn.Module):
         self.nocs_mlp = nn.Sequential(*layers)
         self.self_attn_layer = SelfAttnLayer(cfg.block_num, d_model, num_heads, dim_ffn)
         self.atten_mlp = nn.Sequential(
-            *_conv_relu_stack([d_model, cfg.atten_hidden, cfg.atten_hidden, cat_num * 3 * cfg.bins_num],
-                              final_relu=False)
+            *_conv_relu_stack(
+                [d_model, cfg.atten_hidden, cfg.atten_hidden, cat_num * 3 * cfg.bins_num], final_relu=False
+            )
         )
         # Not a parameter nor a buffer in the published model (absent from its state_dict).
         self._bins = cfg.bins_num
@@ -80,8 +81,9 @@ class PoseSizeEstimator(nn.Module):
         self.translation_estimator = _linear_head([*head, 3])
         self.size_estimator = _linear_head([*head, 3])
 
-    def forward(self, kpt_3d: torch.Tensor, kpt_nocs: torch.Tensor,
-                kpt_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, kpt_3d: torch.Tensor, kpt_nocs: torch.Tensor, kpt_feat: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (6D rotation (B,6), translation (B,3), size (B,3)); kpt_nocs must arrive detached."""
         p1 = self.pts_mlp1(kpt_3d.transpose(1, 2))
         p2 = self.pts_mlp2(kpt_nocs.transpose(1, 2))

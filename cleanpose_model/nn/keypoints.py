@@ -9,8 +9,15 @@ from cleanpose_model.nn.attention import AttnLayer
 
 
 class IAKD(nn.Module):
-    def __init__(self, kpt_num: int, d_model: int, block_num: int, num_heads: int, dim_ffn: int,
-                 temperature: float = 0.1) -> None:
+    def __init__(
+        self,
+        kpt_num: int,
+        d_model: int,
+        block_num: int,
+        num_heads: int,
+        dim_ffn: int,
+        temperature: float = 0.1,
+    ) -> None:
         super().__init__()
         self.temperature = temperature
         self.kpt_query = nn.Parameter(torch.empty(kpt_num, d_model))

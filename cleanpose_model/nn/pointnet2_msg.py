@@ -53,9 +53,7 @@ class SetAbstractionMSG(nn.Module):
         self.nsamples = list(nsamples)
         self.mlps = nn.ModuleList(SharedMLP(w) for w in mlps)
 
-    def forward(
-        self, xyz: torch.Tensor, features: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, xyz: torch.Tensor, features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """xyz (B, N, 3), features (B, C, N) or None -> new_xyz (B, npoint, 3), (B, sum out, npoint)."""
         idx = ops.furthest_point_sample(xyz, self.npoint)
         new_xyz = ops.gather_points(xyz, idx)

@@ -31,8 +31,10 @@ def test_roundtrip_published_parity_files(tmp_path, capsys):
     torch.save(parity_state_dict("cleanpose_nocs"), pt)  # official key names, parity weights
     pkl = _write_queue_pickle(tmp_path / "tensor_list.pkl", torch.from_numpy(vec["queue"]))
     out = tmp_path / "model.safetensors"
-    assert main(["--checkpoint", str(pt), "--queue", str(pkl), "--config", "cleanpose_nocs",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["--checkpoint", str(pt), "--queue", str(pkl), "--config", "cleanpose_nocs", "--out", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "variant     cleanpose" in printed and "queue       (6, 80, 256)" in printed
     assert ck.read_header(out)["source"]["checkpoint"] == "epoch_30.pt"
@@ -67,8 +69,22 @@ def tiny_files(tmp_path):
 def test_verify_flag(tiny_files, tmp_path, capsys):
     net, cfg, queue, pt, yml, pkl = tiny_files
     out = tmp_path / "m.safetensors"
-    assert main(["--checkpoint", str(pt), "--queue", str(pkl), "--config", str(yml), "--out", str(out),
-                 "--verify"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(pt),
+                "--queue",
+                str(pkl),
+                "--config",
+                str(yml),
+                "--out",
+                str(out),
+                "--verify",
+            ]
+        )
+        == 0
+    )
     assert "verify: max |published - converted| over all outputs = 0" in capsys.readouterr().out
     batch = random_batch(2, N_POINTS, 6, seed=1)
     a = PoseEstimator.from_checkpoint(out).predict(batch)
@@ -102,12 +118,27 @@ def test_dinov2_file_fills_a_checkpoint_without_backbone(tiny_files, tmp_path):
     no_backbone = tmp_path / "no_backbone.pt"
     torch.save(sd, no_backbone)
     prefix = "rgb_extractor."
-    hub = {k[len(prefix):]: v for k, v in net.state_dict().items() if k.startswith(prefix)}
+    hub = {k[len(prefix) :]: v for k, v in net.state_dict().items() if k.startswith(prefix)}
     dino = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(hub, dino)
     out = tmp_path / "m.safetensors"
-    assert main(["--checkpoint", str(no_backbone), "--queue", str(pkl), "--dinov2", str(dino),
-                 "--config", str(yml), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(no_backbone),
+                "--queue",
+                str(pkl),
+                "--dinov2",
+                str(dino),
+                "--config",
+                str(yml),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     loaded, _, _ = ck.load_checkpoint(out)
     for k, v in net.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k

@@ -47,8 +47,12 @@ def test_euler_order_is_rx_ry_rz() -> None:
         g.euler_xyz_to_matrix(angles), g.rot_x(angles[0]) @ g.rot_y(angles[1]) @ g.rot_z(angles[2])
     )
     # Right-handed: Rz(90°) maps x to y.
-    torch.testing.assert_close(g.rot_z(torch.tensor(math.pi / 2)) @ torch.tensor([1.0, 0, 0]),
-                               torch.tensor([0.0, 1.0, 0.0]), atol=1e-7, rtol=0)
+    torch.testing.assert_close(
+        g.rot_z(torch.tensor(math.pi / 2)) @ torch.tensor([1.0, 0, 0]),
+        torch.tensor([0.0, 1.0, 0.0]),
+        atol=1e-7,
+        rtol=0,
+    )
 
 
 def test_quaternion_roundtrip_and_axis_angle() -> None:

@@ -27,12 +27,20 @@ N_POINTS = 256
 def tiny_config(variant: str = "cleanpose") -> ModelConfig:
     """The demo structure at toy widths: a forward of a few objects takes well under a second on CPU."""
     d = ModelConfig.named("demo").to_dict()
-    d.update(variant=variant, use_front_door=variant == "cleanpose", n_points=N_POINTS, d_model=64,
-             pts_feat_dim=32, rgb_feat_dim=32)
+    d.update(
+        variant=variant,
+        use_front_door=variant == "cleanpose",
+        n_points=N_POINTS,
+        d_model=64,
+        pts_feat_dim=32,
+        rgb_feat_dim=32,
+    )
     d["dino"].update(embed_dim=32, depth=1, num_heads=2)
-    d["pointnet2"].update(npoints=[64, 32, 16, 8],
-                          sa_mlps=[[8, 8, 16], [16, 16, 32], [32, 32, 32], [32, 32, 64]],
-                          fp_mlps=[[32, 32], [64, 64], [64, 64], [64, 64]])
+    d["pointnet2"].update(
+        npoints=[64, 32, 16, 8],
+        sa_mlps=[[8, 8, 16], [16, 16, 32], [32, 32, 32], [32, 32, 64]],
+        fp_mlps=[[32, 32], [64, 64], [64, 64], [64, 64]],
+    )
     d["attention"].update(num_heads=2, dim_ffn=64)
     d["keypoints"].update(kpt_num=16, block_num=1)
     d["gafa"].update(ks=[8, 8], delta_hidden=16)
@@ -107,16 +115,23 @@ def test_mixed_batch_equals_single_objects(model, batch):
     est = PoseEstimator(*model)
     together = est.predict(batch)
     for i in range(len(batch)):
-        one = est.predict(ObjectBatch(batch.rgb[i:i + 1], batch.pts[i:i + 1], batch.choose[i:i + 1],
-                                      batch.category[i:i + 1]))
+        one = est.predict(
+            ObjectBatch(
+                batch.rgb[i : i + 1], batch.pts[i : i + 1], batch.choose[i : i + 1], batch.category[i : i + 1]
+            )
+        )
         for name, v in one.as_numpy().items():
             np.testing.assert_allclose(v[0], together.as_numpy()[name][i], atol=1e-5, rtol=0, err_msg=name)
 
 
 def test_empty_batch(model):
     est = PoseEstimator(*model)
-    empty = ObjectBatch(torch.zeros(0, 3, 224, 224), torch.zeros(0, N_POINTS, 3),
-                        torch.zeros(0, N_POINTS, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    empty = ObjectBatch(
+        torch.zeros(0, 3, 224, 224),
+        torch.zeros(0, N_POINTS, 3),
+        torch.zeros(0, N_POINTS, dtype=torch.long),
+        torch.zeros(0, dtype=torch.long),
+    )
     out = est.predict(empty)
     assert len(out) == 0 and out.rotation.shape == (0, 3, 3) and out.keypoints.shape == (0, 16, 3)
 
@@ -179,10 +194,16 @@ def test_checkpoint_roundtrip_and_determinism_across_processes(model, batch, tmp
     assert _equal(ours, PoseEstimator(net, cfg, queue).predict(batch))
 
     inputs, result = tmp_path / "in.npz", tmp_path / "out.npz"
-    np.savez(inputs, rgb=batch.rgb.numpy(), pts=batch.pts.numpy(), choose=batch.choose.numpy(),
-             category=batch.category.numpy())
-    subprocess.run([sys.executable, "-c", _CHILD, str(path), str(inputs), str(result)], check=True, cwd=REPO,
-                   timeout=300)
+    np.savez(
+        inputs,
+        rgb=batch.rgb.numpy(),
+        pts=batch.pts.numpy(),
+        choose=batch.choose.numpy(),
+        category=batch.category.numpy(),
+    )
+    subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path), str(inputs), str(result)], check=True, cwd=REPO, timeout=300
+    )
     child = np.load(result)
     for name, v in ours.as_numpy().items():
         np.testing.assert_array_equal(child[name], v, err_msg=name)

@@ -80,10 +80,15 @@ def _tiny_config() -> ModelConfig:
     demo = ModelConfig.named("demo")
     return dataclasses.replace(
         demo,
-        n_points=256, image_size=112, d_model=64, pts_feat_dim=32, rgb_feat_dim=32,
+        n_points=256,
+        image_size=112,
+        d_model=64,
+        pts_feat_dim=32,
+        rgb_feat_dim=32,
         dino=dataclasses.replace(demo.dino, embed_dim=64, depth=2, num_heads=2),
         pointnet2=dataclasses.replace(
-            demo.pointnet2, npoints=[128, 64, 32, 16],
+            demo.pointnet2,
+            npoints=[128, 64, 32, 16],
             sa_mlps=[[8, 8, 16], [16, 16, 32], [32, 32, 32], [32, 32, 64]],
             fp_mlps=[[32, 32], [64, 64], [64, 64], [64, 64]],
         ),

@@ -19,8 +19,14 @@ def _adjust_hue(img: Image.Image, hue_factor: float) -> Image.Image:
     return Image.merge("HSV", (h, s, v)).convert(img.mode)
 
 
-def color_jitter(rgb: np.ndarray, rng: np.random.Generator, brightness: float = 0.4, contrast: float = 0.4,
-                 saturation: float = 0.4, hue: float = 0.3) -> np.ndarray:
+def color_jitter(
+    rgb: np.ndarray,
+    rng: np.random.Generator,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+    hue: float = 0.3,
+) -> np.ndarray:
     """torchvision ColorJitter on an RGB uint8 array: random order of the four adjustments."""
     img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
     order = rng.permutation(4)

@@ -118,8 +118,12 @@ def sample_indices(n: int, sample_num: int, rng: np.random.Generator) -> np.ndar
     return rng.choice(n, sample_num, replace=False)
 
 
-def backproject_crop(depth_mm: np.ndarray, K: tuple[float, float, float, float], window, choose: np.ndarray,
-                     ) -> np.ndarray:
+def backproject_crop(
+    depth_mm: np.ndarray,
+    K: tuple[float, float, float, float],
+    window,
+    choose: np.ndarray,
+) -> np.ndarray:
     """Camera-frame points (metres, float32) of the chosen pixels of a crop, flattened row-major."""
     fx, fy, cx, cy = K
     rmin, _, cmin, cmax = window
@@ -165,8 +169,9 @@ def canonicalise_symmetric_rotation(R: np.ndarray) -> np.ndarray:
     return R @ S
 
 
-def outlier_mask(pts: np.ndarray, R: np.ndarray, t: np.ndarray, size: np.ndarray, model: np.ndarray,
-                 threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def outlier_mask(
+    pts: np.ndarray, R: np.ndarray, t: np.ndarray, size: np.ndarray, model: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Object-frame normalised points qo and the inlier mask (nearest model point closer than threshold)."""
     qo = (pts - t[None, :]) / (np.linalg.norm(size) + 1e-8)
     qo = qo @ R
@@ -175,8 +180,16 @@ def outlier_mask(pts: np.ndarray, R: np.ndarray, t: np.ndarray, size: np.ndarray
     return qo.astype(np.float32), (dmin < threshold).astype(np.float32)
 
 
-def build_instance(rgb_uint8: np.ndarray, depth_mm: np.ndarray, inst_mask: np.ndarray, window, K,
-                   sample_num: int, rng: np.random.Generator, img_size: int = 224):
+def build_instance(
+    rgb_uint8: np.ndarray,
+    depth_mm: np.ndarray,
+    inst_mask: np.ndarray,
+    window,
+    K,
+    sample_num: int,
+    rng: np.random.Generator,
+    img_size: int = 224,
+):
     """choose / points / resized RGB crop for one instance; None when the crop holds no valid mask pixel."""
     rmin, rmax, cmin, cmax = window
     choose = inst_mask[rmin:rmax, cmin:cmax].flatten().nonzero()[0]

@@ -13,7 +13,8 @@ FULL_KERNEL_5 = np.ones((5, 5), np.uint8)
 FULL_KERNEL_9 = np.ones((9, 9), np.uint8)
 CROSS_KERNEL_3 = np.asarray([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=np.uint8)
 CROSS_KERNEL_5 = np.asarray(
-    [[0, 0, 1, 0, 0], [0, 0, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0]], dtype=np.uint8)
+    [[0, 0, 1, 0, 0], [0, 0, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0]], dtype=np.uint8
+)
 CROSS_KERNEL_7 = np.zeros((7, 7), np.uint8)
 CROSS_KERNEL_7[3, :] = 1
 CROSS_KERNEL_7[:, 3] = 1
@@ -27,8 +28,9 @@ def _top_mask(depth: np.ndarray) -> np.ndarray:
     return np.arange(depth.shape[0])[:, None] >= top_row[None, :]
 
 
-def fill_in_multiscale(depth_map: np.ndarray, max_depth: float = 8.0, extrapolate: bool = False,
-                       blur_type: str = "bilateral") -> np.ndarray:
+def fill_in_multiscale(
+    depth_map: np.ndarray, max_depth: float = 8.0, extrapolate: bool = False, blur_type: str = "bilateral"
+) -> np.ndarray:
     """Fill holes in a metric depth map (metres); 0 = invalid."""
     if extrapolate:
         raise NotImplementedError("extrapolate=True is not used by the CleanPose protocol")
@@ -102,8 +104,10 @@ def decode_depth(raw: np.ndarray, path: str | Path) -> np.ndarray:
         return d.astype(np.uint16)
     if raw.ndim == 2 and raw.dtype == np.uint16:
         return raw
-    raise DatasetError(f"unsupported depth image '{path}': shape {raw.shape} dtype {raw.dtype}; "
-                       "expected 16-bit single channel (mm) or 3-channel encoded depth")
+    raise DatasetError(
+        f"unsupported depth image '{path}': shape {raw.shape} dtype {raw.dtype}; "
+        "expected 16-bit single channel (mm) or 3-channel encoded depth"
+    )
 
 
 def load_depth_png(path: str | Path) -> np.ndarray:

@@ -43,8 +43,9 @@ def _paths(rgb_path: str) -> dict[str, str]:
 
 
 class _HouseCatBase(Dataset):
-    def __init__(self, data_dir, scene_glob: str, sample_num: int, image_size: int, fill_depth: bool,
-                 seed: int):
+    def __init__(
+        self, data_dir, scene_glob: str, sample_num: int, image_size: int, fill_depth: bool, seed: int
+    ):
         self.data_dir = require_dir(data_dir, "HouseCat6D root")
         scenes = sorted(glob.glob(str(self.data_dir / scene_glob)))
         if not scenes:
@@ -73,8 +74,15 @@ class _HouseCatBase(Dataset):
 class HouseCat6DTrainingDataset(_HouseCatBase):
     """Every `scene*` image once per epoch in a shuffled order; one random instance per item."""
 
-    def __init__(self, data_dir, sample_num: int = 1024, image_size: int = 224, fill_depth: bool = True,
-                 augment: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        data_dir,
+        sample_num: int = 1024,
+        image_size: int = 224,
+        fill_depth: bool = True,
+        augment: bool = True,
+        seed: int = 0,
+    ):
         super().__init__(data_dir, "scene*", sample_num, image_size, fill_depth, seed)
         self.augment = augment
         self.set_epoch(0)
@@ -102,12 +110,22 @@ class HouseCat6DTrainingDataset(_HouseCatBase):
         cat_id = int(gts["class_ids"][idx]) - 1
         window = get_bbox(gts["bboxes"][idx], depth.shape[0], depth.shape[1])
         inst = (mask == gts["instance_ids"][idx]) & (depth > 0)
-        built = build_instance(read_rgb(rgb_path), depth, inst, window, self._intrinsics(rgb_path),
-                               self.sample_num, rng, self.image_size)
+        built = build_instance(
+            read_rgb(rgb_path),
+            depth,
+            inst,
+            window,
+            self._intrinsics(rgb_path),
+            self.sample_num,
+            rng,
+            self.image_size,
+        )
         if built is None:
             # the published loader asserts here; name the instance so the data can be fixed
-            raise DatasetError(f"instance {gts['instance_ids'][idx]} of '{rgb_path}' has no valid depth "
-                               "pixel inside its crop window")
+            raise DatasetError(
+                f"instance {gts['instance_ids'][idx]} of '{rgb_path}' has no valid depth "
+                "pixel inside its crop window"
+            )
         pts, rgb, choose = built
         if self.augment:
             pts = aug.add_point_noise(pts, rng)
@@ -115,22 +133,31 @@ class HouseCat6DTrainingDataset(_HouseCatBase):
         rotation = np.asarray(gts["rotations"][idx], dtype=np.float64)
         if cat_id in HOUSECAT_SYM_IDS:
             rotation = canonicalise_symmetric_rotation(rotation)
-        return _to_tensor_sample({
-            "pts": pts.astype(np.float32),
-            "rgb": normalise_rgb(rgb),
-            "choose": remap_choose(choose, window, self.image_size),
-            "category_label": np.array([cat_id], dtype=np.int64),
-            "translation_label": np.asarray(gts["translations"][idx], dtype=np.float32),
-            "rotation_label": rotation.astype(np.float32),
-            "size_label": np.asarray(gts["gt_scales"][idx], dtype=np.float32),
-        })
+        return _to_tensor_sample(
+            {
+                "pts": pts.astype(np.float32),
+                "rgb": normalise_rgb(rgb),
+                "choose": remap_choose(choose, window, self.image_size),
+                "category_label": np.array([cat_id], dtype=np.int64),
+                "translation_label": np.asarray(gts["translations"][idx], dtype=np.float32),
+                "rotation_label": rotation.astype(np.float32),
+                "size_label": np.asarray(gts["gt_scales"][idx], dtype=np.float32),
+            }
+        )
 
 
 class HouseCat6DTestDataset(_HouseCatBase):
     """`test_scene*` images with GT masks and boxes, score 1.0 (the published HouseCat6D test protocol)."""
 
-    def __init__(self, data_dir, sample_num: int = 1024, image_size: int = 224, fill_depth: bool = True,
-                 seed: int = 42, min_points: int = 16):
+    def __init__(
+        self,
+        data_dir,
+        sample_num: int = 1024,
+        image_size: int = 224,
+        fill_depth: bool = True,
+        seed: int = 42,
+        min_points: int = 16,
+    ):
         super().__init__(data_dir, "test_scene*", sample_num, image_size, fill_depth, seed)
         self.min_points = min_points
 
@@ -152,11 +179,21 @@ class HouseCat6DTestDataset(_HouseCatBase):
             if np.count_nonzero(inst) <= self.min_points:  # full-image test, as published
                 continue
             window = get_bbox(gts["bboxes"][j], H, W)
-            built = build_instance(rgb_full, depth, inst, window, self._intrinsics(rgb_path), self.sample_num,
-                                   rng, self.image_size)
+            built = build_instance(
+                rgb_full,
+                depth,
+                inst,
+                window,
+                self._intrinsics(rgb_path),
+                self.sample_num,
+                rng,
+                self.image_size,
+            )
             if built is None:
-                raise DatasetError(f"instance {gts['instance_ids'][j]} of '{rgb_path}' has no mask pixel "
-                                   "inside its 440-px crop window")
+                raise DatasetError(
+                    f"instance {gts['instance_ids'][j]} of '{rgb_path}' has no mask pixel "
+                    "inside its 440-px crop window"
+                )
             pts, rgb, choose = built
             pts_l.append(pts)
             rgb_l.append(normalise_rgb(rgb))

@@ -37,10 +37,27 @@ from .common import (
 )
 from .depth_fill import fill_missing, load_composed_depth, load_depth
 
-TRAIN_LABEL_KEYS = ("class_ids", "bboxes", "scales", "sizes", "rotations", "translations", "instance_ids",
-                    "model_list")
-RESULT_KEYS = ("image_path", "pred_masks", "pred_bboxes", "pred_class_ids", "pred_scores", "gt_class_ids",
-               "gt_bboxes", "gt_RTs", "gt_scales")
+TRAIN_LABEL_KEYS = (
+    "class_ids",
+    "bboxes",
+    "scales",
+    "sizes",
+    "rotations",
+    "translations",
+    "instance_ids",
+    "model_list",
+)
+RESULT_KEYS = (
+    "image_path",
+    "pred_masks",
+    "pred_bboxes",
+    "pred_class_ids",
+    "pred_scores",
+    "gt_class_ids",
+    "gt_bboxes",
+    "gt_RTs",
+    "gt_scales",
+)
 
 _TRAIN_TYPES = {
     # data_type: (list file, object models, intrinsics, composed depth)
@@ -71,8 +88,10 @@ def parse_intrinsics(value) -> tuple[float, float, float, float]:
             else:
                 value = np.loadtxt(path, dtype=np.float64).reshape(-1)
         except (ValueError, KeyError) as e:
-            raise DatasetError(f"cannot parse camera intrinsics '{path}': {e}; expected a 3x3 matrix or "
-                               "fx fy cx cy (text), or JSON with K or fx/fy/cx/cy") from e
+            raise DatasetError(
+                f"cannot parse camera intrinsics '{path}': {e}; expected a 3x3 matrix or "
+                "fx fy cx cy (text), or JSON with K or fx/fy/cx/cy"
+            ) from e
     arr = np.asarray(value, dtype=np.float64).reshape(-1)
     if arr.size == 9:
         K = arr.reshape(3, 3)
@@ -100,10 +119,23 @@ def _to_tensor_sample(d: dict) -> dict:
 class NOCSTrainingDataset(Dataset):
     """One random instance of one image per item; the sample dict follows preprocessing.md §3.10."""
 
-    def __init__(self, data_dir, data_type: str = "syn", num_img_per_epoch: int = -1, sample_num: int = 1024,
-                 threshold: float = 0.1, intrinsics=None, fill_depth: bool = True, augment: bool = True,
-                 image_size: int = 224, seed: int = 0, list_file: str | None = None,
-                 models_file: str | None = None, max_retries: int = 50, split: str = "train"):
+    def __init__(
+        self,
+        data_dir,
+        data_type: str = "syn",
+        num_img_per_epoch: int = -1,
+        sample_num: int = 1024,
+        threshold: float = 0.1,
+        intrinsics=None,
+        fill_depth: bool = True,
+        augment: bool = True,
+        image_size: int = 224,
+        seed: int = 0,
+        list_file: str | None = None,
+        models_file: str | None = None,
+        max_retries: int = 50,
+        split: str = "train",
+    ):
         self.data_dir = require_dir(data_dir, f"NOCS dataset root (data_type={data_type!r})")
         if data_type in _TRAIN_TYPES:
             lst, models, K, composed = _TRAIN_TYPES[data_type]
@@ -117,10 +149,14 @@ class NOCSTrainingDataset(Dataset):
             root = self.data_dir
             lists = [c.format(split=split) for c in _SYNTH_LIST_CANDIDATES]
             models = [c.format(split=split) for c in _SYNTH_MODEL_CANDIDATES]
-            list_path = (root / list_file if list_file
-                         else _first_existing(root, lists, f"synthetic {split} list"))
-            models_path = (root / models_file if models_file
-                           else _first_existing(root, models, "synthetic object models"))
+            list_path = (
+                root / list_file if list_file else _first_existing(root, lists, f"synthetic {split} list")
+            )
+            models_path = (
+                root / models_file
+                if models_file
+                else _first_existing(root, models, "synthetic object models")
+            )
             if intrinsics is None:
                 intrinsics = _first_existing(root, _SYNTH_INTRINSICS_CANDIDATES, "synthetic intrinsics")
             self.intrinsics = parse_intrinsics(intrinsics)
@@ -131,8 +167,10 @@ class NOCSTrainingDataset(Dataset):
         self.data_type = data_type
         self.img_list = read_list_file(list_path, f"{data_type} image list")
         first = self.img_root / f"{self.img_list[0]}_color.png"
-        require_file(first, f"colour image of the first entry of '{list_path}' (entries are relative to "
-                            f"'{self.img_root}')")
+        require_file(
+            first,
+            f"colour image of the first entry of '{list_path}' (entries are relative to '{self.img_root}')",
+        )
         self.models = load_pickle(models_path, "object model pickle")
         if not isinstance(self.models, dict) or not self.models:
             raise DatasetError(f"object model pickle '{models_path}': expected a non-empty dict id -> (N,3)")
@@ -171,8 +209,10 @@ class NOCSTrainingDataset(Dataset):
             if sample is not None:
                 return _to_tensor_sample(sample)
             img = int(rng.integers(len(self.img_list)))
-        raise DatasetError(f"no usable sample after {self.max_retries} tries starting at item {index} of "
-                           f"{self.data_type}: composed depth missing or instances without valid depth")
+        raise DatasetError(
+            f"no usable sample after {self.max_retries} tries starting at item {index} of "
+            f"{self.data_type}: composed depth missing or instances without valid depth"
+        )
 
     def _read(self, img: int, rng: np.random.Generator) -> dict | None:
         prefix = self.img_root / self.img_list[img]
@@ -184,16 +224,19 @@ class NOCSTrainingDataset(Dataset):
         gts = load_pickle(label_path, "label pickle", TRAIN_LABEL_KEYS)
         n = len(gts["instance_ids"])
         if n == 0 or len(gts["class_ids"]) != n:
-            raise DatasetError(f"label pickle '{label_path}' has {n} instance_ids and "
-                               f"{len(gts['class_ids'])} class_ids: expected the same non-zero count")
+            raise DatasetError(
+                f"label pickle '{label_path}' has {n} instance_ids and "
+                f"{len(gts['class_ids'])} class_ids: expected the same non-zero count"
+            )
         mask = read_mask_channel(f"{prefix}_mask.png")
         idx = int(rng.integers(n))
         cat_id = int(gts["class_ids"][idx]) - 1
         window = get_bbox(gts["bboxes"][idx], depth.shape[0], depth.shape[1])
         inst = (mask == gts["instance_ids"][idx]) & (depth > 0)
         rgb_full = read_rgb(f"{prefix}_color.png")
-        built = build_instance(rgb_full, depth, inst, window, self.intrinsics, self.sample_num, rng,
-                               self.image_size)
+        built = build_instance(
+            rgb_full, depth, inst, window, self.intrinsics, self.sample_num, rng, self.image_size
+        )
         if built is None:
             return None
         pts, rgb, choose = built
@@ -208,12 +251,19 @@ class NOCSTrainingDataset(Dataset):
         rotation = rotation.astype(np.float32)
         model_id = gts["model_list"][idx]
         if model_id not in self.models:
-            raise DatasetError(f"label pickle '{label_path}' refers to model '{model_id}', which the object "
-                               "model pickle does not contain")
+            raise DatasetError(
+                f"label pickle '{label_path}' refers to model '{model_id}', which the object "
+                "model pickle does not contain"
+            )
         model = np.asarray(self.models[model_id], dtype=np.float32)
-        qo, pc_mask = outlier_mask(pts.astype(np.float64), rotation.astype(np.float64),
-                                   translation.astype(np.float64), size.astype(np.float64),
-                                   model.astype(np.float64), self.threshold)
+        qo, pc_mask = outlier_mask(
+            pts.astype(np.float64),
+            rotation.astype(np.float64),
+            translation.astype(np.float64),
+            size.astype(np.float64),
+            model.astype(np.float64),
+            self.threshold,
+        )
         return {
             "pts": pts.astype(np.float32),
             "rgb": normalise_rgb(rgb),
@@ -236,8 +286,15 @@ class MixedBatchSampler(Sampler):
     disjoint strided share of every part's permutation.
     """
 
-    def __init__(self, part_sizes: Sequence[int], batch_sizes: Sequence[int] = (30, 10),
-                 num_batches: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        part_sizes: Sequence[int],
+        batch_sizes: Sequence[int] = (30, 10),
+        num_batches: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if len(part_sizes) != len(batch_sizes):
             raise ValueError("part_sizes and batch_sizes must have the same length")
         self.part_sizes = list(part_sizes)
@@ -247,8 +304,10 @@ class MixedBatchSampler(Sampler):
         self.epoch = 0
         full = min((n // world_size) // b for n, b in zip(self.part_sizes, self.batch_sizes))
         if full == 0:
-            raise ValueError(f"parts of sizes {self.part_sizes} cannot fill one batch of {self.batch_sizes} "
-                             f"per rank with world_size={world_size}")
+            raise ValueError(
+                f"parts of sizes {self.part_sizes} cannot fill one batch of {self.batch_sizes} "
+                f"per rank with world_size={world_size}"
+            )
         self.num_batches = full if num_batches is None else min(full, num_batches)
 
     def set_epoch(self, epoch: int) -> None:
@@ -259,28 +318,48 @@ class MixedBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch, 0xB47C])
-        perms = [rng.permutation(n)[self.rank::self.world_size] + off
-                 for n, off in zip(self.part_sizes, self.offsets)]
+        perms = [
+            rng.permutation(n)[self.rank :: self.world_size] + off
+            for n, off in zip(self.part_sizes, self.offsets)
+        ]
         for b in range(self.num_batches):
             batch: list[int] = []
             for perm, bs in zip(perms, self.batch_sizes):
-                batch.extend(int(i) for i in perm[b * bs:(b + 1) * bs])
+                batch.extend(int(i) for i in perm[b * bs : (b + 1) * bs])
             yield batch
 
 
 class MixedNOCSData:
     """CAMERA + REAL training data as published: 30 syn + 10 real per batch, syn rows first."""
 
-    def __init__(self, data_dir, syn_bs: int = 30, real_bs: int = 10, num_mini_batch_per_epoch: int = 4000,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, syn_type: str = "syn", **dataset_kwargs):
+    def __init__(
+        self,
+        data_dir,
+        syn_bs: int = 30,
+        real_bs: int = 10,
+        num_mini_batch_per_epoch: int = 4000,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        syn_type: str = "syn",
+        **dataset_kwargs,
+    ):
         n_batches = num_mini_batch_per_epoch
-        self.syn = NOCSTrainingDataset(data_dir, syn_type, syn_bs * n_batches * world_size, seed=seed,
-                                       **dataset_kwargs)
-        self.real = NOCSTrainingDataset(data_dir, "real_withLabel", real_bs * n_batches * world_size,
-                                        seed=seed + 1, **dataset_kwargs)
+        self.syn = NOCSTrainingDataset(
+            data_dir, syn_type, syn_bs * n_batches * world_size, seed=seed, **dataset_kwargs
+        )
+        self.real = NOCSTrainingDataset(
+            data_dir, "real_withLabel", real_bs * n_batches * world_size, seed=seed + 1, **dataset_kwargs
+        )
         self.dataset = torch.utils.data.ConcatDataset([self.syn, self.real])
-        self.sampler = MixedBatchSampler([len(self.syn), len(self.real)], (syn_bs, real_bs), n_batches,
-                                         seed=seed, rank=rank, world_size=world_size)
+        self.sampler = MixedBatchSampler(
+            [len(self.syn), len(self.real)],
+            (syn_bs, real_bs),
+            n_batches,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         # call before creating the epoch's iterator: workers copy the datasets' epoch state at that moment
@@ -289,8 +368,9 @@ class MixedNOCSData:
         self.sampler.set_epoch(epoch)
 
     def loader(self, num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=num_workers,
-                                           pin_memory=pin_memory)
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=pin_memory
+        )
 
 
 # ----------------------------------------------------------------------------------------------- test split
@@ -313,15 +393,29 @@ def find_results_dir(data_dir: Path, dataset: str, split: str = "test") -> Path:
 class NOCSTestDataset(Dataset):
     """One item per test image: every kept detection of the image plus the GT the evaluator needs (§1)."""
 
-    def __init__(self, data_dir, dataset: str = "REAL275", results_dir=None, intrinsics=None,
-                 sample_num: int = 1024, image_size: int = 224, fill_depth: bool = True, seed: int = 42,
-                 min_points: int = 16, resample_empty: bool = True, split: str = "test"):
+    def __init__(
+        self,
+        data_dir,
+        dataset: str = "REAL275",
+        results_dir=None,
+        intrinsics=None,
+        sample_num: int = 1024,
+        image_size: int = 224,
+        fill_depth: bool = True,
+        seed: int = 42,
+        min_points: int = 16,
+        resample_empty: bool = True,
+        split: str = "test",
+    ):
         if dataset not in _RESULT_DIRS:
             raise ValueError(f"dataset must be one of {sorted(_RESULT_DIRS)}, got {dataset!r}")
         self.data_dir = require_dir(data_dir, f"{dataset} dataset root")
         self.dataset = dataset
-        self.results_dir = (require_dir(results_dir, "detection results directory") if results_dir
-                            else find_results_dir(self.data_dir, dataset, split))
+        self.results_dir = (
+            require_dir(results_dir, "detection results directory")
+            if results_dir
+            else find_results_dir(self.data_dir, dataset, split)
+        )
         self.result_files = sorted(glob.glob(str(self.results_dir / "results_*.pkl")))
         if not self.result_files:
             raise DatasetError(f"no results_*.pkl in '{self.results_dir}'")
@@ -333,7 +427,8 @@ class NOCSTestDataset(Dataset):
             self.intrinsics = CAMERA_INTRINSICS
         else:
             self.intrinsics = parse_intrinsics(
-                _first_existing(self.data_dir, _SYNTH_INTRINSICS_CANDIDATES, "synthetic intrinsics"))
+                _first_existing(self.data_dir, _SYNTH_INTRINSICS_CANDIDATES, "synthetic intrinsics")
+            )
         self.sample_num, self.image_size = sample_num, image_size
         self.fill_depth, self.seed, self.min_points = fill_depth, seed, min_points
         self.resample_empty = resample_empty
@@ -384,8 +479,9 @@ class NOCSTestDataset(Dataset):
             rmin, rmax, cmin, cmax = window
             if np.count_nonzero(inst[rmin:rmax, cmin:cmax]) <= self.min_points:
                 continue
-            pts, rgb, choose = build_instance(rgb_full, depth, inst, window, self.intrinsics, self.sample_num,
-                                              rng, self.image_size)
+            pts, rgb, choose = build_instance(
+                rgb_full, depth, inst, window, self.intrinsics, self.sample_num, rng, self.image_size
+            )
             pts_l.append(pts)
             rgb_l.append(normalise_rgb(rgb))
             choose_l.append(remap_choose(choose, window, self.image_size))
@@ -416,8 +512,9 @@ def gt_record(data: dict, keep: np.ndarray) -> dict:
         "gt_bboxes": np.asarray(data["gt_bboxes"]).reshape(m, 4),
         "gt_RTs": np.asarray(data["gt_RTs"], dtype=np.float64).reshape(m, 4, 4),
         "gt_scales": np.asarray(data["gt_scales"], dtype=np.float64).reshape(m, 3),
-        "gt_handle_visibility": (np.ones(m, dtype=np.int64) if hv is None
-                                 else np.asarray(hv, dtype=np.int64).reshape(m)),
+        "gt_handle_visibility": (
+            np.ones(m, dtype=np.int64) if hv is None else np.asarray(hv, dtype=np.int64).reshape(m)
+        ),
         "pred_class_ids": np.asarray(data["pred_class_ids"], dtype=np.int64).reshape(-1)[keep],
         "pred_bboxes": np.asarray(data["pred_bboxes"]).reshape(-1, 4)[keep],
         "pred_scores": np.asarray(data["pred_scores"], dtype=np.float64).reshape(-1)[keep],

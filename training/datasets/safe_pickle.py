@@ -25,13 +25,17 @@ _NUMPY_GLOBALS = {
     ("numpy._core.numeric", "_frombuffer"),
 }
 
-_BUILTIN_GLOBALS = {
-    ("builtins", n)
-    for n in ("set", "frozenset", "slice", "complex", "range", "bytearray", "list", "dict", "tuple")
-} | {("__builtin__", n) for n in ("set", "frozenset", "slice", "complex")} | {
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # protocol-2 pickles of bytes (numpy buffers written by Python 2 era tools)
-}
+_BUILTIN_GLOBALS = (
+    {
+        ("builtins", n)
+        for n in ("set", "frozenset", "slice", "complex", "range", "bytearray", "list", "dict", "tuple")
+    }
+    | {("__builtin__", n) for n in ("set", "frozenset", "slice", "complex")}
+    | {
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # protocol-2 pickles of bytes (numpy buffers written by Python 2 era tools)
+    }
+)
 
 
 class UnsafePickleError(pickle.UnpicklingError):

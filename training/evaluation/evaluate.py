@@ -45,8 +45,12 @@ POSE_COLS = ((5, 2), (5, 5), (10, 2), (10, 5))
 
 # ------------------------------------------------------------------------------------------ records
 
-def pose_to_record(rotation: np.ndarray, translation: np.ndarray, size: np.ndarray,
-                   ) -> tuple[np.ndarray, np.ndarray]:
+
+def pose_to_record(
+    rotation: np.ndarray,
+    translation: np.ndarray,
+    size: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """(pred_RTs (n,4,4) with R·‖s‖, pred_scales (n,3) = s/‖s‖) as the published test_func writes them."""
     n = len(rotation)
     norms = np.linalg.norm(size, axis=1)
@@ -64,8 +68,16 @@ def load_records(results_dir: str | Path) -> list[dict]:
     files = sorted(glob.glob(str(d / "results*.pkl"))) or sorted(glob.glob(str(d / "*" / "*.pkl")))
     if not files:
         raise DatasetError(f"no result records in '{d}': expected results*.pkl or <scene>/*.pkl")
-    need = ("gt_class_ids", "gt_RTs", "gt_scales", "pred_class_ids", "pred_bboxes", "pred_scores", "pred_RTs",
-            "pred_scales")
+    need = (
+        "gt_class_ids",
+        "gt_RTs",
+        "gt_scales",
+        "pred_class_ids",
+        "pred_bboxes",
+        "pred_scores",
+        "pred_RTs",
+        "pred_scales",
+    )
     out = []
     for f in files:
         rec = safe_pickle.load(f)
@@ -76,8 +88,9 @@ def load_records(results_dir: str | Path) -> list[dict]:
     return out
 
 
-def predict_records(estimator, dataset, out_dir: Path, max_images: int | None = None,
-                    log=print) -> list[dict]:
+def predict_records(
+    estimator, dataset, out_dir: Path, max_images: int | None = None, log=print
+) -> list[dict]:
     """Run the estimator over a test dataset (one image per item) and write one record per image."""
     import torch
 
@@ -91,8 +104,11 @@ def predict_records(estimator, dataset, out_dir: Path, max_images: int | None = 
         item = dataset[i]
         k = int(item["category_label"].shape[0])
         if k:
-            res = estimator.predict(ObjectBatch(rgb=item["rgb"], pts=item["pts"], choose=item["choose"],
-                                                category=item["category_label"]))
+            res = estimator.predict(
+                ObjectBatch(
+                    rgb=item["rgb"], pts=item["pts"], choose=item["choose"], category=item["category_label"]
+                )
+            )
             R = res.rotation.detach().to("cpu", torch.float64).numpy()
             t = res.translation.detach().to("cpu", torch.float64).numpy()
             s = res.size.detach().to("cpu", torch.float64).numpy()
@@ -115,6 +131,7 @@ def predict_records(estimator, dataset, out_dir: Path, max_images: int | None = 
 
 # ------------------------------------------------------------------------------------------- tables
 
+
 def _pct(x: float) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
@@ -131,8 +148,10 @@ def summary_table(res: EvalResult) -> str:
         # the published mean is NaN once a class has no GT; small test sets need the mean over the rest
         pose = [_pct(_present_mean(res, lambda k, d=d, c=c: res.pose_ap(d, c, k))) for d, c in POSE_COLS]
         for variant, label in (("nocs", NOCS_IOU_LABEL), ("catre", CATRE_IOU_LABEL)):
-            ious = [_pct(_present_mean(res, lambda k, v=variant, t=t: res.iou_ap(v, t, k)))
-                    for t in (0.25, 0.5, 0.75)]
+            ious = [
+                _pct(_present_mean(res, lambda k, v=variant, t=t: res.iou_ap(v, t, k)))
+                for t in (0.25, 0.5, 0.75)
+            ]
             lines.append(f"| {label}, classes with GT only | " + " | ".join(ious + pose) + " |")
     return "\n".join(lines)
 
@@ -143,8 +162,10 @@ def _present_mean(res: EvalResult, value) -> float:
 
 
 def per_category_table(res: EvalResult) -> str:
-    head = ("| category | IoU25 | IoU50 | IoU75 | IoU25* | IoU50* | IoU75* | 5°2cm | 5°5cm | 10°2cm | 10°5cm "
-            "| #GT | #GT pose |")
+    head = (
+        "| category | IoU25 | IoU50 | IoU75 | IoU25* | IoU50* | IoU75* | 5°2cm | 5°5cm | 10°2cm | 10°5cm "
+        "| #GT | #GT pose |"
+    )
     lines = [head, "|" + "---|" * 13]
     rows = [(k, name) for k, name in enumerate(res.protocol.classes, start=1)] + [(-1, "average")]
     for k, name in rows:
@@ -156,18 +177,21 @@ def per_category_table(res: EvalResult) -> str:
             cells += [str(int(res.counts["gt"][k])), str(int(res.counts["pose_gt"][k]))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"IoU = {NOCS_IOU_LABEL} (per-corner extrema, the published axis bug); "
-                 f"IoU* = {CATRE_IOU_LABEL} (axis-aligned boxes of the transformed corners, the paper's "
-                 "IoU*). Pose APs count only GTs matched at original-NOCS IoU > 0.1; the average is the "
-                 "unweighted mean over classes.")
+    lines.append(
+        f"IoU = {NOCS_IOU_LABEL} (per-corner extrema, the published axis bug); "
+        f"IoU* = {CATRE_IOU_LABEL} (axis-aligned boxes of the transformed corners, the paper's "
+        "IoU*). Pose APs count only GTs matched at original-NOCS IoU > 0.1; the average is the "
+        "unweighted mean over classes."
+    )
     return "\n".join(lines)
 
 
 def extra_shift_table(res: EvalResult) -> str:
     """HouseCat6D also reports 10 cm columns."""
     head = "| | 5°10cm | 10°10cm |"
-    return "\n".join([head, "|---|---|---|",
-                      f"| average | {_pct(res.pose_ap(5, 10))} | {_pct(res.pose_ap(10, 10))} |"])
+    return "\n".join(
+        [head, "|---|---|---|", f"| average | {_pct(res.pose_ap(5, 10))} | {_pct(res.pose_ap(10, 10))} |"]
+    )
 
 
 def result_json(res: EvalResult) -> dict:
@@ -193,11 +217,13 @@ def result_json(res: EvalResult) -> dict:
         "mean": metrics_for(-1),
         "mean_over_classes_with_gt": {
             key: clean(_present_mean(res, lambda k, key=key: (metrics_for(k)[key] or 0.0) / 100))
-            for key in metrics_for(-1)},
+            for key in metrics_for(-1)
+        },
         "per_category": {name: metrics_for(k) for k, name in enumerate(res.protocol.classes, start=1)},
         "num_gt": {name: int(res.counts["gt"][k]) for k, name in enumerate(res.protocol.classes, start=1)},
-        "num_gt_pose": {name: int(res.counts["pose_gt"][k])
-                        for k, name in enumerate(res.protocol.classes, start=1)},
+        "num_gt_pose": {
+            name: int(res.counts["pose_gt"][k]) for k, name in enumerate(res.protocol.classes, start=1)
+        },
         "curves": {
             "iou_thresholds": res.iou_thresholds.tolist(),
             "nocs_iou_mean_ap": [clean(x) for x in res.iou_aps["nocs"][-1].tolist()],
@@ -209,14 +235,31 @@ def result_json(res: EvalResult) -> dict:
     }
 
 
-def evaluate_and_report(records: Iterable[dict], protocol: Protocol, out_dir: Path | None, title: str = "",
-                        plot: bool = True, log=print) -> tuple[EvalResult, str]:
+def evaluate_and_report(
+    records: Iterable[dict],
+    protocol: Protocol,
+    out_dir: Path | None,
+    title: str = "",
+    plot: bool = True,
+    log=print,
+) -> tuple[EvalResult, str]:
     records = list(records)
-    res = evaluate_records(records, protocol, CURVE_IOU + list(protocol.iou_thresholds),
-                           CURVE_DEG + list(protocol.degree_thresholds),
-                           CURVE_SHIFT + list(protocol.shift_thresholds))
-    md = [f"## {title or 'Evaluation'} ({len(records)} images, protocol {protocol.name})", "",
-          summary_table(res), "", "Per category:", "", per_category_table(res)]
+    res = evaluate_records(
+        records,
+        protocol,
+        CURVE_IOU + list(protocol.iou_thresholds),
+        CURVE_DEG + list(protocol.degree_thresholds),
+        CURVE_SHIFT + list(protocol.shift_thresholds),
+    )
+    md = [
+        f"## {title or 'Evaluation'} ({len(records)} images, protocol {protocol.name})",
+        "",
+        summary_table(res),
+        "",
+        "Per category:",
+        "",
+        per_category_table(res),
+    ]
     if protocol.name == "housecat6d":
         md += ["", extra_shift_table(res)]
     text = "\n".join(md) + "\n"
@@ -235,21 +278,31 @@ def evaluate_and_report(records: Iterable[dict], protocol: Protocol, out_dir: Pa
 
 # ---------------------------------------------------------------------------------------------- CLI
 
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cleanpose-eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="cleanpose-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--results", type=Path, help="folder of per-image result pickles (evaluation.md §1)")
     src.add_argument("--checkpoint", type=Path, help="model checkpoint (.safetensors, or published .pt/.pth)")
     p.add_argument("--data", type=Path, help="dataset root (with --checkpoint)")
-    p.add_argument("--dataset", choices=["nocs", "real275", "camera25", "housecat6d", "synthetic"],
-                   default="nocs",
-                   help="test split: nocs = REAL275 (default), camera25, housecat6d, synthetic output")
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
-                   help="metric protocol for --results (default: nocs; housecat6d for --dataset housecat6d)")
+    p.add_argument(
+        "--dataset",
+        choices=["nocs", "real275", "camera25", "housecat6d", "synthetic"],
+        default="nocs",
+        help="test split: nocs = REAL275 (default), camera25, housecat6d, synthetic output",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default=None,
+        help="metric protocol for --results (default: nocs; housecat6d for --dataset housecat6d)",
+    )
     p.add_argument("--split", default="test", help="synthetic: split name of segmentation_results/<split>")
-    p.add_argument("--results-dir", type=Path, default=None,
-                   help="detection pickles folder (NOCS-style sets)")
+    p.add_argument(
+        "--results-dir", type=Path, default=None, help="detection pickles folder (NOCS-style sets)"
+    )
     p.add_argument("--intrinsics", default=None, help="intrinsics file overriding the dataset's")
     p.add_argument("--out", type=Path, default=Path("eval_out"), help="output folder")
     p.add_argument("--device", default="cpu")
@@ -269,8 +322,14 @@ def _test_dataset(args):
         return HouseCat6DTestDataset(args.data, seed=args.seed)
     names = {"nocs": "REAL275", "real275": "REAL275", "camera25": "CAMERA25", "synthetic": "synthetic"}
     name = names[args.dataset]
-    return NOCSTestDataset(args.data, name, results_dir=args.results_dir, intrinsics=args.intrinsics,
-                           seed=args.seed, split=args.split)
+    return NOCSTestDataset(
+        args.data,
+        name,
+        results_dir=args.results_dir,
+        intrinsics=args.intrinsics,
+        seed=args.seed,
+        split=args.split,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -290,9 +349,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             protocol = PROTOCOLS["housecat6d" if args.dataset == "housecat6d" else "nocs"]
             dataset = _test_dataset(args)
-            est = PoseEstimator.from_checkpoint(args.checkpoint, device=args.device,
-                                                dtype=getattr(torch, args.dtype), seed=args.seed,
-                                                config=args.config, queue_path=args.queue)
+            est = PoseEstimator.from_checkpoint(
+                args.checkpoint,
+                device=args.device,
+                dtype=getattr(torch, args.dtype),
+                seed=args.seed,
+                config=args.config,
+                queue_path=args.queue,
+            )
             print(f"evaluating {args.checkpoint} on {args.dataset} ({len(dataset)} images) on {args.device}")
             records = predict_records(est, dataset, args.out / "results", args.max_images)
             title = f"{args.checkpoint.name} on {args.dataset}"
@@ -300,8 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetError, CheckpointError) as e:
         print(f"cleanpose-eval: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out / 'tables.md'}, {args.out / 'metrics.json'}"
-          + ("" if args.no_plot else f", {args.out / 'ap_curves.png'}"))
+    print(
+        f"wrote {args.out / 'tables.md'}, {args.out / 'metrics.json'}"
+        + ("" if args.no_plot else f", {args.out / 'ap_curves.png'}")
+    )
     return 0
 
 

@@ -20,18 +20,29 @@ NOCS_IOU_LABEL = "NOCS IoU (original)"
 CATRE_IOU_LABEL = "CATRE IoU (corrected)"
 
 NOCS_SYNSET = ("BG", "bottle", "bowl", "camera", "can", "laptop", "mug")
-HOUSECAT_SYNSET = ("BG", "box", "bottle", "can", "cup", "remote", "teapot", "cutlery", "glass", "shoe",
-                   "tube")
+HOUSECAT_SYNSET = (
+    "BG",
+    "box",
+    "bottle",
+    "can",
+    "cup",
+    "remote",
+    "teapot",
+    "cutlery",
+    "glass",
+    "shoe",
+    "tube",
+)
 
 
 @dataclass(frozen=True)
 class Protocol:
     name: str
     synset_names: tuple[str, ...]
-    iou_sym: frozenset[str]          # IoU: max over 20 rotations about the object y axis (NOCS variant)
-    catre_iou_sym: frozenset[str]    # same for the CATRE variant
-    iou_mug_clause: bool             # NOCS variant: a mug with an invisible handle is symmetric
-    rot_sym: frozenset[str]          # rotation error: angle between the y axes only
+    iou_sym: frozenset[str]  # IoU: max over 20 rotations about the object y axis (NOCS variant)
+    catre_iou_sym: frozenset[str]  # same for the CATRE variant
+    iou_mug_clause: bool  # NOCS variant: a mug with an invisible handle is symmetric
+    rot_sym: frozenset[str]  # rotation error: angle between the y axes only
     degree_thresholds: tuple[float, ...] = (5, 10)
     shift_thresholds: tuple[float, ...] = (2, 5)
     iou_thresholds: tuple[float, ...] = (0.10, 0.25, 0.50, 0.75)
@@ -45,21 +56,42 @@ class Protocol:
 
 
 NOCS_PROTOCOL = Protocol(
-    "nocs", NOCS_SYNSET, frozenset({"bottle", "bowl", "can"}), frozenset({"bottle", "bowl", "can", "glass"}),
-    True, frozenset({"bottle", "bowl", "can"}))
+    "nocs",
+    NOCS_SYNSET,
+    frozenset({"bottle", "bowl", "can"}),
+    frozenset({"bottle", "bowl", "can", "glass"}),
+    True,
+    frozenset({"bottle", "bowl", "can"}),
+)
 HOUSECAT_PROTOCOL = Protocol(
-    "housecat6d", HOUSECAT_SYNSET, frozenset({"bottle", "bowl", "can", "glass"}),
-    frozenset({"bottle", "bowl", "can", "glass"}), False, frozenset({"bottle", "bowl", "can", "glass"}),
-    shift_thresholds=(2, 5, 10))
+    "housecat6d",
+    HOUSECAT_SYNSET,
+    frozenset({"bottle", "bowl", "can", "glass"}),
+    frozenset({"bottle", "bowl", "can", "glass"}),
+    False,
+    frozenset({"bottle", "bowl", "can", "glass"}),
+    shift_thresholds=(2, 5, 10),
+)
 
 
 # --------------------------------------------------------------------------------------------- 3D boxes
 
+
 def get_3d_bbox(scale: np.ndarray) -> np.ndarray:
     """3x8 corners of a box with full extents `scale`, in the NOCS corner order."""
     sx, sy, sz = np.asarray(scale, dtype=np.float64) / 2
-    corners = np.array([[sx, sy, sz], [sx, sy, -sz], [-sx, sy, sz], [-sx, sy, -sz],
-                        [sx, -sy, sz], [sx, -sy, -sz], [-sx, -sy, sz], [-sx, -sy, -sz]])
+    corners = np.array(
+        [
+            [sx, sy, sz],
+            [sx, sy, -sz],
+            [-sx, sy, sz],
+            [-sx, sy, -sz],
+            [sx, -sy, sz],
+            [sx, -sy, -sz],
+            [-sx, -sy, sz],
+            [-sx, -sy, -sz],
+        ]
+    )
     return corners.T
 
 
@@ -107,20 +139,32 @@ def symmetric_iou(RT_pred, RT_gt, s_pred, s_gt, symmetric: bool, variant: str = 
     return best
 
 
-def iou_is_symmetric(protocol: Protocol, variant: str, pred_name: str, gt_name: str,
-                     handle_visibility) -> bool:
+def iou_is_symmetric(
+    protocol: Protocol, variant: str, pred_name: str, gt_name: str, handle_visibility
+) -> bool:
     sym = protocol.iou_sym if variant == "nocs" else protocol.catre_iou_sym
     if pred_name in sym and pred_name == gt_name:
         return True
     # CATRE forces handle visibility to 1, so its mugs are never symmetric
-    return (variant == "nocs" and protocol.iou_mug_clause and pred_name == "mug" and pred_name == gt_name
-            and handle_visibility == 0)
+    return (
+        variant == "nocs"
+        and protocol.iou_mug_clause
+        and pred_name == "mug"
+        and pred_name == gt_name
+        and handle_visibility == 0
+    )
 
 
 # ------------------------------------------------------------------------------------- rotation / shift
 
-def rt_degree_cm(RT_pred: np.ndarray, RT_gt: np.ndarray, gt_name: str, handle_visibility,
-                 rot_sym: frozenset[str] = NOCS_PROTOCOL.rot_sym) -> tuple[float, float]:
+
+def rt_degree_cm(
+    RT_pred: np.ndarray,
+    RT_gt: np.ndarray,
+    gt_name: str,
+    handle_visibility,
+    rot_sym: frozenset[str] = NOCS_PROTOCOL.rot_sym,
+) -> tuple[float, float]:
     """(rotation error in degrees, translation error in cm), symmetric classes by the y-axis angle."""
     RT_pred, RT_gt = np.asarray(RT_pred, np.float64), np.asarray(RT_gt, np.float64)
     if not (np.array_equal(RT_pred[3], RT_gt[3]) and np.array_equal(RT_pred[3], [0, 0, 0, 1])):
@@ -139,8 +183,10 @@ def rt_degree_cm(RT_pred: np.ndarray, RT_gt: np.ndarray, gt_name: str, handle_vi
 
 # ---------------------------------------------------------------------------------------------- matching
 
-def match_by_iou(overlaps: np.ndarray, pred_cls: np.ndarray, gt_cls: np.ndarray, thresholds: Sequence[float]
-                 ) -> tuple[np.ndarray, np.ndarray]:
+
+def match_by_iou(
+    overlaps: np.ndarray, pred_cls: np.ndarray, gt_cls: np.ndarray, thresholds: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
     """`compute_3d_matches` greedy loop (predictions already in score order); (gt_matches, pred_matches)."""
     T = np.asarray(thresholds, dtype=np.float64)
     n_pred, n_gt = overlaps.shape
@@ -165,8 +211,13 @@ def match_by_iou(overlaps: np.ndarray, pred_cls: np.ndarray, gt_cls: np.ndarray,
     return gt_m, pred_m
 
 
-def match_by_pose(errors: np.ndarray, pred_cls: np.ndarray, gt_cls: np.ndarray, degrees: Sequence[float],
-                  shifts: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def match_by_pose(
+    errors: np.ndarray,
+    pred_cls: np.ndarray,
+    gt_cls: np.ndarray,
+    degrees: Sequence[float],
+    shifts: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray]:
     """`compute_match_from_degree_cm`: GTs by degrees + cm ascending; a miss is skipped, not a break."""
     D, S = np.asarray(degrees, np.float64), np.asarray(shifts, np.float64)
     n_pred, n_gt = errors.shape[:2]
@@ -212,6 +263,7 @@ def compute_ap(pred_match: np.ndarray, pred_scores: np.ndarray, n_gt: int) -> fl
 
 # -------------------------------------------------------------------------------------------- evaluation
 
+
 def _as_records(rec: dict) -> dict:
     n = len(np.asarray(rec.get("pred_class_ids", [])).reshape(-1))
     m = len(np.asarray(rec["gt_class_ids"]).reshape(-1))
@@ -246,8 +298,8 @@ class EvalResult:
     iou_thresholds: np.ndarray
     degree_thresholds: np.ndarray
     shift_thresholds: np.ndarray
-    iou_aps: dict[str, np.ndarray]      # variant -> (C+2, T): row 0 BG (unused), 1..C classes, -1 mean
-    pose_aps: np.ndarray                # (C+2, D, S)
+    iou_aps: dict[str, np.ndarray]  # variant -> (C+2, T): row 0 BG (unused), 1..C classes, -1 mean
+    pose_aps: np.ndarray  # (C+2, D, S)
     counts: dict[str, np.ndarray]
 
     def iou_ap(self, variant: str, thr: float, cls: int = -1) -> float:
@@ -260,10 +312,13 @@ class EvalResult:
         return float(self.pose_aps[cls, d, s])
 
 
-def evaluate_records(records: Sequence[dict], protocol: Protocol = NOCS_PROTOCOL,
-                     iou_thresholds: Sequence[float] | None = None,
-                     degree_thresholds: Sequence[float] | None = None,
-                     shift_thresholds: Sequence[float] | None = None) -> EvalResult:
+def evaluate_records(
+    records: Sequence[dict],
+    protocol: Protocol = NOCS_PROTOCOL,
+    iou_thresholds: Sequence[float] | None = None,
+    degree_thresholds: Sequence[float] | None = None,
+    shift_thresholds: Sequence[float] | None = None,
+) -> EvalResult:
     """`compute_independent_mAP` (NOCS IoU) + `compute_CATRE_IoU` over per-image result records.
 
     Threshold lists default to the protocol's; 360 degrees and 100 cm are always appended as published, and
@@ -282,8 +337,10 @@ def evaluate_records(records: Sequence[dict], protocol: Protocol = NOCS_PROTOCOL
     for raw in records:
         r = _as_records(raw)
         if np.any(np.all(r["pred_bboxes"] == 0, axis=1)):
-            raise ValueError("a prediction has an all-zero 2D box; the published trim_zeros step would "
-                             "misalign scores and poses")
+            raise ValueError(
+                "a prediction has an all-zero 2D box; the published trim_zeros step would "
+                "misalign scores and poses"
+            )
         for c in range(1, C):
             gsel = r["gt_class_ids"] == c
             psel = r["pred_class_ids"] == c
@@ -338,5 +395,12 @@ def evaluate_records(records: Sequence[dict], protocol: Protocol = NOCS_PROTOCOL
             for s in range(len(sh_t)):
                 pose_aps[c, d, s] = compute_ap(pm_all[d, s], sc_all, ng)
     pose_aps[-1] = np.mean(pose_aps[1:-1], axis=0)
-    return EvalResult(protocol, np.asarray(iou_t), np.asarray(deg_t, float), np.asarray(sh_t, float), iou_aps,
-                      pose_aps, {"gt": n_gt_total, "pose_gt": pose_counts})
+    return EvalResult(
+        protocol,
+        np.asarray(iou_t),
+        np.asarray(deg_t, float),
+        np.asarray(sh_t, float),
+        iou_aps,
+        pose_aps,
+        {"gt": n_gt_total, "pose_gt": pose_counts},
+    )

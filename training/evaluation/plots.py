@@ -18,20 +18,36 @@ def plot_curves(res: EvalResult, path: str | Path, title: str = "") -> Path:
     """Three panels: AP vs 3D IoU threshold (both IoU variants), vs rotation (shift free), vs shift."""
     path = Path(path)
     classes = res.protocol.classes
-    deg_free = int(np.argmax(res.degree_thresholds))    # 360°: rotation unconstrained
-    shift_free = int(np.argmax(res.shift_thresholds))   # 100 cm: translation unconstrained
+    deg_free = int(np.argmax(res.degree_thresholds))  # 360°: rotation unconstrained
+    shift_free = int(np.argmax(res.shift_thresholds))  # 100 cm: translation unconstrained
     deg_sel = res.degree_thresholds <= 60
     shift_sel = res.shift_thresholds <= 10
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     panels = [
-        (axes[0], res.iou_thresholds, lambda c: res.iou_aps["nocs"][c],
-         f"3D IoU threshold — {NOCS_IOU_LABEL}"),
-        (axes[1], res.iou_thresholds, lambda c: res.iou_aps["catre"][c],
-         f"3D IoU threshold — {CATRE_IOU_LABEL}"),
-        (axes[2], res.degree_thresholds[deg_sel], lambda c: res.pose_aps[c, deg_sel, shift_free],
-         "rotation error threshold (°)"),
-        (axes[3], res.shift_thresholds[shift_sel], lambda c: res.pose_aps[c, deg_free, shift_sel],
-         "translation error threshold (cm)"),
+        (
+            axes[0],
+            res.iou_thresholds,
+            lambda c: res.iou_aps["nocs"][c],
+            f"3D IoU threshold — {NOCS_IOU_LABEL}",
+        ),
+        (
+            axes[1],
+            res.iou_thresholds,
+            lambda c: res.iou_aps["catre"][c],
+            f"3D IoU threshold — {CATRE_IOU_LABEL}",
+        ),
+        (
+            axes[2],
+            res.degree_thresholds[deg_sel],
+            lambda c: res.pose_aps[c, deg_sel, shift_free],
+            "rotation error threshold (°)",
+        ),
+        (
+            axes[3],
+            res.shift_thresholds[shift_sel],
+            lambda c: res.pose_aps[c, deg_free, shift_sel],
+            "translation error threshold (cm)",
+        ),
     ]
     for ax, x, y, xlabel in panels:
         for k, name in enumerate(classes, start=1):

@@ -88,8 +88,10 @@ def test_agpose_file_into_cleanpose_names_the_variant():
     with pytest.raises(WrongVariantError) as err:
         ck.check_state_dict(official("cleanpose_nocs"), official("agpose_nocs"), "agpose_epoch_30.pt")
     assert "this is an AG-Pose checkpoint, use variant agpose" in str(err.value)
-    assert "missing keys (109): pointnet2ulip, projector_pts.0.weight, projector_pts.2.weight, FD_Encoder." \
+    assert (
+        "missing keys (109): pointnet2ulip, projector_pts.0.weight, projector_pts.2.weight, FD_Encoder."
         in str(err.value)
+    )
 
 
 def test_cleanpose_file_into_agpose_names_the_variant():
@@ -111,8 +113,9 @@ def test_published_tolerances():
     # missing num_batches_tracked is tolerated (gorilla's strict load does the same)
     ck.check_state_dict(expected, {k: v for k, v in expected.items() if "num_batches_tracked" not in k}, "f")
     # distillation keys are accepted by a network built without the distillation head
-    no_distill = {k: v for k, v in expected.items()
-                  if k != "pointnet2ulip" and not k.startswith("projector_pts.")}
+    no_distill = {
+        k: v for k, v in expected.items() if k != "pointnet2ulip" and not k.startswith("projector_pts.")
+    }
     assert len(no_distill) == 747
     ck.check_state_dict(no_distill, expected, "f")
 
@@ -155,8 +158,13 @@ def _write(path, obj):
 
 def test_published_file_unwrapping(tmp_path):
     sd = _Tiny().state_dict()
-    for wrapped in (sd, {"model": sd}, {"state_dict": sd}, {f"module.{k}": v for k, v in sd.items()},
-                    dict(sd, **{"ULIP_model.point_encoder.weight": torch.zeros(2)})):
+    for wrapped in (
+        sd,
+        {"model": sd},
+        {"state_dict": sd},
+        {f"module.{k}": v for k, v in sd.items()},
+        dict(sd, **{"ULIP_model.point_encoder.weight": torch.zeros(2)}),
+    ):
         loaded = ck.load_published_state_dict(_write(tmp_path / "e.pt", wrapped))
         assert list(loaded) == list(sd)
     ck.load_into(_Tiny(), loaded, "e.pt")
@@ -220,8 +228,9 @@ def test_dinov2_hub_file(tmp_path):
     before = net.rgb_extractor.mask_token.clone()
     no_mask = {k: v * 2 for k, v in hub.items() if k != "mask_token"}
     ck.load_dinov2_weights(net, _write(tmp_path / "nomask.pth", no_mask))
-    assert torch.equal(net.rgb_extractor.mask_token, before) and torch.equal(net.rgb_extractor.norm.weight,
-                                                                            no_mask["norm.weight"])
+    assert torch.equal(net.rgb_extractor.mask_token, before) and torch.equal(
+        net.rgb_extractor.norm.weight, no_mask["norm.weight"]
+    )
     with pytest.raises(WrongVariantError, match="register tokens"):
         reg = dict(hub, register_tokens=torch.zeros(1, 4, 8))
         ck.load_dinov2_weights(net, _write(tmp_path / "reg.pth", reg))

@@ -89,8 +89,11 @@ def test_rejects_malicious_storage_payload(tmp_path):
 
 @pytest.mark.parametrize(
     ("obj", "message"),
-    [({"a": 1}, "expected a non-empty list"), ([[1.0, 2.0]], "is not a float tensor"),
-     ([[torch.zeros(1, 4)], [torch.zeros(1, 5)]], "has 5 features")],
+    [
+        ({"a": 1}, "expected a non-empty list"),
+        ([[1.0, 2.0]], "is not a float tensor"),
+        ([[torch.zeros(1, 4)], [torch.zeros(1, 5)]], "has 5 features"),
+    ],
 )
 def test_wrong_structure_is_named(tmp_path, obj, message):
     path = tmp_path / "q.pkl"

@@ -27,8 +27,16 @@ def _dump(obj, path: Path) -> None:
         pickle.dump(obj, f, protocol=2)
 
 
-def write_image_set(prefix: Path, depth_path: Path, rng: np.random.Generator, class_ids, model_ids,
-                    rotations, shape=(H, W), hole=True) -> dict:
+def write_image_set(
+    prefix: Path,
+    depth_path: Path,
+    rng: np.random.Generator,
+    class_ids,
+    model_ids,
+    rotations,
+    shape=(H, W),
+    hole=True,
+) -> dict:
     """Two-object image: flat patches at 0.5 m and 0.6 m with instance ids 1 and 2 (background 255)."""
     h, w = shape
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -119,8 +127,9 @@ def make_housecat_root(root: Path, seed: int = 0, h: int = 852, w: int = 1096) -
         for i in range(2):
             d = root / scene
             prefix = d / "rgb" / f"{i:06d}"
-            label = write_image_set(prefix, d / "depth" / f"{i:06d}.png", rng, [2, 1], ["x", "y"], rots,
-                                    shape=(h, w))
+            label = write_image_set(
+                prefix, d / "depth" / f"{i:06d}.png", rng, [2, 1], ["x", "y"], rots, shape=(h, w)
+            )
             # HouseCat6D puts each modality in its own folder: move the files written next to rgb
             (d / "instance").mkdir(exist_ok=True)
             (d / "labels").mkdir(exist_ok=True)

@@ -29,6 +29,7 @@ def nocs_root(tmp_path_factory):
 
 # --------------------------------------------------------------------------------------------- get_bbox
 
+
 def test_get_bbox_window_sizes():
     assert get_bbox((100, 100, 180, 180)) == (80, 200, 80, 200)  # side 80 -> 120
     r0, r1, c0, c1 = get_bbox((100, 100, 179, 150))  # side 79 -> 80
@@ -52,6 +53,7 @@ def test_remap_choose_floor():
 
 # ------------------------------------------------------------------------------------------ depth filling
 
+
 def test_fill_missing_fills_hole():
     depth = np.full((60, 80), 800, dtype=np.uint16)
     depth[30:34, 40:44] = 0
@@ -74,6 +76,7 @@ def test_fill_missing_drops_beyond_3m_and_keeps_top_rows_empty():
 
 # ------------------------------------------------------------------------- symmetry and outlier masks
 
+
 def test_canonicalise_removes_rotation_about_object_y():
     tilt = rot_x(0.4) @ rot_y(-0.2) @ rot_x(0.1)
     a = canonicalise_symmetric_rotation(tilt @ rot_y(0.3))
@@ -90,12 +93,14 @@ def test_outlier_mask_hand_built():
     t = np.array([0.0, 0.0, 1.0])
     size = np.array([0.3, 0.4, 0.0])  # norm 0.5
     model = np.array([[0.0, 0.0, 0.0], [0.2, 0.0, 0.0]])
-    pts = np.array([
-        [0.0, 0.0, 1.0],     # at the centre -> qo (0,0,0), inlier
-        [0.0, 0.0, 0.9],     # camera -0.1 z -> object +0.1 x -> qo (0.2,0,0): inlier
-        [0.0, 0.1, 1.0],     # qo (0, 0.2, 0): 0.2 from both model points -> outlier at 0.1
-        [0.0, 0.04, 1.0],    # qo (0, 0.08, 0): 0.08 < 0.1 -> inlier
-    ])
+    pts = np.array(
+        [
+            [0.0, 0.0, 1.0],  # at the centre -> qo (0,0,0), inlier
+            [0.0, 0.0, 0.9],  # camera -0.1 z -> object +0.1 x -> qo (0.2,0,0): inlier
+            [0.0, 0.1, 1.0],  # qo (0, 0.2, 0): 0.2 from both model points -> outlier at 0.1
+            [0.0, 0.04, 1.0],  # qo (0, 0.08, 0): 0.08 < 0.1 -> inlier
+        ]
+    )
     qo, mask = outlier_mask(pts, R, t, size, model, threshold=0.1)
     np.testing.assert_allclose(qo[1], [0.2, 0.0, 0.0], atol=1e-6)
     assert mask.tolist() == [1.0, 1.0, 0.0, 1.0]
@@ -103,6 +108,7 @@ def test_outlier_mask_hand_built():
 
 
 # -------------------------------------------------------------------------------------- augmentation
+
 
 def test_colour_augmentation_is_reproducible_and_changes_image():
     img = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
@@ -118,16 +124,24 @@ def test_colour_augmentation_is_reproducible_and_changes_image():
 
 # --------------------------------------------------------------------------------------- NOCS training
 
+
 @pytest.mark.parametrize("data_type", ["syn", "real_withLabel"])
 def test_nocs_training_sample_contract(nocs_root, data_type):
     ds = NOCSTrainingDataset(nocs_root, data_type, num_img_per_epoch=6, seed=3)
     assert len(ds) == 6
     s = ds[0]
-    expect = {"pts": ((1024, 3), torch.float32), "rgb": ((3, 224, 224), torch.float32),
-              "choose": ((1024,), torch.int64), "category_label": ((1,), torch.int64),
-              "model": ((64, 3), torch.float32), "qo": ((1024, 3), torch.float32),
-              "translation_label": ((3,), torch.float32), "rotation_label": ((3, 3), torch.float32),
-              "size_label": ((3,), torch.float32), "pc_mask": ((1024,), torch.float32)}
+    expect = {
+        "pts": ((1024, 3), torch.float32),
+        "rgb": ((3, 224, 224), torch.float32),
+        "choose": ((1024,), torch.int64),
+        "category_label": ((1,), torch.int64),
+        "model": ((64, 3), torch.float32),
+        "qo": ((1024, 3), torch.float32),
+        "translation_label": ((3,), torch.float32),
+        "rotation_label": ((3, 3), torch.float32),
+        "size_label": ((3,), torch.float32),
+        "pc_mask": ((1024,), torch.float32),
+    }
     assert set(s) == set(expect)
     for k, (shape, dtype) in expect.items():
         assert tuple(s[k].shape) == shape, k
@@ -204,6 +218,7 @@ def test_mixed_batch_sampler_rank_sharding():
 
 # ------------------------------------------------------------------------------------------ errors
 
+
 def test_clear_error_missing_root(tmp_path):
     with pytest.raises(DatasetError, match="NOCS dataset root"):
         NOCSTrainingDataset(tmp_path / "nope", "syn")
@@ -266,6 +281,7 @@ def test_synthetic_layout_with_intrinsics_file(tmp_path, nocs_root):
 
 # ------------------------------------------------------------------------------------------ test split
 
+
 def test_nocs_test_dataset_drops_small_detections(tmp_path):
     root = make_nocs_test_root(tmp_path / "t")
     ds = NOCSTestDataset(root, "REAL275")
@@ -289,19 +305,28 @@ def test_nocs_test_dataset_missing_results(tmp_path):
 
 # ----------------------------------------------------------------------------------------- HouseCat6D
 
+
 def test_housecat_train_and_test(tmp_path):
     root = make_housecat_root(tmp_path / "hc", h=480, w=640)
     train = HouseCat6DTrainingDataset(root, seed=1, augment=False)
     assert len(train) == 2
     s = train[0]
-    assert set(s) == {"pts", "rgb", "choose", "category_label", "translation_label", "rotation_label",
-                      "size_label"}
+    assert set(s) == {
+        "pts",
+        "rgb",
+        "choose",
+        "category_label",
+        "translation_label",
+        "rotation_label",
+        "size_label",
+    }
     assert s["pts"].shape == (1024, 3) and s["rgb"].shape == (3, 224, 224)
     cat = int(s["category_label"][0])
     assert cat in (0, 1)
     if cat == 1:  # bottle is symmetric in HouseCat6D (ids 1, 2, 7)
-        np.testing.assert_allclose(s["rotation_label"].numpy(),
-                                   canonicalise_symmetric_rotation(rot_y(0.4) @ rot_x(0.1)), atol=1e-6)
+        np.testing.assert_allclose(
+            s["rotation_label"].numpy(), canonicalise_symmetric_rotation(rot_y(0.4) @ rot_x(0.1)), atol=1e-6
+        )
     test = HouseCat6DTestDataset(root)
     item = test[1]
     assert item["pts"].shape == (2, 1024, 3)

@@ -27,9 +27,18 @@ def _perfect_record(seed: int) -> dict:
         rts[k, :3, 3] = [0.4 * k - 1.0, 0.1, 1.0]
     scales = sizes / np.linalg.norm(sizes, axis=1, keepdims=True)
     ids = np.arange(1, 7)
-    return {"gt_class_ids": ids, "gt_bboxes": np.ones((m, 4)), "gt_RTs": rts, "gt_scales": scales,
-            "gt_handle_visibility": np.ones(m), "pred_class_ids": ids, "pred_bboxes": np.ones((m, 4)),
-            "pred_scores": rng.uniform(0.5, 1, m), "pred_RTs": rts.copy(), "pred_scales": scales.copy()}
+    return {
+        "gt_class_ids": ids,
+        "gt_bboxes": np.ones((m, 4)),
+        "gt_RTs": rts,
+        "gt_scales": scales,
+        "gt_handle_visibility": np.ones(m),
+        "pred_class_ids": ids,
+        "pred_bboxes": np.ones((m, 4)),
+        "pred_scores": rng.uniform(0.5, 1, m),
+        "pred_RTs": rts.copy(),
+        "pred_scales": scales.copy(),
+    }
 
 
 def test_cli_on_result_folder_writes_tables_json_png(tmp_path, capsys):
@@ -75,8 +84,9 @@ class OracleEstimator:
         R = gt["gt_RTs"][:n, :3, :3] / norms[:, None, None]
         size = gt["gt_scales"][:n] * norms[:, None]
         t = gt["gt_RTs"][:n, :3, 3]
-        return SimpleNamespace(rotation=torch.from_numpy(R), translation=torch.from_numpy(t),
-                               size=torch.from_numpy(size))
+        return SimpleNamespace(
+            rotation=torch.from_numpy(R), translation=torch.from_numpy(t), size=torch.from_numpy(size)
+        )
 
 
 def test_predict_records_over_test_split(tmp_path):

@@ -18,9 +18,11 @@ from training.evaluation.metrics import (
 def rot(axis: str, deg: float) -> np.ndarray:
     t = math.radians(deg)
     c, s = math.cos(t), math.sin(t)
-    return {"x": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]),
-            "y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
-            "z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])}[axis]
+    return {
+        "x": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]),
+        "y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
+        "z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]),
+    }[axis]
 
 
 def rt(R, t, size) -> tuple[np.ndarray, np.ndarray]:
@@ -51,19 +53,28 @@ def record(gts, preds, hv=None):
     }
 
 
-SIZES = {1: (0.08, 0.2, 0.08), 2: (0.16, 0.07, 0.16), 3: (0.12, 0.1, 0.14), 4: (0.07, 0.12, 0.07),
-         5: (0.3, 0.2, 0.25), 6: (0.13, 0.1, 0.09)}
+SIZES = {
+    1: (0.08, 0.2, 0.08),
+    2: (0.16, 0.07, 0.16),
+    3: (0.12, 0.1, 0.14),
+    4: (0.07, 0.12, 0.07),
+    5: (0.3, 0.2, 0.25),
+    6: (0.13, 0.1, 0.09),
+}
 R0 = rot("x", 20) @ rot("z", -10)
 
 
 def scene(i: int):
-    return [(c, R0 @ rot("y", 15 * c + i), np.array([0.3 * (c - 3.5), 0.05 * i, 0.8 + 0.05 * c]), SIZES[c])
-            for c in range(1, 7)]
+    return [
+        (c, R0 @ rot("y", 15 * c + i), np.array([0.3 * (c - 3.5), 0.05 * i, 0.8 + 0.05 * c]), SIZES[c])
+        for c in range(1, 7)
+    ]
 
 
 def summary(res):
-    return [res.iou_ap(v, t) for v in ("nocs", "catre") for t in (0.25, 0.5, 0.75)] + \
-        [res.pose_ap(d, c) for d, c in ((5, 2), (5, 5), (10, 2), (10, 5))]
+    return [res.iou_ap(v, t) for v in ("nocs", "catre") for t in (0.25, 0.5, 0.75)] + [
+        res.pose_ap(d, c) for d, c in ((5, 2), (5, 5), (10, 2), (10, 5))
+    ]
 
 
 def test_perfect_prediction_scores_100_everywhere():
@@ -87,7 +98,7 @@ def test_known_rotation_error_lands_in_the_right_bins():
     assert res.pose_ap(10, 2, 3) == 0.0
     assert res.pose_ap(10, 5, 3) == pytest.approx(1.0)
     assert np.isnan(res.pose_ap(10, 5, 1))  # a class without GT is NaN, as published
-    assert np.isnan(res.pose_ap(10, 5))     # ... and so is the mean over classes
+    assert np.isnan(res.pose_ap(10, 5))  # ... and so is the mean over classes
 
 
 def test_symmetric_categories_ignore_rotation_about_y():
