@@ -4,6 +4,7 @@ as a separate process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -338,3 +339,18 @@ class Client:
         self.executor.shutdown()
         self.node.destroy_node()
         self.ctx.try_shutdown()
+
+
+@contextlib.contextmanager
+def running_graph(params: dict, domain: int, log: Path, connect_timeout: float = 90.0):
+    """A cleanpose node process (CPU, no warm-up, reliable inputs, plus `params`) and a connected client;
+    both are torn down on exit."""
+    base = {"device": "cpu", "warmup": False, "input_reliability": "reliable", "diagnostics_period": 0.5}
+    node = NodeProcess({**base, **params}, domain, log)
+    client = Client(domain)
+    try:
+        client.wait_connected(connect_timeout, node)
+        yield client, node
+    finally:
+        client.close()
+        node.stop()

@@ -21,25 +21,8 @@ def frames():
 @pytest.fixture(scope="module")
 def graph(checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "node.log"
-    node = H.NodeProcess(
-        {
-            "checkpoint": str(checkpoint),
-            "device": "cpu",
-            "warmup": False,
-            "input_reliability": "reliable",
-            "publish_debug_image": True,
-            "diagnostics_period": 0.5,
-        },
-        DOMAIN,
-        log,
-    )
-    client = H.Client(DOMAIN)
-    try:
-        client.wait_connected(90, node)
-        yield client, node
-    finally:
-        client.close()
-        node.stop()
+    with H.running_graph({"checkpoint": str(checkpoint), "publish_debug_image": True}, DOMAIN, log) as g:
+        yield g
 
 
 def _send(client, fr, ns, **kw):

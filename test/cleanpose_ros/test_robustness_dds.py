@@ -34,25 +34,8 @@ def _good(ns, classes=("mug",), mask=None, depth=None):
 @pytest.fixture(scope="module")
 def graph(checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "node.log"
-    node = H.NodeProcess(
-        {
-            "checkpoint": str(checkpoint),
-            "device": "cpu",
-            "warmup": False,
-            "input_reliability": "reliable",
-            "diagnostics_period": 0.5,
-            "log_throttle": 0.0,
-        },
-        DOMAIN,
-        log,
-    )
-    client = H.Client(DOMAIN)
-    try:
-        client.wait_connected(90, node)
-        yield client, node
-    finally:
-        client.close()
-        node.stop()
+    with H.running_graph({"checkpoint": str(checkpoint), "log_throttle": 0.0}, DOMAIN, log) as g:
+        yield g
 
 
 def _answered(client, node, msgs, info=None, timeout=60.0):

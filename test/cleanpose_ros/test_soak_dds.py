@@ -26,28 +26,18 @@ def _frame(ns, cls="mug"):
 @pytest.fixture(scope="module")
 def graph(checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "node.log"
-    node = H.NodeProcess(
+    with H.running_graph(
         {
             "checkpoint": str(checkpoint),
-            "device": "cpu",
-            "warmup": False,
-            "input_reliability": "reliable",
             "input_depth": 100,
             "sync_queue_size": 10,
-            "diagnostics_period": 0.5,
             "publish_debug_image": True,
         },
         DOMAIN,
         log,
-    )
-    client = H.Client(DOMAIN)
-    try:
-        client.wait_connected(90, node)
+    ) as (client, node):
         client.pub_info.publish(H.info_msg(K, W, Hh))
         yield client, node
-    finally:
-        client.close()
-        node.stop()
 
 
 def _quiet(client, node, key="processed", settle=1.5, timeout=120.0):
