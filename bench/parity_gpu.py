@@ -29,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vectors", type=Path, default=REPO / "test" / "data" / "parity")
     ap.add_argument("--tf32", action="store_true", help="leave TF32 on (measures its error; not parity)")
     ap.add_argument("--variants", nargs="+", default=list(parity.VARIANTS))
+    ap.add_argument(
+        "--runner",
+        choices=["eager", "exact", "exact_compiled"],
+        default="eager",
+        help="eager forward (all intermediates) or the CUDA-graph fp32 runner, optionally torch.compiled "
+        "(final outputs only)",
+    )
     args = ap.parse_args(argv)
 
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
@@ -39,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "torch": torch.__version__,
         "tf32": args.tf32,
+        "runner": args.runner,
         "rel_tol": parity.REL_TOL,
         "abs_tol": parity.ABS_TOL,
         "variants": {},
@@ -47,7 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants:
         t0 = time.perf_counter()
         net = parity.build_parity_net(variant, device)
-        report = parity.run_parity(variant, args.vectors / f"{variant}_parity_v1.npz", device=device, net=net)
+        forward = None
+        if args.runner != "eager":
+            from cleanpose_model.fast import GraphedForward
+
+            queue_entries = net.cfg.front_door.select_num if net.cfg.use_front_door else None
+            forward = GraphedForward(
+                net, precision="fp32", queue_entries=queue_entries, compile=args.runner == "exact_compiled"
+            )
+        report = parity.run_parity(
+            variant, args.vectors / f"{variant}_parity_v1.npz", device=device, net=net, forward=forward
+        )
         bad = parity.failures(report)
         all_ok &= not bad
         result["variants"][variant] = {
@@ -56,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             "ok": not bad,
             "seconds": time.perf_counter() - t0,
         }
-        print(f"== {variant} on {result['device_name']} ({'TF32 on' if args.tf32 else 'fp32, TF32 off'})")
+        mode = "TF32 on" if args.tf32 else "fp32, TF32 off"
+        print(f"== {variant} on {result['device_name']} ({mode}, runner {args.runner})")
         print(parity.format_report(report))
         print("PASS" if not bad else "FAIL:\n  " + "\n  ".join(bad))
         print()

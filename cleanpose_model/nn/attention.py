@@ -8,7 +8,10 @@ published state_dict.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+ATTENTION_IMPLS = ("sdpa", "math")
 
 
 def _ffn(d_model: int, dim_ffn: int) -> nn.Sequential:
@@ -22,6 +25,32 @@ def _mha(d_model: int, num_heads: int) -> nn.MultiheadAttention:
     return nn.MultiheadAttention(d_model, num_heads, dropout=0.0, batch_first=True)
 
 
+def multihead_attention(mha: nn.MultiheadAttention, query: torch.Tensor, memory: torch.Tensor, impl: str):
+    """``mha(query, memory, memory)`` (batch_first, no mask, no dropout) -> (B, Lq, C).
+
+    ``"sdpa"`` calls the module (PyTorch picks a fused kernel). ``"math"`` spells the same
+    algebra out as projections + two batched matmuls + softmax: with 4 heads, 96 queries and
+    12-1024 keys the fused fp32 kernels are launch- and tile-bound, and plain batched matmuls are
+    cheaper. Both are the published formula; they differ only in float rounding.
+    """
+    if impl == "sdpa":
+        return mha(query, memory, memory, need_weights=False)[0]
+    bsz, lq, c = query.shape
+    h = mha.num_heads
+    w, b = mha.in_proj_weight, mha.in_proj_bias
+    if query is memory:
+        q, k, v = F.linear(query, w, b).chunk(3, dim=-1)
+    else:
+        q = F.linear(query, w[:c], b[:c])
+        k, v = F.linear(memory, w[c:], b[c:]).chunk(2, dim=-1)
+    q = q.reshape(bsz, lq, h, c // h).transpose(1, 2)
+    k = k.reshape(bsz, -1, h, c // h).transpose(1, 2)
+    v = v.reshape(bsz, -1, h, c // h).transpose(1, 2)
+    attn = torch.softmax((q * (c // h) ** -0.5) @ k.transpose(2, 3), dim=-1)
+    out = (attn @ v).transpose(1, 2).reshape(bsz, lq, c)
+    return mha.out_proj(out)
+
+
 class AttnBlock(nn.Module):
     """Cross-attention to a memory, then self-attention, then FFN."""
 
@@ -33,12 +62,13 @@ class AttnBlock(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
         self.ffn = _ffn(d_model, dim_ffn)
+        self.attn_impl = "sdpa"
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         q = self.norm1(query)
-        query = query + self.multihead_attn(q, memory, memory, need_weights=False)[0]
+        query = query + multihead_attention(self.multihead_attn, q, memory, self.attn_impl)
         q = self.norm2(query)
-        query = query + self.self_attn(q, q, q, need_weights=False)[0]
+        query = query + multihead_attention(self.self_attn, q, q, self.attn_impl)
         return query + self.ffn(self.norm3(query))
 
 
@@ -49,10 +79,11 @@ class SelfAttnBlock(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.ffn = _ffn(d_model, dim_ffn)
+        self.attn_impl = "sdpa"
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         q = self.norm1(query)
-        query = query + self.self_attn(q, q, q, need_weights=False)[0]
+        query = query + multihead_attention(self.self_attn, q, q, self.attn_impl)
         return query + self.ffn(self.norm2(query))
 
 
@@ -76,3 +107,12 @@ class SelfAttnLayer(nn.Module):
         for blk in self.attn_blocks:
             query = blk(query)
         return query
+
+
+def set_attention_impl(module: nn.Module, impl: str) -> None:
+    """Select the attention implementation of every transformer block under ``module``."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    for m in module.modules():
+        if isinstance(m, AttnBlock | SelfAttnBlock):
+            m.attn_impl = impl
