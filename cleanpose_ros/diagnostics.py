@@ -11,8 +11,26 @@ from collections import deque
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 
+class StageClock:
+    """Per-stage wall times of one frame: `lap(name)` books the time since the previous lap (or since the
+    clock was made) under `name`, in ms; a name booked twice adds up. One perf_counter read per stage."""
+
+    __slots__ = ("_t", "ms")
+
+    def __init__(self):
+        self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.ms[name] = self.ms.get(name, 0.0) + (now - self._t) * 1e3
+        self._t = now
+
+
 class NodeStats:
     """Thread-safe counters filled by the executor (inputs) and the worker (outputs)."""
+
+    MAX_STAGES = 32  # stage names are a fixed set in the node; the bound only guards against misuse
 
     def __init__(self, window: int = 100):
         self._lock = threading.Lock()
@@ -28,6 +46,8 @@ class NodeStats:
         self._t_out: deque[float] = deque(maxlen=window)
         self._lat: deque[float] = deque(maxlen=window)
         self._age: deque[float] = deque(maxlen=window)
+        self._window = window
+        self._stages: dict[str, deque[float]] = {}  # stage name -> last `window` frame times (ms)
 
     def on_input(self) -> None:
         with self._lock:
@@ -55,6 +75,17 @@ class NodeStats:
             self.objects_total += n_objects
             self.skipped_unknown_class += unknown
             self.skipped_few_points += few
+
+    def on_stages(self, ms: dict[str, float]) -> None:
+        """Per-stage times (ms) of one processed frame (a StageClock's `ms`)."""
+        with self._lock:
+            for k, v in ms.items():
+                q = self._stages.get(k)
+                if q is None:
+                    if len(self._stages) >= self.MAX_STAGES:
+                        continue
+                    q = self._stages[k] = deque(maxlen=self._window)
+                q.append(v)
 
     @staticmethod
     def _rate(ts) -> float:
@@ -85,6 +116,9 @@ class NodeStats:
             }
             for k, v in sorted(self.skipped.items()):
                 d[f"skipped_{k}"] = v
+            for k, q in self._stages.items():  # in first-seen order: the frame path's order
+                if q:
+                    d[f"stage_ms_{k}"] = round(sum(q) / len(q), 2)
             return d
 
 

@@ -28,7 +28,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from cleanpose_ros import conversions, params
 from cleanpose_ros.class_map import ClassMap
 from cleanpose_ros.detections import DetectionError, parse_instance_segmentation
-from cleanpose_ros.diagnostics import DiagnosticsPublisher, NodeStats, gpu_memory, rss_mb
+from cleanpose_ros.diagnostics import DiagnosticsPublisher, NodeStats, StageClock, gpu_memory, rss_mb
 from cleanpose_ros.geometry_utils import quat_xyzw
 from cleanpose_ros.pipeline import FramePipeline, PipelineConfig
 from cleanpose_ros.sync import InputSynchronizer
@@ -103,6 +103,8 @@ class CleanPoseNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._last_log: dict[str, float] = {}
         self._noted_distortion = False
+        # Per-stage times (ms) of the last frame that produced outputs (also averaged into diagnostics).
+        self.last_stage_ms: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------ logging
     def _warn(self, key: str, msg: str, level: str = "warning") -> None:
@@ -393,6 +395,7 @@ class CleanPoseNode(LifecycleNode):
         self._warn(kind, f"frame skipped: {msg}")
 
     def _process(self, image, depth_msg, det_msg, t_arrival: float) -> None:
+        clk = StageClock()
         pipeline, info = self.pipeline, self._info
         if pipeline is None:
             return
@@ -408,6 +411,7 @@ class CleanPoseNode(LifecycleNode):
             depth = conversions.depth_from_image(depth_msg)
         except conversions.ConversionError as e:
             return self._skip("bad_image", str(e))
+        clk.lap("convert")
         h, w = rgb.shape[:2]
         if depth.shape != (h, w):
             return self._skip(
@@ -433,7 +437,9 @@ class CleanPoseNode(LifecycleNode):
             return self._skip("bad_detections", f"detections: {e}")
         for j, reason in det.rejected:
             self._warn(f"rejected:{reason[:40]}", f"detection {j} ignored: {reason}")
+        clk.lap("detections")
         res = pipeline.process(rgb, depth, K, det)
+        clk.lap("pipeline")
         if res.skipped_unknown_class:
             names = sorted(set(res.skipped_unknown_class))
             self._warn(
@@ -470,7 +476,8 @@ class CleanPoseNode(LifecycleNode):
             from std_msgs.msg import Header
 
             header = Header(stamp=image.header.stamp, frame_id=self.p.target_frame)
-        self._publish(header, objects, cam_objects, rgb, K, image.header)
+        clk.lap("outputs")
+        self._publish(header, objects, cam_objects, rgb, K, image.header, clk)
         age = None
         try:
             now = self.get_clock().now().nanoseconds
@@ -485,6 +492,11 @@ class CleanPoseNode(LifecycleNode):
             len(res.skipped_unknown_class),
             res.skipped_few_points,
         )
+        clk.lap("stats")
+        stages = {k: res.timings_ms[k] for k in ("select", "build_inputs", "forward", "results")}
+        stages.update(clk.ms)
+        self.last_stage_ms = stages
+        self.stats.on_stages(stages)
 
     def _lookup(self, target: str, source: str) -> np.ndarray:
         self._ensure_tf_lookup()
@@ -493,7 +505,7 @@ class CleanPoseNode(LifecycleNode):
         return self._tf_lookup.lookup(target, source)
 
     # ------------------------------------------------------------------------------------------ publishing
-    def _publish(self, header, objects, cam_objects, rgb, K, image_header) -> None:
+    def _publish(self, header, objects, cam_objects, rgb, K, image_header, clk: StageClock) -> None:
         from cleanpose_msgs.msg import ObjectPose
 
         arr = self._ObjectPoseArray(header=header)
@@ -509,12 +521,15 @@ class CleanPoseNode(LifecycleNode):
             op.size.x, op.size.y, op.size.z = (float(v) for v in o.size)
             arr.objects.append(op)
         self._pubs["poses"].publish(arr)
+        clk.lap("poses")
         if "detections_3d" in self._pubs:
             self._pubs["detections_3d"].publish(self._detection3d_array(header, objects))
+            clk.lap("detections_3d")
         if self.p.publish_markers:
             from cleanpose_ros.markers import build_markers
 
             self._pubs["markers"].publish(build_markers(header, objects, axes=self.p.marker_axes))
+            clk.lap("markers")
         if self.p.publish_tf and self._tf is not None and objects:
             from cleanpose_ros.tf_publisher import make_transform, object_frame
 
@@ -529,11 +544,13 @@ class CleanPoseNode(LifecycleNode):
                     for o in objects
                 ]
             )
+            clk.lap("tf")
         if self.p.publish_debug_image:
             from cleanpose_ros.debug_image import draw_debug_image
 
             img = draw_debug_image(rgb, K, cam_objects)
             self._pubs["debug_image"].publish(conversions.numpy_to_image(img, "rgb8", image_header))
+            clk.lap("debug_image")
 
     def _detection3d_array(self, header, objects):
         from vision_msgs.msg import Detection3D, ObjectHypothesisWithPose

@@ -138,6 +138,9 @@ class FramePipeline:
         return objs.to_batch(dev, self.estimator.dtype), objs.kept, objs.category, objs.num_points
 
     def process(self, rgb: np.ndarray, depth_m: np.ndarray, K: np.ndarray, det) -> FrameResult:
+        """`timings_ms`: "select" (parse when given a message, filters, depth bounds), "build_inputs",
+        "forward" (model + host copy), "results"; "preprocess" = select + build_inputs, "inference" =
+        forward."""
         t0 = time.perf_counter()
         if hasattr(det, "format") and hasattr(det, "detections"):  # a raw cleanpose_msgs/InstanceSegmentation
             from cleanpose_ros.detections import parse_instance_segmentation
@@ -145,18 +148,22 @@ class FramePipeline:
             det = parse_instance_segmentation(det, rgb.shape[0], rgb.shape[1], self.cfg.box_source)
         idx, cats, res = self.select(det)
         depth = self.prepare_depth(depth_m)
+        ts = time.perf_counter()
         batch, kept, category, num_points = self.build_inputs(
             rgb, depth, K, det.masks[idx], det.boxes[idx], cats
         )
         res.skipped_few_points = len(idx) - len(kept)
         t1 = time.perf_counter()
-        res.timings_ms["preprocess"] = (t1 - t0) * 1e3
+        tm = res.timings_ms
+        tm["select"] = (ts - t0) * 1e3
+        tm["build_inputs"] = (t1 - ts) * 1e3
+        tm["preprocess"] = (t1 - t0) * 1e3
         if len(kept) == 0:
-            res.timings_ms["inference"] = 0.0
+            tm["forward"] = tm["inference"] = tm["results"] = 0.0
             return res
         out = self.estimator.predict(batch).as_numpy()
         t2 = time.perf_counter()
-        res.timings_ms["inference"] = (t2 - t1) * 1e3
+        tm["forward"] = tm["inference"] = (t2 - t1) * 1e3
         for i, k in enumerate(kept):
             j = idx[int(k)]
             cat = int(category[i])
@@ -173,4 +180,5 @@ class FramePipeline:
                     num_points=int(num_points[i]),
                 )
             )
+        tm["results"] = (time.perf_counter() - t2) * 1e3
         return res

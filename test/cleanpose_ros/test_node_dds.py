@@ -122,6 +122,10 @@ def test_outputs_headers_frames_markers_tf_and_parity(graph, frames, checkpoint,
         "dropped",
         "gpu_memory_allocated_mb",
         "rss_mb",
+        "stage_ms_convert",
+        "stage_ms_pipeline",
+        "stage_ms_forward",
+        "stage_ms_poses",
     ):
         assert key in diag
 
