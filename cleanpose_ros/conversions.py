@@ -7,6 +7,8 @@ names the field at fault, so the node can log one clear line and skip the frame.
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 
 # encoding -> (numpy dtype, channels)
@@ -30,8 +32,10 @@ class ConversionError(ValueError):
     """A message cannot be turned into the array the pipeline needs (reason in the text)."""
 
 
-def image_to_numpy(msg) -> np.ndarray:
-    """Image -> (H, W) or (H, W, C) array of the encoding's dtype (a copy; the message may be reused)."""
+def image_to_numpy(msg, copy: bool = True) -> np.ndarray:
+    """Image -> (H, W) or (H, W, C) array of the encoding's dtype: a copy in native byte order (the message
+    may be reused); with `copy=False` a read-only view of the message's buffer where the layout allows
+    (padded rows and foreign byte order still copy), for callers that only read it while they hold `msg`."""
     enc = msg.encoding.lower()
     if enc not in _ENCODINGS:
         raise ConversionError(f"unsupported image encoding '{msg.encoding}' (supported: {_SUPPORTED})")
@@ -53,11 +57,12 @@ def image_to_numpy(msg) -> np.ndarray:
     if itemsize > 1:
         big = bool(msg.is_bigendian)
         dt = dt.newbyteorder(">" if big else "<")
-    arr = (
-        np.ascontiguousarray(rows).view(dt).reshape(h, w, ch)
-        if ch > 1
-        else np.ascontiguousarray(rows).view(dt).reshape(h, w)
-    )
+    arr = np.ascontiguousarray(rows).view(dt).reshape((h, w, ch) if ch > 1 else (h, w))
+    if not copy and dt.isnative:
+        if arr.flags.writeable:
+            arr = arr.view()
+            arr.flags.writeable = False
+        return arr
     return arr.astype(dt.newbyteorder("="), copy=True)
 
 
@@ -65,10 +70,10 @@ def rgb_from_image(msg) -> np.ndarray:
     """Colour Image (rgb8/bgr8/rgba8/bgra8) -> (H, W, 3) uint8 in RGB order."""
     if msg.encoding.lower() not in COLOR_ENCODINGS:
         raise ConversionError(f"colour image encoding '{msg.encoding}' not supported (use {COLOR_ENCODINGS})")
-    arr = image_to_numpy(msg)
     enc = msg.encoding.lower()
     if enc == "rgb8":
-        return arr
+        return image_to_numpy(msg)
+    arr = image_to_numpy(msg, copy=False)  # the channel shuffle below makes the one copy
     if enc == "bgr8":
         return np.ascontiguousarray(arr[:, :, ::-1])
     if enc == "rgba8":
@@ -81,23 +86,24 @@ def depth_from_image(msg) -> np.ndarray:
     0 invalid, 32FC1 metres with NaN/0 invalid; +-inf and negative values are treated as invalid too)."""
     enc = msg.encoding.lower()
     if enc in ("16uc1", "mono16"):
-        return image_to_numpy(msg).astype(np.float32) / np.float32(1000.0)
+        d = image_to_numpy(msg, copy=False).astype(np.float32)
+        d /= np.float32(1000.0)
+        return d
     if enc == "32fc1":
-        d = image_to_numpy(msg)
+        d = image_to_numpy(msg)  # a copy of its own: cleaned in place
         bad = ~np.isfinite(d) | (d < 0)
         if bad.any():
-            d = d.copy()
             d[bad] = 0.0
         return d
     raise ConversionError(f"depth encoding '{msg.encoding}' not supported (use 16UC1 in mm or 32FC1 in m)")
 
 
-def mask_from_image(msg) -> np.ndarray:
-    """mono8 (or 8UC1/16UC1) mask/label image -> (H, W) array, non-zero = set."""
+def mask_from_image(msg, copy: bool = True) -> np.ndarray:
+    """mono8 (or 8UC1/16UC1) mask/label image -> (H, W) array, non-zero = set (`copy` as image_to_numpy)."""
     enc = msg.encoding.lower()
     if enc not in ("mono8", "8uc1", "16uc1", "mono16"):
         raise ConversionError(f"mask encoding '{msg.encoding}' not supported (mono8, or 16UC1 labels)")
-    return image_to_numpy(msg)
+    return image_to_numpy(msg, copy=copy)
 
 
 def numpy_to_image(arr: np.ndarray, encoding: str, header=None):
@@ -121,7 +127,11 @@ def numpy_to_image(arr: np.ndarray, encoding: str, header=None):
     msg.encoding = encoding
     msg.is_bigendian = 0
     msg.step = int(arr.shape[1] * ch * arr.dtype.itemsize)
-    msg.data = arr.tobytes()
+    # One copy straight into the array.array the message stores (assigning bytes would copy twice, and
+    # element by element where the distribution checks field values).
+    data = array.array("B")
+    data.frombytes(memoryview(arr).cast("B"))
+    msg.data = data
     return msg
 
 

@@ -27,14 +27,16 @@ def draw_debug_image(rgb: np.ndarray, K: np.ndarray, objects, masks=None) -> np.
         uv = _project(K, box_corners(o.rotation, o.translation, o.size))
         if uv is None:
             continue
+        pix = [tuple(p) for p in uv.tolist()]  # Python ints for cv2
         for a, b in BOX_EDGES:
-            cv2.line(img, tuple(uv[a]), tuple(uv[b]), col, 2, cv2.LINE_AA)
+            cv2.line(img, pix[a], pix[b], col, 2, cv2.LINE_AA)
         t = np.asarray(o.translation, np.float64)
         length = 0.5 * float(np.max(o.size)) if np.max(o.size) > 0 else 0.05
         ax = _project(K, np.stack([t] + [t + np.asarray(o.rotation)[:, k] * length for k in range(3)]))
         if ax is not None:
+            apix = [tuple(p) for p in ax.tolist()]
             for k, c in enumerate(((255, 0, 0), (0, 255, 0), (0, 0, 255))):
-                cv2.line(img, tuple(ax[0]), tuple(ax[k + 1]), c, 2, cv2.LINE_AA)
+                cv2.line(img, apix[0], apix[k + 1], c, 2, cv2.LINE_AA)
         org = (int(uv[:, 0].min()), max(int(uv[:, 1].min()) - 4, 10))
         cv2.putText(
             img, f"{o.class_name} {o.score:.2f}", org, cv2.FONT_HERSHEY_SIMPLEX, 0.4, col, 1, cv2.LINE_AA

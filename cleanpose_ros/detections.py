@@ -68,7 +68,7 @@ def _mask_box(mask: np.ndarray) -> np.ndarray | None:
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None
-    cols = np.flatnonzero(mask.any(axis=0))
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))  # columns within the set rows only
     return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], np.int64)
 
 
@@ -93,7 +93,7 @@ def parse_instance_segmentation(msg, height: int, width: int, box_source: str = 
         rejected = []
         for j, m in enumerate(msg.masks):
             try:
-                arr = mask_from_image(m)
+                arr = mask_from_image(m, copy=False)  # read once, straight into masks[j]
             except ConversionError as e:
                 rejected.append((j, f"mask: {e}"))
                 continue
@@ -102,10 +102,10 @@ def parse_instance_segmentation(msg, height: int, width: int, box_source: str = 
             if x0 + mw > w or y0 + mh > h:
                 rejected.append((j, f"mask {mw}x{mh} at offset ({x0}, {y0}) does not fit the {w}x{h} image"))
                 continue
-            masks[j, y0 : y0 + mh, x0 : x0 + mw] = arr > 0
+            np.greater(arr, 0, out=masks[j, y0 : y0 + mh, x0 : x0 + mw])
     elif msg.format == FORMAT_LABEL_IMAGE:
         try:
-            label = mask_from_image(msg.label_image)
+            label = mask_from_image(msg.label_image, copy=False)
         except ConversionError as e:
             raise DetectionError(f"label image: {e}") from None
         if label.shape != (h, w):
@@ -134,6 +134,8 @@ def parse_instance_segmentation(msg, height: int, width: int, box_source: str = 
             bad.add(j)
             continue
         boxes[j] = box
+    if not bad:  # the common case: no (n, H, W) copy
+        return Detections(masks, boxes, class_ids, scores, inst, rejected=sorted(rejected))
     keep = [j for j in range(n) if j not in bad]
     return Detections(
         masks=masks[keep],

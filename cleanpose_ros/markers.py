@@ -28,30 +28,38 @@ def class_color(class_id: int) -> tuple[float, float, float]:
     return _PALETTE[int(class_id) % len(_PALETTE)]
 
 
-def _pt(p) -> Point:
-    return Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
+def _point(c) -> Point:
+    return Point(x=c[0], y=c[1], z=c[2])
+
+
+_AXIS_COLORS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
 def build_markers(header, objects, axes: bool = True, lifetime_s: float = 0.0) -> MarkerArray:
-    """`objects`: items with class_name, class_id, score, rotation, translation, size (in header's frame)."""
+    """`objects`: items with class_name, class_id, score, rotation, translation, size (in header's frame).
+
+    Coordinates go to host floats once per object (`tolist`), and a box's 24 edge ends refer to its 8 corner
+    Points (the message holds the same values; it is serialised, never mutated, after this)."""
     arr = MarkerArray()
     clear = Marker()
     clear.header = header
     clear.action = Marker.DELETEALL
-    arr.markers.append(clear)
+    markers = [clear]
     life = Duration(sec=int(lifetime_s), nanosec=int((lifetime_s % 1) * 1e9))
     for i, o in enumerate(objects):
         r, g, b = class_color(o.class_id)
-        corners = box_corners(o.rotation, o.translation, o.size)
+        R = np.asarray(o.rotation)
+        t = np.asarray(o.translation)
+        size = np.asarray(o.size)
+        corners = [_point(c) for c in box_corners(o.rotation, o.translation, o.size).tolist()]
         box = Marker(
             header=header, ns=o.class_name, id=3 * i, type=Marker.LINE_LIST, action=Marker.ADD, lifetime=life
         )
         box.pose.orientation.w = 1.0
         box.scale.x = 0.004
         box.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
-        for a_, b_ in BOX_EDGES:
-            box.points.extend([_pt(corners[a_]), _pt(corners[b_])])
-        arr.markers.append(box)
+        box.points = [corners[k] for edge in BOX_EDGES for k in edge]
+        markers.append(box)
 
         text = Marker(
             header=header,
@@ -62,15 +70,13 @@ def build_markers(header, objects, axes: bool = True, lifetime_s: float = 0.0) -
             lifetime=life,
         )
         # Above the box along the object's up (y) axis.
-        up = np.asarray(o.rotation)[:, 1]
-        p = np.asarray(o.translation) + up * (float(o.size[1]) / 2 + 0.03)
-        text.pose.position = _pt(p)
+        text.pose.position = _point((t + R[:, 1] * (float(o.size[1]) / 2 + 0.03)).tolist())
         text.pose.orientation.w = 1.0
         text.scale.z = 0.03
         text.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
-        s = np.asarray(o.size) * 100
+        s = size * 100
         text.text = f"{o.class_name} {o.score:.2f}\n{s[0]:.0f}x{s[1]:.0f}x{s[2]:.0f} cm"
-        arr.markers.append(text)
+        markers.append(text)
 
         if axes:
             ax = Marker(
@@ -84,11 +90,18 @@ def build_markers(header, objects, axes: bool = True, lifetime_s: float = 0.0) -
             ax.pose.orientation.w = 1.0
             ax.scale.x = 0.004
             ax.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
-            length = 0.5 * float(np.max(o.size)) if np.max(o.size) > 0 else 0.05
-            t = np.asarray(o.translation)
-            for k, c in enumerate(((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))):
-                ax.points.extend([_pt(t), _pt(t + np.asarray(o.rotation)[:, k] * length)])
-                col = ColorRGBA(r=c[0], g=c[1], b=c[2], a=1.0)
-                ax.colors.extend([col, col])
-            arr.markers.append(ax)
+            smax = np.max(size)
+            length = 0.5 * float(smax) if smax > 0 else 0.05
+            origin = _point(t.tolist())
+            # End k = t + (column k of R) * length, element by element as per axis.
+            ends = (t + (R * length).T).tolist()
+            pts, cols = [], []
+            for end, (cr, cg, cb) in zip(ends, _AXIS_COLORS):
+                col = ColorRGBA(r=cr, g=cg, b=cb, a=1.0)
+                pts += [origin, _point(end)]
+                cols += [col, col]
+            ax.points = pts
+            ax.colors = cols
+            markers.append(ax)
+    arr.markers = markers
     return arr

@@ -24,14 +24,18 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
 
 from cleanpose_ros import conversions, params
 from cleanpose_ros.class_map import ClassMap
+from cleanpose_ros.debug_image import draw_debug_image
 from cleanpose_ros.detections import DetectionError, parse_instance_segmentation
 from cleanpose_ros.diagnostics import DiagnosticsPublisher, NodeStats, StageClock, gpu_memory, rss_mb
 from cleanpose_ros.geometry_utils import quat_xyzw
+from cleanpose_ros.markers import build_markers
 from cleanpose_ros.pipeline import FramePipeline, PipelineConfig
 from cleanpose_ros.sync import InputSynchronizer
+from cleanpose_ros.tf_publisher import make_transform, object_frame
 
 NODE_NAME = "cleanpose_node"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,20 +66,6 @@ def default_checkpoint() -> Path | None:
     return None
 
 
-@dataclasses.dataclass
-class _Output:
-    """One object in the output frame (what markers/TF/messages need)."""
-
-    class_name: str
-    class_id: int
-    score: float
-    instance_id: str
-    rotation: np.ndarray
-    translation: np.ndarray
-    size: np.ndarray
-    num_points: int
-
-
 class CleanPoseNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
@@ -92,8 +82,7 @@ class CleanPoseNode(LifecycleNode):
         self._tf = None
         self._tf_lookup = None
         self._diag = None
-        self._Detection3DArray = None
-        self._ObjectPoseArray = None
+        self._msg: dict[str, type] = {}  # output message classes, resolved at configure
         # One-slot mailbox between the executor (producer) and the worker (consumer).
         self._cv = threading.Condition()
         self._slot = None
@@ -283,22 +272,26 @@ class CleanPoseNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------------------ outputs
     def _create_outputs(self) -> None:
-        from cleanpose_msgs.msg import ObjectPoseArray
+        from cleanpose_msgs.msg import ObjectPose, ObjectPoseArray
         from visualization_msgs.msg import MarkerArray
 
         from cleanpose_ros.tf_publisher import TfPublisher
 
         out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self._ObjectPoseArray = ObjectPoseArray
+        self._msg = {"ObjectPoseArray": ObjectPoseArray, "ObjectPose": ObjectPose}
         self._pubs = {
             "poses": self.create_lifecycle_publisher(ObjectPoseArray, "~/poses", out_qos),
             "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", out_qos),
             "debug_image": self.create_lifecycle_publisher(Image, "~/debug_image", out_qos),
         }
         try:
-            from vision_msgs.msg import Detection3DArray
+            from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
-            self._Detection3DArray = Detection3DArray
+            self._msg.update(
+                Detection3DArray=Detection3DArray,
+                Detection3D=Detection3D,
+                ObjectHypothesisWithPose=ObjectHypothesisWithPose,
+            )
             self._pubs["detections_3d"] = self.create_lifecycle_publisher(
                 Detection3DArray, "~/detections_3d", out_qos
             )
@@ -448,19 +441,7 @@ class CleanPoseNode(LifecycleNode):
                 "class_map parameter as 'detector_class:category')",
             )
         header = image.header
-        objects = [
-            _Output(
-                o.class_name,
-                o.class_id,
-                o.score,
-                o.instance_id,
-                o.rotation,
-                o.translation,
-                o.size,
-                o.num_points,
-            )
-            for o in res.objects
-        ]
+        objects = res.objects  # ObjectResult: class, score, id, pose, size, points (camera frame)
         cam_objects = objects
         if self.p.target_frame:
             try:
@@ -473,8 +454,6 @@ class CleanPoseNode(LifecycleNode):
                 )
                 for o in objects
             ]
-            from std_msgs.msg import Header
-
             header = Header(stamp=image.header.stamp, frame_id=self.p.target_frame)
         clk.lap("outputs")
         self._publish(header, objects, cam_objects, rgb, K, image.header, clk)
@@ -505,68 +484,67 @@ class CleanPoseNode(LifecycleNode):
         return self._tf_lookup.lookup(target, source)
 
     # ------------------------------------------------------------------------------------------ publishing
+    def _subscribed(self, key: str) -> bool:
+        """Whether `key`'s publisher has a matched subscription. Outputs are volatile, so a message published
+        with none is delivered to nobody: skipping its construction changes nothing a subscriber sees."""
+        pub = self._pubs.get(key)
+        return pub is not None and pub.get_subscription_count() > 0
+
     def _publish(self, header, objects, cam_objects, rgb, K, image_header, clk: StageClock) -> None:
-        from cleanpose_msgs.msg import ObjectPose
-
-        arr = self._ObjectPoseArray(header=header)
-        for o in objects:
-            op = ObjectPose(
-                class_name=o.class_name,
-                class_id=int(o.class_id),
-                score=float(o.score),
-                instance_id=o.instance_id,
-                num_points=int(o.num_points),
-            )
-            _fill_pose(op.pose, o.rotation, o.translation)
-            op.size.x, op.size.y, op.size.z = (float(v) for v in o.size)
-            arr.objects.append(op)
-        self._pubs["poses"].publish(arr)
-        clk.lap("poses")
-        if "detections_3d" in self._pubs:
-            self._pubs["detections_3d"].publish(self._detection3d_array(header, objects))
+        """Builds and publishes each output that has a subscriber (TF: /tf has one). Poses go through one
+        quaternion computation for all objects, shared by the messages; `clk` books one stage per output
+        built."""
+        m = self._msg
+        # Host lists of every object's translation, quaternion (x, y, z, w) and size, computed once.
+        trans = [np.asarray(o.translation, np.float64).tolist() for o in objects]
+        quats = quat_xyzw(np.stack([o.rotation for o in objects])).tolist() if objects else []
+        sizes = [np.asarray(o.size, np.float64).tolist() for o in objects]
+        clk.lap("outputs")
+        if self._subscribed("poses"):
+            arr = m["ObjectPoseArray"](header=header)
+            for o, t, q, sz in zip(objects, trans, quats, sizes):
+                op = m["ObjectPose"](
+                    class_name=o.class_name,
+                    class_id=int(o.class_id),
+                    score=float(o.score),
+                    instance_id=o.instance_id,
+                    num_points=int(o.num_points),
+                )
+                _set_pose(op.pose, t, q)
+                op.size.x, op.size.y, op.size.z = sz
+                arr.objects.append(op)
+            self._pubs["poses"].publish(arr)
+            clk.lap("poses")
+        if self._subscribed("detections_3d"):
+            arr = m["Detection3DArray"](header=header)
+            for o, t, q, sz in zip(objects, trans, quats, sizes):
+                d = m["Detection3D"](header=header, id=o.instance_id)
+                hyp = m["ObjectHypothesisWithPose"]()
+                hyp.hypothesis.class_id = o.class_name
+                hyp.hypothesis.score = float(o.score)
+                _set_pose(hyp.pose.pose, t, q)
+                d.results.append(hyp)
+                _set_pose(d.bbox.center, t, q)
+                d.bbox.size.x, d.bbox.size.y, d.bbox.size.z = sz
+                arr.detections.append(d)
+            self._pubs["detections_3d"].publish(arr)
             clk.lap("detections_3d")
-        if self.p.publish_markers:
-            from cleanpose_ros.markers import build_markers
-
+        if self.p.publish_markers and self._subscribed("markers"):
             self._pubs["markers"].publish(build_markers(header, objects, axes=self.p.marker_axes))
             clk.lap("markers")
-        if self.p.publish_tf and self._tf is not None and objects:
-            from cleanpose_ros.tf_publisher import make_transform, object_frame
-
+        if self.p.publish_tf and self._tf is not None and objects and self._tf.subscribed():
+            prefix = self.p.tf_prefix
             self._tf.send(
                 [
-                    make_transform(
-                        header,
-                        object_frame(self.p.tf_prefix, o.class_name, o.instance_id),
-                        o.rotation,
-                        o.translation,
-                    )
-                    for o in objects
+                    make_transform(header, object_frame(prefix, o.class_name, o.instance_id), None, t, q)
+                    for o, t, q in zip(objects, trans, quats)
                 ]
             )
             clk.lap("tf")
-        if self.p.publish_debug_image:
-            from cleanpose_ros.debug_image import draw_debug_image
-
+        if self.p.publish_debug_image and self._subscribed("debug_image"):
             img = draw_debug_image(rgb, K, cam_objects)
             self._pubs["debug_image"].publish(conversions.numpy_to_image(img, "rgb8", image_header))
             clk.lap("debug_image")
-
-    def _detection3d_array(self, header, objects):
-        from vision_msgs.msg import Detection3D, ObjectHypothesisWithPose
-
-        arr = self._Detection3DArray(header=header)
-        for o in objects:
-            d = Detection3D(header=header, id=o.instance_id)
-            hyp = ObjectHypothesisWithPose()
-            hyp.hypothesis.class_id = o.class_name
-            hyp.hypothesis.score = float(o.score)
-            _fill_pose(hyp.pose.pose, o.rotation, o.translation)
-            d.results.append(hyp)
-            _fill_pose(d.bbox.center, o.rotation, o.translation)
-            d.bbox.size.x, d.bbox.size.y, d.bbox.size.z = (float(v) for v in o.size)
-            arr.detections.append(d)
-        return arr
 
     # ------------------------------------------------------------------------------------------ parameters
     def _on_set_parameters(self, changes) -> SetParametersResult:
@@ -593,10 +571,11 @@ class CleanPoseNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
 
-def _fill_pose(pose, R, t) -> None:
-    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in t)
-    q = quat_xyzw(R)
-    pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (float(v) for v in q)
+def _set_pose(pose, t, q) -> None:
+    """geometry_msgs/Pose from a translation and a quaternion (x, y, z, w), both lists of floats."""
+    p, o = pose.position, pose.orientation
+    p.x, p.y, p.z = t
+    o.x, o.y, o.z, o.w = q
 
 
 def main(args=None) -> int:

@@ -149,9 +149,11 @@ class FramePipeline:
         idx, cats, res = self.select(det)
         depth = self.prepare_depth(depth_m)
         ts = time.perf_counter()
-        batch, kept, category, num_points = self.build_inputs(
-            rgb, depth, K, det.masks[idx], det.boxes[idx], cats
-        )
+        if idx == list(range(len(det))):  # every detection: no (n, H, W) mask copy
+            masks, boxes = det.masks, det.boxes
+        else:
+            masks, boxes = det.masks[idx], det.boxes[idx]
+        batch, kept, category, num_points = self.build_inputs(rgb, depth, K, masks, boxes, cats)
         res.skipped_few_points = len(idx) - len(kept)
         t1 = time.perf_counter()
         tm = res.timings_ms

@@ -17,14 +17,16 @@ def object_frame(prefix: str, class_name: str, instance_id: str) -> str:
     return prefix + _BAD.sub("_", f"{class_name}_{instance_id}")
 
 
-def make_transform(header, child: str, R, t) -> TransformStamped:
+def make_transform(header, child: str, R, t, q=None) -> TransformStamped:
+    """`q`: the quaternion (x, y, z, w) of `R` when the caller has it already (quat_xyzw of all objects at
+    once); `R` is not used then."""
     tf = TransformStamped()
     tf.header = header
     tf.child_frame_id = child
-    tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = (float(v) for v in t)
-    q = quat_xyzw(R)
+    tr = tf.transform.translation
+    tr.x, tr.y, tr.z = (float(v) for v in t)
     r = tf.transform.rotation
-    r.x, r.y, r.z, r.w = (float(v) for v in q)
+    r.x, r.y, r.z, r.w = (float(v) for v in (quat_xyzw(R) if q is None else q))
     return tf
 
 
@@ -51,6 +53,17 @@ class TfPublisher:
             except ImportError:
                 self.available = False
                 self.backend = "none"
+
+    def subscribed(self) -> bool:
+        """Whether anything subscribes to /tf (volatile: frames sent to nobody reach nobody). True when the
+        broadcaster does not show its publisher."""
+        pub = self._pub if self._br is None else getattr(self._br, "pub_tf", None)
+        if pub is None:
+            return self.available
+        try:
+            return pub.get_subscription_count() > 0
+        except Exception:
+            return True
 
     def send(self, transforms: list) -> None:
         if not transforms or not self.available:

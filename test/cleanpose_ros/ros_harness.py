@@ -189,9 +189,10 @@ class NodeProcess:
 
 
 class Client:
-    """Publishes inputs and records outputs of one node (namespace-free names)."""
+    """Publishes inputs and records outputs of one node (namespace-free names). `outputs`: the output keys
+    to subscribe to at start (default all); `subscribe(key)` adds one later."""
 
-    def __init__(self, domain_id: int, node_name: str = "cleanpose_node"):
+    def __init__(self, domain_id: int, node_name: str = "cleanpose_node", outputs=None):
         import rclpy
         from cleanpose_msgs.msg import InstanceSegmentation, ObjectPoseArray
         from diagnostic_msgs.msg import DiagnosticArray
@@ -235,14 +236,26 @@ class Client:
             subs["detections_3d"] = (Detection3DArray, f"{base}/detections_3d")
         except ImportError:
             pass
-        out_qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
-        for key, (t, topic) in subs.items():
-            self.node.create_subscription(t, topic, lambda m, k=key: self._store(k, m), out_qos)
+        self._out_topics = subs
+        self._subs: dict[str, object] = {}
+        for key in subs if outputs is None else outputs:
+            self.subscribe(key)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
         self.node_name = node_name
+
+    def subscribe(self, key: str) -> None:
+        """Record output `key` from now on (a subscription on the node's topic)."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        if key not in self._subs:
+            t, topic = self._out_topics[key]
+            out_qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+            self._subs[key] = self.node.create_subscription(
+                t, topic, lambda m, k=key: self._store(k, m), out_qos
+            )
 
     def _store(self, key, msg) -> None:
         with self.lock:
@@ -342,12 +355,12 @@ class Client:
 
 
 @contextlib.contextmanager
-def running_graph(params: dict, domain: int, log: Path, connect_timeout: float = 90.0):
-    """A cleanpose node process (CPU, no warm-up, reliable inputs, plus `params`) and a connected client;
-    both are torn down on exit."""
+def running_graph(params: dict, domain: int, log: Path, connect_timeout: float = 90.0, outputs=None):
+    """A cleanpose node process (CPU, no warm-up, reliable inputs, plus `params`) and a connected client
+    (subscribed to `outputs`, default all); both are torn down on exit."""
     base = {"device": "cpu", "warmup": False, "input_reliability": "reliable", "diagnostics_period": 0.5}
     node = NodeProcess({**base, **params}, domain, log)
-    client = Client(domain)
+    client = Client(domain, outputs=outputs)
     try:
         client.wait_connected(connect_timeout, node)
         yield client, node

@@ -27,12 +27,15 @@ def test_node_overhead_quick_mode(tmp_path, ros_overlay):
     for name, sc in res["scenarios"].items():
         st = sc["stages"]
         assert sc["total_ms"]["n"] == res["frames"] == 6
-        for k in ("convert", "detections", "pipeline", "select", "build_inputs", "forward", "poses", "tf"):
+        for k in ("convert", "detections", "pipeline", "select", "build_inputs", "forward", "outputs"):
             assert st[k]["n"] == 6 and st[k]["p50"] >= 0.0, (name, k)
         assert sc["total_ms"]["p50"] >= st["pipeline"]["p50"]
         assert sc["non_model_ms"]["p50"] <= sc["total_ms"]["p50"]
-    # Subscribed, every output is built and published; the node's diagnostics average the same stages.
+    # Subscribed, every output is built and published; with no subscriber none is built (TF included: the
+    # bench's own /tf subscription is the only one). The node's diagnostics average the same stages.
     assert all(v > 0 for v in res["scenarios"]["all"]["subscriptions"].values())
-    for k in ("markers", "detections_3d", "debug_image"):
+    assert not any(res["scenarios"]["none"]["subscriptions"].values())
+    for k in ("poses", "detections_3d", "markers", "tf", "debug_image"):
         assert res["scenarios"]["all"]["stages"][k]["n"] == 6, k
-    assert "stage_ms_pipeline" in res["diagnostics"]
+        assert k not in res["scenarios"]["none"]["stages"], k
+    assert "stage_ms_pipeline" in res["diagnostics"] and "stage_ms_markers" in res["diagnostics"]
