@@ -127,11 +127,12 @@ def numpy_to_image(arr: np.ndarray, encoding: str, header=None):
     msg.encoding = encoding
     msg.is_bigendian = 0
     msg.step = int(arr.shape[1] * ch * arr.dtype.itemsize)
-    # One copy straight into the array.array the message stores (assigning bytes would copy twice, and
-    # element by element where the distribution checks field values).
-    data = array.array("B")
-    data.frombytes(memoryview(arr).cast("B"))
-    msg.data = data
+    # One memcpy into the message's own (empty) array.array. Assigning to `msg.data` instead goes through the
+    # generated setter, which rebuilds an array.array element by element (~1 ms for 640x480 rgb8).
+    if isinstance(msg.data, array.array) and msg.data.typecode == "B" and not len(msg.data):
+        msg.data.frombytes(memoryview(arr).cast("B"))
+    else:  # message classes that hold the field otherwise
+        msg.data = arr.tobytes()
     return msg
 
 

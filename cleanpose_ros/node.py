@@ -494,13 +494,18 @@ class CleanPoseNode(LifecycleNode):
         """Builds and publishes each output that has a subscriber (TF: /tf has one). Poses go through one
         quaternion computation for all objects, shared by the messages; `clk` books one stage per output
         built."""
-        m = self._msg
-        # Host lists of every object's translation, quaternion (x, y, z, w) and size, computed once.
-        trans = [np.asarray(o.translation, np.float64).tolist() for o in objects]
-        quats = quat_xyzw(np.stack([o.rotation for o in objects])).tolist() if objects else []
-        sizes = [np.asarray(o.size, np.float64).tolist() for o in objects]
+        m, p = self._msg, self.p
+        want_poses = self._subscribed("poses")
+        want_d3d = self._subscribed("detections_3d")
+        want_tf = p.publish_tf and self._tf is not None and bool(objects) and self._tf.subscribed()
+        trans = quats = sizes = ()
+        if objects and (want_poses or want_d3d or want_tf):
+            # Host lists of every object's translation, quaternion (x, y, z, w) and size, computed once.
+            trans = [np.asarray(o.translation, np.float64).tolist() for o in objects]
+            quats = quat_xyzw(np.stack([o.rotation for o in objects])).tolist()
+            sizes = [np.asarray(o.size, np.float64).tolist() for o in objects]
         clk.lap("outputs")
-        if self._subscribed("poses"):
+        if want_poses:
             arr = m["ObjectPoseArray"](header=header)
             for o, t, q, sz in zip(objects, trans, quats, sizes):
                 op = m["ObjectPose"](
@@ -515,7 +520,7 @@ class CleanPoseNode(LifecycleNode):
                 arr.objects.append(op)
             self._pubs["poses"].publish(arr)
             clk.lap("poses")
-        if self._subscribed("detections_3d"):
+        if want_d3d:
             arr = m["Detection3DArray"](header=header)
             for o, t, q, sz in zip(objects, trans, quats, sizes):
                 d = m["Detection3D"](header=header, id=o.instance_id)
@@ -529,11 +534,11 @@ class CleanPoseNode(LifecycleNode):
                 arr.detections.append(d)
             self._pubs["detections_3d"].publish(arr)
             clk.lap("detections_3d")
-        if self.p.publish_markers and self._subscribed("markers"):
-            self._pubs["markers"].publish(build_markers(header, objects, axes=self.p.marker_axes))
+        if p.publish_markers and self._subscribed("markers"):
+            self._pubs["markers"].publish(build_markers(header, objects, axes=p.marker_axes))
             clk.lap("markers")
-        if self.p.publish_tf and self._tf is not None and objects and self._tf.subscribed():
-            prefix = self.p.tf_prefix
+        if want_tf:
+            prefix = p.tf_prefix
             self._tf.send(
                 [
                     make_transform(header, object_frame(prefix, o.class_name, o.instance_id), None, t, q)
@@ -541,7 +546,7 @@ class CleanPoseNode(LifecycleNode):
                 ]
             )
             clk.lap("tf")
-        if self.p.publish_debug_image and self._subscribed("debug_image"):
+        if p.publish_debug_image and self._subscribed("debug_image"):
             img = draw_debug_image(rgb, K, cam_objects)
             self._pubs["debug_image"].publish(conversions.numpy_to_image(img, "rgb8", image_header))
             clk.lap("debug_image")

@@ -48,6 +48,39 @@ def test_padded_step_and_big_endian():
     np.testing.assert_array_equal(conv.image_to_numpy(msg), arr)
 
 
+def test_views_copies_and_image_data():
+    arr = np.arange(24, dtype=np.uint16).reshape(4, 6)
+    msg = image_msg(arr, "16UC1", 0)
+    # numpy_to_image fills the message's array.array with the array's bytes (one memcpy, no setter).
+    assert msg.data.typecode == "B" and msg.data.tobytes() == arr.tobytes() and msg.step == 12
+    copy = conv.image_to_numpy(msg)
+    view = conv.image_to_numpy(msg, copy=False)
+    np.testing.assert_array_equal(copy, arr)
+    np.testing.assert_array_equal(view, arr)
+    assert copy.flags.writeable and not np.shares_memory(copy, np.frombuffer(msg.data, np.uint8))
+    assert not view.flags.writeable and np.shares_memory(view, np.frombuffer(msg.data, np.uint8))
+    msg.is_bigendian = 1  # foreign byte order: a native copy even when a view is asked for
+    msg.data = arr.astype(">u2").tobytes()
+    swapped = conv.image_to_numpy(msg, copy=False)
+    np.testing.assert_array_equal(swapped, arr)
+    assert swapped.dtype.isnative and swapped.flags.writeable
+
+
+def test_batched_quaternions_equal_per_matrix():
+    """The node converts all objects of a frame in one call; the numbers must be those of one call per
+    object (the poses it published before), bit for bit, also for float32-rounded (not quite orthonormal)
+    network rotations."""
+    from scipy.spatial.transform import Rotation
+
+    from cleanpose_ros.geometry_utils import quat_xyzw
+
+    R = Rotation.random(64, random_state=3).as_matrix()
+    for mats in (R, R.astype(np.float32).astype(np.float64), R * 1.001):
+        batch = quat_xyzw(mats)
+        assert batch.shape == (64, 4)
+        assert np.array_equal(batch, np.stack([quat_xyzw(m) for m in mats]))
+
+
 @pytest.mark.parametrize(
     "mutate, match",
     [
