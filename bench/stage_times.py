@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cleanpose_model.fast import _AutocastBackbone, _swapped_backbone, _tf32
+from cleanpose_model.fast import GraphedForward, _tf32
 from cleanpose_model.nn.attention import ATTENTION_IMPLS, set_attention_impl
 from cleanpose_model.ops import pointnet2 as P
 from cleanpose_model.parity import build_parity_net
@@ -98,8 +98,7 @@ def stages(net, inputs, autocast_dtype):
         new = P.gather_points(x, idx)
 
         def bq(sa=sa, new=new, x=x):
-            d2 = P.pairwise_sq_dist(new, x)
-            return [P.ball_query_from_sq_dist(d2, r, s) for r, s in zip(sa.radii, sa.nsamples, strict=True)]
+            return P.ball_query_multi(new, x, sa.radii, sa.nsamples)
 
         out.append((f"sa{i}.ball_query", bq))
         out.append((f"sa{i}.total", lambda sa=sa, x=x, f=f: sa(x, f)))
@@ -114,6 +113,7 @@ def stages(net, inputs, autocast_dtype):
         return lf[0]
 
     out.append(("fp_levels", fp_all))
+    out.append(("pointnet2_geometry", lambda: pn.geometry(pts_c)))
     out.append(("pointnet2_total", lambda: pn(pts_c)))
     pts_local = fp_all()
     rgb_local = net.rgb_features(tokens[:, 1:], choose)
@@ -129,7 +129,8 @@ def stages(net, inputs, autocast_dtype):
     out.append(("nocs_head", lambda: net.nocs_predictor(kf, cat)))
     nocs = net.nocs_predictor(kf, cat)
     out.append(("pose_head", lambda: net.estimator(kp["kpt_3d"], nocs, kf)))
-    out.append(("forward_total", lambda: net(rgb, pts, choose, cat, queue_feats=queue)))
+    # Whole forward, one stream (backbone under autocast in the fast precision).
+    out.append(("forward_serial", lambda: net(rgb, pts, choose, cat, queue_feats=queue, tokens=dino())))
     return out
 
 
@@ -157,15 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         for prec, ((dtype, tf32), attn) in precisions.items():
             set_attention_impl(net, attn)
             with torch.inference_mode(), _tf32(tf32):
-                for name, fn in stages(net, inputs, dtype):
-                    if name == "forward_total" and dtype is not None:
-                        # Whole forward with the backbone under autocast, as GraphedForward runs it.
-                        bb = _AutocastBackbone(net.rgb_extractor, dtype)
-
-                        def fn(bb=bb, fn=fn):
-                            with _swapped_backbone(net, bb):
-                                return fn()
-
+                named = stages(net, inputs, dtype)
+                if dev.type == "cuda":
+                    # As the node runs it: PointNet++ on a side stream concurrently with DINOv2.
+                    runner = GraphedForward(net, precision=prec.split("/")[0], queue_entries=80)
+                    feed = dict(zip(("rgb", "pts", "choose", "category", "queue_feats"), inputs, strict=True))
+                    named.append(("forward_two_streams", lambda r=runner, f=feed: r._run(f)))
+                for name, fn in named:
                     ms = time_fn(fn, dev, args.runs)
                     results["rows"].append({"objects": n, "precision": prec, "stage": name, "ms": ms})
                     if name not in names:

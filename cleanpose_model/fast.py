@@ -14,6 +14,11 @@ Precisions:
   remaining matmuls/convolutions may use TF32 (``tf32``). ``"fast"`` names the one the
   node uses by default (fp16: same speed as bf16 here, 8x finer mantissa, and DINOv2-S
   activations stay far inside fp16 range). ``bench/perf.py`` measures the pose error each costs.
+
+The two backbones are independent: PointNet++ (a chain of small, latency-bound kernels: FPS,
+ball query, three-NN, narrow MLPs) runs on a side stream while DINOv2 (throughput-bound) runs
+on the main one; both branches are captured into the same graph, which replays them
+concurrently. The rest of the network starts when both are done.
 """
 
 from __future__ import annotations
@@ -52,20 +57,6 @@ def _tf32(enabled: bool):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-@contextmanager
-def _swapped_backbone(net: nn.Module, backbone: nn.Module | None):
-    """Temporarily replace ``net.rgb_extractor`` (the module stays registered under its name)."""
-    if backbone is None:
-        yield
-        return
-    original = net.rgb_extractor
-    net._modules["rgb_extractor"] = backbone
-    try:
-        yield
-    finally:
-        net._modules["rgb_extractor"] = original
 
 
 class GraphedForward:
@@ -111,8 +102,14 @@ class GraphedForward:
             _AutocastBackbone(net.rgb_extractor, dtype) if dtype is not None and not self._whole else None
         )
         self.tf32 = (precision != "fp32") if tf32 is None else tf32
-        # torch.compile fuses the many small elementwise kernels that remain after graph capture.
-        self._forward = torch.compile(self.net, dynamic=False) if compile else self.net
+        rgb_fn = self._backbone if self._backbone is not None else net.rgb_extractor
+        pts_fn = net.pts_extractor
+        head_fn = net
+        if compile:
+            # torch.compile fuses the many small elementwise kernels that remain after graph capture.
+            rgb_fn, pts_fn, head_fn = (torch.compile(f, dynamic=False) for f in (rgb_fn, pts_fn, head_fn))
+        self._rgb_fn, self._pts_fn, self._head_fn = rgb_fn, pts_fn, head_fn
+        self._side = torch.cuda.Stream(dev)
         self._pool = None
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict, dict]] = {}
 
@@ -135,13 +132,27 @@ class GraphedForward:
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         autocast = torch.autocast("cuda", dtype=torch.float16, enabled=self._whole)
-        with _swapped_backbone(self.net, self._backbone), _tf32(self.tf32), autocast:
-            out = self._forward(
+        main = torch.cuda.current_stream(self.device)
+        pts = inputs["pts"]
+        with _tf32(self.tf32), autocast:
+            self._side.wait_stream(main)
+            with torch.cuda.stream(self._side):
+                # Same expression as the network's own centring, so the features are identical.
+                pts_local = self._pts_fn(pts - pts.mean(dim=1, keepdim=True))
+            tokens = self._rgb_fn(inputs["rgb"])
+            main.wait_stream(self._side)
+            if not torch.cuda.is_current_stream_capturing():
+                # Allocated on the side stream, read on the main one: keep the allocator from reusing
+                # the block before the main stream is done (inside a capture the graph pool does this).
+                pts_local.record_stream(main)
+            out = self._head_fn(
                 inputs["rgb"],
-                inputs["pts"],
+                pts,
                 inputs["choose"],
                 inputs["category"],
                 queue_feats=inputs.get("queue_feats"),
+                tokens=tokens,
+                pts_local=pts_local,
             )
         return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
 

@@ -152,6 +152,9 @@ class CleanPoseNet(nn.Module):
         compute_recon: bool = False,
         augmentation: Augmentation | None = None,
         generator: torch.Generator | None = None,
+        *,
+        tokens: torch.Tensor | None = None,
+        pts_local: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Inputs: rgb (B,3,S,S) normalised crop, pts (B,N,3) camera-frame metres, choose (B,N)
         int64 pixel indices into the crop, category (B,) 0-based ids, queue_feats (B,select_num,d)
@@ -164,6 +167,10 @@ class CleanPoseNet(nn.Module):
         (augmented) frame. In train mode the centred points are augmented with `augmentation` = (dR (B,3,3),
         dt (B,1,3), ds (B,1)) or a draw from `generator`, predictions are mapped back to the camera
         frame, and the reconstruction, centroid, queue-update and distillation features are added.
+
+        ``tokens`` (= rgb_extractor(rgb)) and ``pts_local`` (= pts_extractor(pts - its mean), eval only)
+        may be passed in when already computed: the two backbones are independent, and the CUDA-graph
+        runner computes them concurrently on two streams.
         """
         category = category.reshape(-1).long()
         choose = choose.long()
@@ -173,7 +180,8 @@ class CleanPoseNet(nn.Module):
 
         centroid = pts.mean(dim=1, keepdim=True)
         pts_c = pts - centroid
-        tokens = self.rgb_extractor(rgb)
+        if tokens is None:
+            tokens = self.rgb_extractor(rgb)
         rgb_local = self.rgb_features(tokens[:, 1:], choose)
 
         if training:
@@ -187,7 +195,10 @@ class CleanPoseNet(nn.Module):
             d_s = d_s.reshape(-1, 1)
             pts_c = ((pts_c - d_t) / d_s.unsqueeze(-1)) @ d_rot
 
-        pts_local = self.pts_extractor(pts_c)
+        if pts_local is None:
+            pts_local = self.pts_extractor(pts_c)
+        elif training:
+            raise ValueError("pts_local cannot be given in train mode (the points are augmented first)")
         feats = torch.cat([pts_local, rgb_local], dim=1)
         kp = self.IAKD(feats, pts_c)
         kpt_3d, kpt_feat = kp["kpt_3d"], kp["kpt_feature"]

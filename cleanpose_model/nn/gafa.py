@@ -46,23 +46,42 @@ class GAFABlock(nn.Module):
             nn.Linear(d_model, d_model), nn.ReLU(inplace=True), nn.Linear(d_model, d_model)
         )
 
+    def _neighbour_proj(
+        self, pts_feat: torch.Tensor, flat_idx: torch.Tensor, kpt_3d: torch.Tensor, knn_xyz: torch.Tensor
+    ) -> torch.Tensor:
+        """First layer of fc_delta_1 on cat([neighbour feature, fc_delta(offset)]), computed as the
+        published layer but in a cheaper order (same algebra, float rounding aside):
+        - the feature half of the weight is applied to every point once and the result gathered,
+          instead of to each of the K*k gathered copies;
+        - fc_delta's last layer is linear, so it is folded into the position half of the weight
+          (one k*K-row matmul fewer)."""
+        bsz, n_kpt, _ = kpt_3d.shape
+        c = pts_feat.shape[-1]
+        lin = self.fc_delta_1[0]
+        w_feat, w_pos = lin.weight[:, :c], lin.weight[:, c:]
+        proj = pts_feat @ w_feat.t()  # (B, N, C)
+        gathered = torch.gather(proj, 1, flat_idx.unsqueeze(-1).expand(-1, -1, c)).view(bsz, n_kpt, self.k, c)
+        last = self.fc_delta[4]
+        w_fold = w_pos @ last.weight
+        b_fold = w_pos @ last.bias + lin.bias
+        hidden = self.fc_delta[:4](kpt_3d.unsqueeze(2) - knn_xyz)
+        return gathered + F.linear(hidden, w_fold, b_fold)
+
     def forward(
         self, kpt_feat: torch.Tensor, kpt_3d: torch.Tensor, pts_feat: torch.Tensor, pts: torch.Tensor
     ) -> torch.Tensor:
         """kpt_feat (B,K,C), kpt_3d (B,K,3) (already detached), pts_feat (B,N,C), pts (B,N,3)."""
-        bsz, n_kpt, c = kpt_feat.shape
+        bsz, n_kpt = kpt_feat.shape[:2]
         # Only the neighbour *set* matters below (everything is symmetric over it), so topk's
         # order is irrelevant; distances as in torch.cdist-free Euclidean norm.
         dist = torch.linalg.vector_norm(kpt_3d.unsqueeze(2) - pts.unsqueeze(1), dim=-1)
         knn_idx = dist.topk(self.k, dim=2, largest=False).indices  # (B, K, k)
         flat = knn_idx.reshape(bsz, -1)
         knn_xyz = torch.gather(pts, 1, flat.unsqueeze(-1).expand(-1, -1, 3)).view(bsz, n_kpt, self.k, 3)
-        knn_feat = torch.gather(pts_feat, 1, flat.unsqueeze(-1).expand(-1, -1, c)).view(bsz, n_kpt, self.k, c)
 
         pre = kpt_feat
         q = self.fc_in(kpt_feat.transpose(1, 2)).transpose(1, 2)
-        pe = self.fc_delta(kpt_3d.unsqueeze(2) - knn_xyz)
-        kf = self.fc_delta_1(torch.cat([knn_feat, pe], dim=-1))
+        kf = self.fc_delta_1[2](torch.relu(self._neighbour_proj(pts_feat, flat, kpt_3d, knn_xyz)))
         sim = F.cosine_similarity(q.unsqueeze(2).expand_as(kf), kf, dim=-1)
         attn = torch.softmax(sim / self.tau, dim=-1)
         kpt_feat = torch.relu((attn.unsqueeze(-1) * kf).sum(dim=2) + pre)

@@ -53,22 +53,33 @@ class SetAbstractionMSG(nn.Module):
         self.nsamples = list(nsamples)
         self.mlps = nn.ModuleList(SharedMLP(w) for w in mlps)
 
-    def forward(self, xyz: torch.Tensor, features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """xyz (B, N, 3), features (B, C, N) or None -> new_xyz (B, npoint, 3), (B, sum out, npoint)."""
-        idx = ops.furthest_point_sample(xyz, self.npoint)
-        new_xyz = ops.gather_points(xyz, idx)
-        # One distance matrix serves every radius of this level.
-        d2 = ops.pairwise_sq_dist(new_xyz, xyz)
+    def sample(self, xyz: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """xyz (B, N, 3) -> centres (B, npoint, 3), neighbour indices per radius (B, npoint, nsample)."""
+        new_xyz = ops.gather_points(xyz, ops.furthest_point_sample(xyz, self.npoint))
+        return new_xyz, ops.ball_query_multi(new_xyz, xyz, self.radii, self.nsamples)
+
+    def aggregate(
+        self,
+        xyz: torch.Tensor,
+        new_xyz: torch.Tensor,
+        groups: list[torch.Tensor],
+        features: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Grouped relative coordinates (+ features) through each scale's MLP, max-pooled: (B, C, npoint)."""
         xyz_t = xyz.transpose(1, 2).contiguous()
         centre = new_xyz.transpose(1, 2).unsqueeze(-1)
         outs = []
-        for radius, nsample, mlp in zip(self.radii, self.nsamples, self.mlps, strict=True):
-            group_idx = ops.ball_query_from_sq_dist(d2, radius, nsample)
+        for group_idx, mlp in zip(groups, self.mlps, strict=True):
             grouped = ops.group_points(xyz_t, group_idx) - centre
             if features is not None:
                 grouped = torch.cat([grouped, ops.group_points(features, group_idx)], dim=1)
             outs.append(mlp(grouped).amax(dim=-1))
-        return new_xyz, torch.cat(outs, dim=1)
+        return torch.cat(outs, dim=1)
+
+    def forward(self, xyz: torch.Tensor, features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """xyz (B, N, 3), features (B, C, N) or None -> new_xyz (B, npoint, 3), (B, sum out, npoint)."""
+        new_xyz, groups = self.sample(xyz)
+        return new_xyz, self.aggregate(xyz, new_xyz, groups, features)
 
 
 class FeaturePropagation(nn.Module):
@@ -76,19 +87,29 @@ class FeaturePropagation(nn.Module):
         super().__init__()
         self.mlp = SharedMLP(widths)
 
+    @staticmethod
+    def interpolation(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Three-NN indices (B, N, 3) of each unknown point among the known ones and their weights."""
+        sq_dist, idx = ops.three_nn(unknown, known)
+        return idx, ops.inverse_distance_weights(sq_dist)
+
     def forward(
         self,
         unknown: torch.Tensor,
         known: torch.Tensor,
         unknown_feats: torch.Tensor | None,
         known_feats: torch.Tensor,
+        interp: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        sq_dist, idx = ops.three_nn(unknown, known)
-        weight = ops.inverse_distance_weights(sq_dist)
+        idx, weight = interp if interp is not None else self.interpolation(unknown, known)
         feats = ops.three_interpolate(known_feats, idx, weight)
         if unknown_feats is not None:
             feats = torch.cat([feats, unknown_feats], dim=1)
         return self.mlp(feats.unsqueeze(-1)).squeeze(-1)
+
+
+# What `PointNet2MSG.geometry` returns: everything that depends on the coordinates only.
+Geometry = dict[str, list]
 
 
 class PointNet2MSG(nn.Module):
@@ -112,14 +133,33 @@ class PointNet2MSG(nn.Module):
             interp = level_out[i + 1] if i == n_levels - 1 else cfg.fp_mlps[i + 1][-1]
             self.FP_modules.append(FeaturePropagation([interp + level_out[i], *list(cfg.fp_mlps[i])]))
 
-    def forward(self, xyz: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """xyz (B, N, 3) -> per-point features (B, fp_mlps[0][-1], N)."""
-        l_xyz: list[torch.Tensor] = [xyz]
-        l_feat: list[torch.Tensor | None] = [features]
+    def geometry(self, xyz: torch.Tensor) -> Geometry:
+        """The index work of a pass (sampling, grouping, interpolation weights): it depends on the
+        coordinates only, so it can run apart from (e.g. concurrently with) the feature work.
+
+        -> {"xyz": [level coordinates], "groups": [per SA level, per radius indices],
+            "interp": [per FP level (indices, weights)]}
+        """
+        l_xyz, groups = [xyz], []
         for sa in self.SA_modules:
-            new_xyz, new_feat = sa(l_xyz[-1], l_feat[-1])
+            new_xyz, g = sa.sample(l_xyz[-1])
             l_xyz.append(new_xyz)
-            l_feat.append(new_feat)
+            groups.append(g)
+        interp = [
+            FeaturePropagation.interpolation(l_xyz[i], l_xyz[i + 1]) for i in range(len(self.FP_modules))
+        ]
+        return {"xyz": l_xyz, "groups": groups, "interp": interp}
+
+    def forward(
+        self, xyz: torch.Tensor, features: torch.Tensor | None = None, geometry: Geometry | None = None
+    ) -> torch.Tensor:
+        """xyz (B, N, 3) -> per-point features (B, fp_mlps[0][-1], N); ``geometry`` = self.geometry(xyz)
+        when already computed."""
+        geo = geometry if geometry is not None else self.geometry(xyz)
+        l_xyz = geo["xyz"]
+        l_feat: list[torch.Tensor | None] = [features]
+        for lvl, sa in enumerate(self.SA_modules):
+            l_feat.append(sa.aggregate(l_xyz[lvl], l_xyz[lvl + 1], geo["groups"][lvl], l_feat[-1]))
         for i in range(len(self.FP_modules) - 1, -1, -1):
-            l_feat[i] = self.FP_modules[i](l_xyz[i], l_xyz[i + 1], l_feat[i], l_feat[i + 1])
+            l_feat[i] = self.FP_modules[i](l_xyz[i], l_xyz[i + 1], l_feat[i], l_feat[i + 1], geo["interp"][i])
         return l_feat[0]

@@ -18,7 +18,12 @@ import math
 import numpy as np
 import torch
 
-from cleanpose_model.ops.fps_triton import HAVE_TRITON, fps_positions_triton
+from cleanpose_model.ops.pointnet2_triton import (
+    HAVE_TRITON,
+    ball_query2_triton,
+    fps_positions_triton,
+    three_nn_triton,
+)
 
 # Kernel constants (sampling_gpu.cu / ball_query_gpu.cu / interpolate_gpu.cu).
 _FPS_MAX_THREADS = 512
@@ -148,6 +153,21 @@ def ball_query(radius: float, nsample: int, xyz: torch.Tensor, new_xyz: torch.Te
     return ball_query_from_sq_dist(pairwise_sq_dist(new_xyz, xyz), radius, nsample)
 
 
+def ball_query_multi(
+    new_xyz: torch.Tensor, xyz: torch.Tensor, radii: list[float], nsamples: list[int]
+) -> list[torch.Tensor]:
+    """One ball query per (radius, nsample) around the same centres -> list of int64 (B, M, nsample).
+
+    On CUDA with Triton a pair of radii (the MSG levels) runs as one fused kernel; otherwise one
+    distance matrix serves every radius.
+    """
+    pow2 = all(ns > 0 and ns & (ns - 1) == 0 for ns in nsamples)
+    if new_xyz.is_cuda and HAVE_TRITON and len(radii) == 2 and pow2:
+        return list(ball_query2_triton(new_xyz, xyz, (radii[0], radii[1]), (nsamples[0], nsamples[1])))
+    d2 = pairwise_sq_dist(new_xyz, xyz)
+    return [ball_query_from_sq_dist(d2, r, ns) for r, ns in zip(radii, nsamples, strict=True)]
+
+
 def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Three nearest known points of each unknown point.
 
@@ -155,6 +175,8 @@ def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, 
     ascending; an equal later candidate never displaces an earlier one (strict updates),
     which is what repeated first-occurrence argmin gives.
     """
+    if unknown.is_cuda and HAVE_TRITON and 3 <= known.shape[1] <= 4096:
+        return three_nn_triton(unknown, known)
     d = pairwise_sq_dist(unknown, known)
     dists, idxs = [], []
     for j in range(3):

@@ -1,20 +1,17 @@
-"""Furthest point sampling as one Triton kernel per call (CUDA only).
+"""PointNet++ index kernels in Triton (CUDA only): furthest point sampling, multi-radius ball
+query, three nearest neighbours.
 
-The plain-torch FPS in `pointnet2.py` runs `npoint` dependent iterations, each a handful
-of kernel launches: ~960 iterations per PointNet++ pass make launch latency, not arithmetic,
-the cost on a GPU. Here one program per batch element keeps the whole cloud in registers
-and runs all iterations in a single launch.
-
-Semantics are those of `pointnet2.furthest_point_sample` (and so of the published CUDA
-kernel): the caller passes points already permuted into the kernel's tie-priority order,
-so "first maximum" is the tie rule; points with squared norm <= 1e-3 keep -1 and are never
-chosen; an all-skipped round returns position 0. Floating-point contraction is disabled at
-launch so the squared distances round exactly like the torch reference (no FMA), which
-makes the two paths pick identical indices.
+The torch versions in `pointnet2.py` are the reference; these kernels make the same choices
+bit for bit and only exist because the torch versions cost many launches (FPS: ~5 per
+iteration, ~960 iterations per PointNet++ pass) or large int64 temporaries (ball query: a
+(B, M, N) cumulative count per radius). Floating-point contraction is disabled at launch so
+squared distances round exactly like the torch reference (no FMA), which keeps every
+discrete decision (FPS pick, ball membership, neighbour order) identical.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs do not have it.
@@ -41,6 +38,9 @@ if HAVE_TRITON:
         mag = x * x + y * y + z * z
         keep = valid & (mag > ORIGIN_SKIP)
         temp = tl.where(keep, 1e10, -1.0)
+        # Low word of the packed key: larger for earlier positions, so one max() gives the first
+        # position among equal distances (the kernel's tie rule, see pointnet2.fps_tie_order).
+        low = (BLOCK - 1 - offs).to(tl.int64)  # < 2**16 (BLOCK <= 65536)
         old = 0
         tl.store(out_ptr + b * npoint, old)
         for j in range(1, npoint):
@@ -52,11 +52,117 @@ if HAVE_TRITON:
             dz = z - oz
             d = dx * dx + dy * dy + dz * dz
             temp = tl.minimum(temp, d)
-            # argmax with the first-occurrence tie rule, written out so the rule does not
-            # depend on tl.argmax's tie behaviour across Triton versions.
-            best = tl.max(temp, axis=0)
-            old = tl.min(tl.where(temp == best, offs, BLOCK), axis=0)
+            # Distances are >= 0 or exactly -1 (skipped / padding). For such floats the int32 bit
+            # pattern orders like the value (-1.0 is a negative int), so bits * 2**16 + low packs
+            # argmax-with-first-occurrence into a single reduction.
+            key = temp.to(tl.int32, bitcast=True).to(tl.int64) * 65536 + low
+            kmax = tl.max(key, axis=0)
+            old = (BLOCK - 1 - (kmax - (kmax >> 16) * 65536)).to(tl.int32)
             tl.store(out_ptr + b * npoint + j, old)
+
+    @triton.jit
+    def _ball_step(within, ok, ids, cnt, first, optr, NS: tl.constexpr):
+        """One tile of one radius: append the tile's members in index order after the cnt found so far."""
+        inside = ok & within
+        rank = cnt[:, None] + tl.cumsum(inside.to(tl.int32), axis=1)  # 1-based slot
+        tl.store(optr[:, None] + (rank - 1), ids, mask=inside & (rank <= NS))
+        lo = tl.min(tl.where(inside, ids, 2147483647), axis=1)
+        first = tl.where((cnt == 0) & (lo < 2147483647), lo, first)
+        return cnt + tl.sum(inside.to(tl.int32), axis=1), first
+
+    @triton.jit
+    def _ball_query2_kernel(
+        new_ptr,
+        xyz_ptr,
+        out1_ptr,
+        out2_ptr,
+        m,
+        n,
+        r2a,
+        r2b,
+        NS1: tl.constexpr,
+        NS2: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        b = tl.program_id(0)
+        rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < m
+        cbase = new_ptr + b * m * 3 + rows * 3
+        cx = tl.load(cbase, mask=row_ok, other=0.0)
+        cy = tl.load(cbase + 1, mask=row_ok, other=0.0)
+        cz = tl.load(cbase + 2, mask=row_ok, other=0.0)
+        cnt1 = tl.zeros([BLOCK_M], dtype=tl.int32)
+        cnt2 = tl.zeros([BLOCK_M], dtype=tl.int32)
+        first1 = tl.zeros([BLOCK_M], dtype=tl.int64)
+        first2 = tl.zeros([BLOCK_M], dtype=tl.int64)
+        o1 = out1_ptr + (b * m + rows).to(tl.int64) * NS1
+        o2 = out2_ptr + (b * m + rows).to(tl.int64) * NS2
+        for start in range(0, n, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_ok = cols < n
+            pbase = xyz_ptr + b * n * 3 + cols * 3
+            px = tl.load(pbase, mask=col_ok, other=0.0)
+            py = tl.load(pbase + 1, mask=col_ok, other=0.0)
+            pz = tl.load(pbase + 2, mask=col_ok, other=0.0)
+            dx = cx[:, None] - px[None, :]
+            dy = cy[:, None] - py[None, :]
+            dz = cz[:, None] - pz[None, :]
+            d2 = dx * dx + dy * dy + dz * dz
+            ids = cols.to(tl.int64)[None, :] + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int64)
+            ok = col_ok[None, :] & row_ok[:, None]
+            cnt1, first1 = _ball_step(d2 < r2a, ok, ids, cnt1, first1, o1, NS1)
+            cnt2, first2 = _ball_step(d2 < r2b, ok, ids, cnt2, first2, o2, NS2)
+        # Short neighbourhoods are padded with their first member (0 when empty), like the kernel.
+        s1 = tl.arange(0, NS1)
+        tl.store(
+            o1[:, None] + s1[None, :],
+            first1[:, None] + tl.zeros([BLOCK_M, NS1], dtype=tl.int64),
+            mask=row_ok[:, None] & (s1[None, :] >= cnt1[:, None]),
+        )
+        s2 = tl.arange(0, NS2)
+        tl.store(
+            o2[:, None] + s2[None, :],
+            first2[:, None] + tl.zeros([BLOCK_M, NS2], dtype=tl.int64),
+            mask=row_ok[:, None] & (s2[None, :] >= cnt2[:, None]),
+        )
+
+    @triton.jit
+    def _three_nn_kernel(
+        unk_ptr, known_ptr, dist_ptr, idx_ptr, n, m, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr
+    ):
+        b = tl.program_id(0)
+        rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < n
+        ubase = unk_ptr + b * n * 3 + rows * 3
+        ux = tl.load(ubase, mask=row_ok, other=0.0)
+        uy = tl.load(ubase + 1, mask=row_ok, other=0.0)
+        uz = tl.load(ubase + 2, mask=row_ok, other=0.0)
+        cols = tl.arange(0, BLOCK_M)
+        col_ok = cols < m
+        kbase = known_ptr + b * m * 3 + cols * 3
+        kx = tl.load(kbase, mask=col_ok, other=0.0)
+        ky = tl.load(kbase + 1, mask=col_ok, other=0.0)
+        kz = tl.load(kbase + 2, mask=col_ok, other=0.0)
+        dx = ux[:, None] - kx[None, :]
+        dy = uy[:, None] - ky[None, :]
+        dz = uz[:, None] - kz[None, :]
+        d = dx * dx + dy * dy + dz * dz
+        d = tl.where(col_ok[None, :], d, float("inf"))
+        ids = cols[None, :] + tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
+        obase = (b * n + rows).to(tl.int64) * 3
+        for j in tl.static_range(3):
+            best = tl.min(d, axis=1)
+            # First index among equal distances: an equal later point never displaces an earlier one.
+            at = tl.min(tl.where(d == best[:, None], ids, BLOCK_M), axis=1)
+            tl.store(dist_ptr + obase + j, best, mask=row_ok)
+            tl.store(idx_ptr + obase + j, at.to(tl.int64), mask=row_ok)
+            d = tl.where(ids == at[:, None], float("inf"), d)
+
+
+def _f32_square(r: float) -> float:
+    # radius² rounded in float32 like the kernel (Triton passes Python floats as float32).
+    return float(np.float32(r) * np.float32(r))
 
 
 def fps_positions_triton(pts_ordered: torch.Tensor, npoint: int) -> torch.Tensor:
@@ -68,7 +174,66 @@ def fps_positions_triton(pts_ordered: torch.Tensor, npoint: int) -> torch.Tensor
         raise ValueError(f"expected (B, 3, N) float32, got {tuple(pts_ordered.shape)} {pts_ordered.dtype}")
     pts_ordered = pts_ordered.contiguous()
     out = torch.empty(bsz, npoint, dtype=torch.int32, device=pts_ordered.device)
+    if n > 65536:
+        raise ValueError(f"the Triton FPS handles up to 65536 points, got {n}")
     block = max(triton.next_power_of_2(n), 16)
     warps = 4 if block <= 1024 else 8
     _fps_kernel[(bsz,)](pts_ordered, out, n, npoint, BLOCK=block, num_warps=warps, enable_fp_fusion=False)
     return out.long()
+
+
+def ball_query2_triton(
+    new_xyz: torch.Tensor, xyz: torch.Tensor, radii: tuple[float, float], nsamples: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two ball queries around the same centres in one pass: new_xyz (B, M, 3), xyz (B, N, 3)
+    -> int64 (B, M, nsamples[0]), (B, M, nsamples[1]). Semantics of pointnet2.ball_query."""
+    if not HAVE_TRITON:
+        raise RuntimeError("Triton is not installed; use the torch ball query")
+    bsz, m, _ = new_xyz.shape
+    n = xyz.shape[1]
+    for ns in nsamples:
+        if ns & (ns - 1):
+            raise ValueError(f"the Triton ball query needs power-of-two nsample, got {nsamples}")
+    new_xyz, xyz = new_xyz.contiguous().float(), xyz.contiguous().float()
+    out1 = torch.empty(bsz, m, nsamples[0], dtype=torch.int64, device=xyz.device)
+    out2 = torch.empty(bsz, m, nsamples[1], dtype=torch.int64, device=xyz.device)
+    block_m, block_n = 32, 128
+    grid = (bsz, triton.cdiv(m, block_m))
+    _ball_query2_kernel[grid](
+        new_xyz,
+        xyz,
+        out1,
+        out2,
+        m,
+        n,
+        _f32_square(radii[0]),
+        _f32_square(radii[1]),
+        NS1=nsamples[0],
+        NS2=nsamples[1],
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        num_warps=4,
+        enable_fp_fusion=False,
+    )
+    return out1, out2
+
+
+def three_nn_triton(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """unknown (B, N, 3), known (B, M, 3) -> (squared distances (B, N, 3), int64 indices (B, N, 3));
+    semantics of pointnet2.three_nn. The whole known set sits in one tile (M <= 4096)."""
+    if not HAVE_TRITON:
+        raise RuntimeError("Triton is not installed; use the torch three_nn")
+    bsz, n, _ = unknown.shape
+    m = known.shape[1]
+    if m < 3 or m > 4096:
+        raise ValueError(f"three_nn_triton needs 3 <= M <= 4096 known points, got {m}")
+    unknown, known = unknown.contiguous().float(), known.contiguous().float()
+    dist = torch.empty(bsz, n, 3, dtype=torch.float32, device=known.device)
+    idx = torch.empty(bsz, n, 3, dtype=torch.int64, device=known.device)
+    block_m = max(triton.next_power_of_2(m), 16)
+    block_n = max(16, min(64, 8192 // block_m))
+    grid = (bsz, triton.cdiv(n, block_n))
+    _three_nn_kernel[grid](
+        unknown, known, dist, idx, n, m, BLOCK_N=block_n, BLOCK_M=block_m, num_warps=4, enable_fp_fusion=False
+    )
+    return dist, idx

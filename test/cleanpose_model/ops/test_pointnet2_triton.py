@@ -1,35 +1,72 @@
-"""The Triton FPS kernel picks exactly the indices of the torch reference (GPU only)."""
+"""The Triton PointNet++ kernels make exactly the choices of the torch references.
+
+GPU tests; they also run on the CPU through Triton's interpreter
+(`TRITON_INTERPRET=1 pytest -m gpu test/cleanpose_model/ops`) where Triton is installed.
+"""
+
+import os
 
 import pytest
 import torch
 
-from cleanpose_model.ops import fps_triton
 from cleanpose_model.ops import pointnet2 as P
+from cleanpose_model.ops import pointnet2_triton as T
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
-        not torch.cuda.is_available() or not fps_triton.HAVE_TRITON, reason="needs CUDA + Triton"
+        not T.HAVE_TRITON or not (torch.cuda.is_available() or INTERPRET),
+        reason="needs Triton and CUDA (or TRITON_INTERPRET=1)",
     ),
 ]
 
 
-def _reference(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
-    # The torch loop, forced by running it on the CPU copy.
-    return P.furthest_point_sample(xyz.cpu(), npoint)
+def _cloud(n: int, seed: int, batch: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    xyz = torch.randn(batch, n, 3, generator=g) * 0.05
+    xyz[0, : n // 8] *= 0.1  # inside the FPS 1e-3 skip radius
+    xyz[1, 10:30] = xyz[1, 5]  # exact duplicates: ties
+    xyz[2] = torch.round(xyz[2] * 50) / 50  # a lattice: many equal distances
+    return xyz
 
 
 @pytest.mark.parametrize("n,m", [(1024, 512), (512, 256), (256, 128), (128, 64), (100, 37)])
 def test_triton_fps_matches_torch(n, m):
-    g = torch.Generator().manual_seed(n)
-    xyz = torch.randn(4, n, 3, generator=g) * 0.05
-    xyz[0, : n // 8] *= 0.1  # inside the 1e-3 skip radius
-    xyz[1, 10:30] = xyz[1, 5]  # exact duplicates: ties
-    xyz[2] = torch.round(xyz[2] * 50) / 50  # a lattice: many equal distances
-    got = P.furthest_point_sample(xyz.cuda(), m).cpu()
-    assert torch.equal(got, _reference(xyz, m))
+    xyz = _cloud(n, n)
+    ordered_ref = P.furthest_point_sample(xyz, m)  # CPU: the torch loop
+    order = P.fps_tie_order(n)
+    pts = xyz.index_select(1, order).transpose(1, 2).contiguous().to(DEVICE)
+    got = order[T.fps_positions_triton(pts, m).cpu()]
+    assert torch.equal(got, ordered_ref)
 
 
+@pytest.mark.parametrize(
+    "n,m,radii,ns", [(1024, 512, (0.01, 0.02), (16, 32)), (300, 70, (0.04, 0.08), (16, 32))]
+)
+def test_triton_ball_query_matches_torch(n, m, radii, ns):
+    xyz = _cloud(n, n + 1)
+    new = xyz[:, :m].clone()
+    new[3, :5] = 10.0  # no neighbour at all: all-zero rows
+    got = T.ball_query2_triton(new.to(DEVICE), xyz.to(DEVICE), radii, ns)
+    for r, k, g in zip(radii, ns, got, strict=True):
+        assert torch.equal(g.cpu(), P.ball_query(r, k, xyz, new))
+
+
+@pytest.mark.parametrize("n,m", [(1024, 512), (512, 256), (128, 64), (50, 3)])
+def test_triton_three_nn_matches_torch(n, m):
+    unknown = _cloud(n, n + 2)
+    known = unknown[:, :m].clone()
+    known[2, 1] = known[2, 0]  # equal distances: the earlier index must win
+    dist, idx = T.three_nn_triton(unknown.to(DEVICE), known.to(DEVICE))
+    rd, ri = P.three_nn(unknown, known)  # CPU tensors: the torch reference
+    assert torch.equal(idx.cpu(), ri)
+    assert torch.equal(dist.cpu(), rd)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_forward_matches_eager():
     from cleanpose_model.fast import GraphedForward
     from cleanpose_model.parity import build_parity_net
