@@ -65,6 +65,29 @@ def render_frames(n: int, objects: int, width: int, height: int, seed: int = 0) 
     return out
 
 
+def load_or_render(path: str, n: int, objects: int, width: int, height: int) -> list:
+    """`path` names an .npz of frames: loaded when it exists (machines without the renderer's Open3D),
+    else rendered and written there. Empty: rendered."""
+    if path and Path(path).exists():
+        z = np.load(path)
+        return [
+            (z["rgb"][i], z["depth_mm"][i], z["K"], z["masks"][i], z["cats"][i], z["ids"][i].tolist())
+            for i in range(len(z["rgb"]))
+        ]
+    frames = render_frames(n, objects, width, height)
+    if path:
+        np.savez_compressed(
+            path,
+            rgb=np.stack([f[0] for f in frames]),
+            depth_mm=np.stack([f[1] for f in frames]),
+            K=np.asarray(frames[0][2]),
+            masks=np.stack([f[3] for f in frames]),
+            cats=np.stack([f[4] for f in frames]),
+            ids=np.array([f[5] for f in frames]),
+        )
+    return frames
+
+
 def frame_messages(frames, stamp0: int = 1_700_000_000_000_000_000):
     """(image, depth, detections, info) rclpy messages per frame, as the node's callbacks receive them."""
     from builtin_interfaces.msg import Time
@@ -115,12 +138,12 @@ class StubEstimator:
 
         from cleanpose_model.inference import PoseResult
 
-        b = batch.pts.shape[0]
+        b, dev = batch.pts.shape[0], batch.pts.device
         return PoseResult(
-            rotation=torch.eye(3).expand(b, 3, 3).contiguous(),
+            rotation=torch.eye(3, device=dev).expand(b, 3, 3).contiguous(),
             translation=batch.pts.mean(1),
-            size=torch.full((b, 3), 0.1),
-            keypoints=torch.zeros(b, 96, 3),
+            size=torch.full((b, 3), 0.1, device=dev),
+            keypoints=torch.zeros(b, 96, 3, device=dev),
         )
 
 
@@ -208,15 +231,15 @@ def run_scenario(node, msgs, n: int, warmup: int) -> tuple[dict[str, list[float]
     return per_stage, total
 
 
-def make_node(context, checkpoint: str, debug_image: bool):
+def make_node(context, checkpoint: str, debug_image: bool, device: str = "cpu"):
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
     from cleanpose_ros.node import CleanPoseNode
 
     overrides = [
-        Parameter("device", value="cpu"),
-        Parameter("warmup", value=False),
+        Parameter("device", value=device),
+        Parameter("warmup", value=device.startswith("cuda")),  # CUDA: graphs captured before timing
         Parameter("autostart", value=False),
         Parameter("publish_debug_image", value=debug_image),
         Parameter("diagnostics_period", value=60.0),
@@ -273,6 +296,7 @@ def main(argv=None) -> int:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--estimator", choices=("stub", "demo"), default="stub")
     ap.add_argument("--checkpoint", default="", help="default: the shipped demo checkpoint")
+    ap.add_argument("--device", default="cpu", help="the node's device parameter (cpu, cuda, cuda:N)")
     ap.add_argument(
         "--scenarios", default="none,all", help="comma list of: none (no subscribers), all (every output)"
     )
@@ -280,6 +304,9 @@ def main(argv=None) -> int:
         "--no-debug-image", dest="debug_image", action="store_false", help="publish_debug_image off"
     )
     ap.add_argument("--quick", action="store_true", help="CI mode: 160x120, 6 frames, 1 warm-up, 2 distinct")
+    ap.add_argument(
+        "--frames-file", default="", help=".npz of frames: read if it exists, else rendered and written there"
+    )
     ap.add_argument("--out", default="", help="write node_overhead.json here")
     args = ap.parse_args(argv)
     if args.quick:
@@ -293,27 +320,34 @@ def main(argv=None) -> int:
     import torch
     from rclpy.context import Context
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
-    frames = render_frames(args.distinct, args.objects, args.width, args.height)
+    frames = load_or_render(args.frames_file, args.distinct, args.objects, args.width, args.height)
     msgs = frame_messages(frames)
-    print(f"[node_overhead] rendered {len(frames)} frames in {time.perf_counter() - t0:.1f} s", flush=True)
+    h, w = frames[0][0].shape[:2]
+    result_shape = ([h, w], len(frames[0][4]))
+    print(f"[node_overhead] {len(frames)} frames ready in {time.perf_counter() - t0:.1f} s", flush=True)
 
     ctx = Context()
     rclpy.init(context=ctx)
     node = sub = None
     result = {
-        "image": [args.height, args.width],
-        "objects": args.objects,
+        "image": result_shape[0],
+        "objects": result_shape[1],
         "estimator": args.estimator,
+        "device": args.device,
         "frames": args.frames,
         "warmup": args.warmup,
         "publish_debug_image": args.debug_image,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        },
         "scenarios": {},
     }
     try:
-        node = make_node(ctx, args.checkpoint, args.debug_image)
+        node = make_node(ctx, args.checkpoint, args.debug_image, args.device)
         if args.estimator == "stub":
             node.pipeline.estimator = StubEstimator(node.pipeline.estimator)
         deser = time_deserialize(msgs, max(args.frames, 3))
@@ -344,8 +378,9 @@ def main(argv=None) -> int:
         ctx.try_shutdown()
 
     print(
-        f"\n### node frame path, {args.width}x{args.height}, {args.objects} objects, "
-        f"estimator {args.estimator}, {args.frames} frames (ms; scenario = subscribers on the outputs)\n"
+        f"\n### node frame path, {result['image'][1]}x{result['image'][0]}, {result['objects']} objects, "
+        f"estimator {args.estimator} on {args.device}, {args.frames} frames "
+        "(ms; scenario = subscribers on the outputs)\n"
     )
     print(table(result))
     if args.out:
