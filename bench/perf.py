@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--compile", action="store_true", help="also measure torch.compile + graphs (fast_compiled)"
     )
+    ap.add_argument(
+        "--only", nargs="+", help="keep only these modes (reference is always timed), e.g. exact fast"
+    )
     ap.add_argument("--objects", type=int, nargs="+", help="object counts to time (default 1 2 4 6 8 16 32)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "memory", "preprocess"])
     ap.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
@@ -334,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = ["reference", "exact", *fast_modes] if dev.type == "cuda" else ["reference"]
     if args.compile and dev.type == "cuda":
         modes.insert(2, "exact_compiled")
+    if args.only:
+        modes = ["reference"] + [m for m in modes[1:] if m in args.only]
+        fast_modes = {k: v for k, v in fast_modes.items() if k in modes}
     rows, runners = bench_forward(net, dev, counts, args.warmup, args.runs, modes, fast_modes)
     for r in rows:
         for m in modes[1:]:
