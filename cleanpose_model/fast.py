@@ -16,9 +16,13 @@ Precisions:
   activations stay far inside fp16 range). ``bench/perf.py`` measures the pose error each costs.
 
 The two backbones are independent: PointNet++ (a chain of small, latency-bound kernels: FPS,
-ball query, three-NN, narrow MLPs) runs on a side stream while DINOv2 (throughput-bound) runs
-on the main one; both branches are captured into the same graph, which replays them
-concurrently. The rest of the network starts when both are done.
+ball query, three-NN, narrow MLPs) runs on side streams while DINOv2 (throughput-bound) runs
+on the main one; all branches are captured into the same graph, which replays them
+concurrently. Inside PointNet++ the furthest-point-sampling chain (each level samples the
+previous level's centres, ~960 dependent argmax steps) runs on its own stream, and each level's
+ball query and feature MLPs start as soon as that level's centres exist, so only the FPS chain
+plus the last level's work stays on the critical path. The rest of the network starts when
+both backbones are done.
 """
 
 from __future__ import annotations
@@ -103,13 +107,14 @@ class GraphedForward:
         )
         self.tf32 = (precision != "fp32") if tf32 is None else tf32
         rgb_fn = self._backbone if self._backbone is not None else net.rgb_extractor
-        pts_fn = net.pts_extractor
         head_fn = net
         if compile:
             # torch.compile fuses the many small elementwise kernels that remain after graph capture.
-            rgb_fn, pts_fn, head_fn = (torch.compile(f, dynamic=False) for f in (rgb_fn, pts_fn, head_fn))
-        self._rgb_fn, self._pts_fn, self._head_fn = rgb_fn, pts_fn, head_fn
+            # PointNet++ is left eager: its pieces are spread over streams (see _points).
+            rgb_fn, head_fn = (torch.compile(f, dynamic=False) for f in (rgb_fn, head_fn))
+        self._rgb_fn, self._head_fn = rgb_fn, head_fn
         self._side = torch.cuda.Stream(dev)
+        self._fps_stream = torch.cuda.Stream(dev)
         self._pool = None
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict, dict]] = {}
 
@@ -135,16 +140,10 @@ class GraphedForward:
         main = torch.cuda.current_stream(self.device)
         pts = inputs["pts"]
         with _tf32(self.tf32), autocast:
-            self._side.wait_stream(main)
-            with torch.cuda.stream(self._side):
-                # Same expression as the network's own centring, so the features are identical.
-                pts_local = self._pts_fn(pts - pts.mean(dim=1, keepdim=True))
+            pts_local = self._points(pts, main)
             tokens = self._rgb_fn(inputs["rgb"])
             main.wait_stream(self._side)
-            if not torch.cuda.is_current_stream_capturing():
-                # Allocated on the side stream, read on the main one: keep the allocator from reusing
-                # the block before the main stream is done (inside a capture the graph pool does this).
-                pts_local.record_stream(main)
+            self._hand_over(pts_local, main)
             out = self._head_fn(
                 inputs["rgb"],
                 pts,
@@ -155,6 +154,43 @@ class GraphedForward:
                 pts_local=pts_local,
             )
         return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
+
+    @staticmethod
+    def _hand_over(t: torch.Tensor, stream: torch.cuda.Stream) -> None:
+        # A tensor allocated on one stream and read on another: keep the allocator from reusing its
+        # block before that stream is done (inside a capture the graph's private pool does this).
+        if not torch.cuda.is_current_stream_capturing():
+            t.record_stream(stream)
+
+    def _points(self, pts: torch.Tensor, main: torch.cuda.Stream) -> torch.Tensor:
+        """PointNet++ features of the centred cloud, computed on two side streams (see module doc);
+        the result lives on ``self._side``. Same operations as ``PointNet2MSG.forward``."""
+        pn = self.net.pts_extractor
+        fps_s, side = self._fps_stream, self._side
+        fps_s.wait_stream(main)
+        side.wait_stream(main)
+        with torch.cuda.stream(fps_s):
+            # Same expression as the network's own centring, so the features are identical.
+            l_xyz = [pts - pts.mean(dim=1, keepdim=True)]
+            ready = []
+            for sa in pn.SA_modules:
+                l_xyz.append(sa.centres(l_xyz[-1]))
+                ev = torch.cuda.Event()
+                ev.record(fps_s)
+                ready.append(ev)
+            interp = [type(m).interpolation(l_xyz[i], l_xyz[i + 1]) for i, m in enumerate(pn.FP_modules)]
+        for t in l_xyz + [x for pair in interp for x in pair]:
+            self._hand_over(t, side)
+        with torch.cuda.stream(side):
+            l_feat: list[torch.Tensor | None] = [None]
+            for lvl, sa in enumerate(pn.SA_modules):
+                side.wait_event(ready[lvl])
+                groups = sa.neighbours(l_xyz[lvl], l_xyz[lvl + 1])
+                l_feat.append(sa.aggregate(l_xyz[lvl], l_xyz[lvl + 1], groups, l_feat[-1]))
+            side.wait_stream(fps_s)
+            for i in range(len(pn.FP_modules) - 1, -1, -1):
+                l_feat[i] = pn.FP_modules[i](l_xyz[i], l_xyz[i + 1], l_feat[i], l_feat[i + 1], interp[i])
+        return l_feat[0]
 
     def capture(self, sizes=None) -> None:
         for b in sizes or self.buckets:

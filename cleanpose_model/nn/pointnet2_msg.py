@@ -53,10 +53,18 @@ class SetAbstractionMSG(nn.Module):
         self.nsamples = list(nsamples)
         self.mlps = nn.ModuleList(SharedMLP(w) for w in mlps)
 
+    def centres(self, xyz: torch.Tensor) -> torch.Tensor:
+        """xyz (B, N, 3) -> furthest-point-sampled centres (B, npoint, 3)."""
+        return ops.gather_points(xyz, ops.furthest_point_sample(xyz, self.npoint))
+
+    def neighbours(self, xyz: torch.Tensor, new_xyz: torch.Tensor) -> list[torch.Tensor]:
+        """Neighbour indices of each centre, per radius: (B, npoint, nsample)."""
+        return ops.ball_query_multi(new_xyz, xyz, self.radii, self.nsamples)
+
     def sample(self, xyz: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """xyz (B, N, 3) -> centres (B, npoint, 3), neighbour indices per radius (B, npoint, nsample)."""
-        new_xyz = ops.gather_points(xyz, ops.furthest_point_sample(xyz, self.npoint))
-        return new_xyz, ops.ball_query_multi(new_xyz, xyz, self.radii, self.nsamples)
+        new_xyz = self.centres(xyz)
+        return new_xyz, self.neighbours(xyz, new_xyz)
 
     def aggregate(
         self,
