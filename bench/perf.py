@@ -187,7 +187,7 @@ def bench_preprocess(frames_npz: Path, dev: torch.device, warmup: int, runs: int
     return out
 
 
-def gpu_memory(counts, precision: str) -> list[dict]:
+def gpu_memory(counts, precision: str, overlap: bool = True) -> list[dict]:
     """GPU memory of an inference process as the node runs it (fresh process per count, so earlier
     benchmark allocations do not inflate the numbers): weights, CUDA graphs for the buckets up to
     the count, one forward."""
@@ -197,17 +197,27 @@ def gpu_memory(counts, precision: str) -> list[dict]:
     rows = []
     for n in counts:
         cmd = [sys.executable, __file__, "--memory-probe", str(n), "--memory-precision", precision]
+        cmd += [] if overlap else ["--memory-one-stream"]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return rows
 
 
-def memory_probe(n: int, precision: str) -> dict:
+def memory_probe(n: int, precision: str, overlap: bool = True) -> dict:
     from cleanpose_model.fast import GraphedForward
 
     dev = torch.device("cuda")
     net = build_parity_net("cleanpose", dev)
-    runner = GraphedForward(net, precision=precision, queue_entries=80)
+    if n == 0:  # baseline: CUDA context + weights, nothing run
+        torch.cuda.synchronize(dev)
+        return {
+            "objects": 0,
+            "precision": "baseline (weights only)",
+            "peak_allocated_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
+            "reserved_mb": torch.cuda.memory_reserved(dev) / 2**20,
+            "process_total_mb": process_gpu_mb(),
+        }
+    runner = GraphedForward(net, precision=precision, queue_entries=80, overlap=overlap)
     rgb, pts, choose, cat, _ = parity_inputs(n, dev)
     queue = torch.randn(n, 80, 256, device=dev)  # deterministic mode attends over the whole queue
     with torch.inference_mode():
@@ -215,7 +225,7 @@ def memory_probe(n: int, precision: str) -> dict:
     torch.cuda.synchronize(dev)
     return {
         "objects": n,
-        "precision": precision,
+        "precision": precision if overlap else f"{precision} (one stream)",
         "peak_allocated_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
         "reserved_mb": torch.cuda.memory_reserved(dev) / 2**20,
         "process_total_mb": process_gpu_mb(),
@@ -311,11 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--objects", type=int, nargs="+", help="object counts to time (default 1 2 4 6 8 16 32)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "memory", "preprocess"])
-    ap.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--memory-precision", default="fast", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-one-stream", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.memory_probe:
-        print(json.dumps(memory_probe(args.memory_probe, args.memory_precision)))
+    if args.memory_probe is not None:
+        print(json.dumps(memory_probe(args.memory_probe, args.memory_precision, not args.memory_one_stream)))
         return 0
     dev = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -379,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
                         + f" (n={s['rot_deg']['n']})"
                     )
     if runners and "memory" not in args.skip:
-        report["gpu_memory"] = gpu_memory([1, 6, 20], "fast") + gpu_memory([6], "fp32")
+        report["gpu_memory"] = (
+            gpu_memory([0, 1, 6, 20], "fast")
+            + gpu_memory([6], "fast", overlap=False)
+            + gpu_memory([6], "fp32")
+        )
         print("\n## GPU memory (MB)\n")
         print(table(report["gpu_memory"], list(report["gpu_memory"][0])))
 
