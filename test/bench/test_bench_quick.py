@@ -1,0 +1,41 @@
+"""The issue-8 GPU benchmarks in their CPU short mode (CI keeps them runnable): each prints its table
+and writes JSON with a number for every row it reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, *args: str) -> str:
+    cmd = [sys.executable, str(REPO / "bench" / script), *args]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    return res.stdout
+
+
+def test_perf_quick_cpu(tmp_path):
+    out = _run("perf.py", "--device", "cpu", "--quick", "--cpu-inference", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "perf.json").read_text())
+    rows = report["forward"]
+    assert [r["objects"] for r in rows] == [1, 2]
+    assert all(r["reference_ms"] > 0 for r in rows)
+    assert report["cpu_inference"][0]["ms_per_object"] > 0
+    assert (tmp_path / "perf_scaling.png").stat().st_size > 0
+    assert "| objects | reference_ms" in out
+
+
+def test_stage_times_quick_cpu(tmp_path):
+    out = _run("stage_times.py", "--device", "cpu", "--quick", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "stage_times.json").read_text())["rows"]
+    stages = {r["stage"] for r in rows}
+    # Every network stage is timed, and the PointNet++ split covers each level.
+    for name in ("dinov2", "iakd", "gafa", "front_door", "nocs_head", "pose_head", "pointnet2_geometry"):
+        assert name in stages, name
+    assert {f"sa{i}.fps" for i in range(4)} <= stages
+    assert all(r["ms"] > 0 for r in rows)
+    assert "| forward_serial |" in out
