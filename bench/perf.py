@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARITY = ROOT / "test" / "data" / "parity" / "cleanpose_parity_v1.npz"
 PUBLISHED_H100_MS = {1: 30.1, 6: 31.1, 16: 31.9}
 # Fast-mode variants measured side by side: DINOv2 autocast dtype (TF32 on elsewhere).
-FAST_MODES = {"fast": "fast", "fast_bf16": "bf16", "fast_fp16_all": "fp16_all"}
+FAST_MODES = {"fast": "fast", "fast_bf16": "bf16", "fast_fp16_all": "fp16_all", "fast_no_cudnn": "fast"}
 
 
 def sync(dev: torch.device) -> None:
@@ -100,7 +100,11 @@ def bench_forward(net, dev, counts, warmup, runs, modes, fast_modes=FAST_MODES):
     for m in modes:
         if m.startswith("fast"):
             runners[m] = GraphedForward(
-                net, precision=fast_modes[m], queue_entries=12, compile=m.endswith("compiled")
+                net,
+                precision=fast_modes[m],
+                queue_entries=12,
+                compile=m.endswith("compiled"),
+                cudnn=not m.endswith("no_cudnn"),
             )
     for n in counts:
         inputs = parity_inputs(n, dev)
@@ -187,7 +191,7 @@ def bench_preprocess(frames_npz: Path, dev: torch.device, warmup: int, runs: int
     return out
 
 
-def gpu_memory(counts, precision: str, overlap: bool = True) -> list[dict]:
+def gpu_memory(counts, precision: str, overlap: bool = True, cudnn: bool = True) -> list[dict]:
     """GPU memory of an inference process as the node runs it (fresh process per count, so earlier
     benchmark allocations do not inflate the numbers): weights, CUDA graphs for the buckets up to
     the count, one forward."""
@@ -197,13 +201,13 @@ def gpu_memory(counts, precision: str, overlap: bool = True) -> list[dict]:
     rows = []
     for n in counts:
         cmd = [sys.executable, __file__, "--memory-probe", str(n), "--memory-precision", precision]
-        cmd += [] if overlap else ["--memory-one-stream"]
+        cmd += ([] if overlap else ["--memory-one-stream"]) + ([] if cudnn else ["--memory-no-cudnn"])
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return rows
 
 
-def memory_probe(n: int, precision: str, overlap: bool = True) -> dict:
+def memory_probe(n: int, precision: str, overlap: bool = True, cudnn: bool = True) -> dict:
     from cleanpose_model.fast import GraphedForward
 
     dev = torch.device("cuda")
@@ -217,7 +221,7 @@ def memory_probe(n: int, precision: str, overlap: bool = True) -> dict:
             "reserved_mb": torch.cuda.memory_reserved(dev) / 2**20,
             "process_total_mb": process_gpu_mb(),
         }
-    runner = GraphedForward(net, precision=precision, queue_entries=80, overlap=overlap)
+    runner = GraphedForward(net, precision=precision, queue_entries=80, overlap=overlap, cudnn=cudnn)
     rgb, pts, choose, cat, _ = parity_inputs(n, dev)
     queue = torch.randn(n, 80, 256, device=dev)  # deterministic mode attends over the whole queue
     with torch.inference_mode():
@@ -225,7 +229,7 @@ def memory_probe(n: int, precision: str, overlap: bool = True) -> dict:
     torch.cuda.synchronize(dev)
     return {
         "objects": n,
-        "precision": precision if overlap else f"{precision} (one stream)",
+        "precision": precision + ("" if overlap else " (one stream)") + ("" if cudnn else " (no cuDNN)"),
         "peak_allocated_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
         "reserved_mb": torch.cuda.memory_reserved(dev) / 2**20,
         "process_total_mb": process_gpu_mb(),
@@ -324,9 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--memory-precision", default="fast", help=argparse.SUPPRESS)
     ap.add_argument("--memory-one-stream", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-no-cudnn", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_probe is not None:
-        print(json.dumps(memory_probe(args.memory_probe, args.memory_precision, not args.memory_one_stream)))
+        probe = memory_probe(
+            args.memory_probe, args.memory_precision, not args.memory_one_stream, not args.memory_no_cudnn
+        )
+        print(json.dumps(probe))
         return 0
     dev = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -83,6 +83,7 @@ class GraphedForward:
         tf32: bool | None = None,
         compile: bool = False,
         overlap: bool = True,
+        cudnn: bool = True,
     ) -> None:
         precision = FAST_PRECISION if precision == "fast" else precision
         if precision not in _AUTOCAST:
@@ -118,6 +119,9 @@ class GraphedForward:
         self._fps_stream = torch.cuda.Stream(dev)
         # False: PointNet++ runs serially on the main stream (for measuring what the overlap buys).
         self.overlap = overlap
+        # False: 1x1 convolutions and batch norms use PyTorch's own kernels, so cuDNN (and the GPU
+        # memory its handle and kernels take) is never loaded by the forward.
+        self.cudnn = cudnn
         self._pool = None
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict, dict]] = {}
 
@@ -142,7 +146,7 @@ class GraphedForward:
         autocast = torch.autocast("cuda", dtype=torch.float16, enabled=self._whole)
         main = torch.cuda.current_stream(self.device)
         pts = inputs["pts"]
-        with _tf32(self.tf32), autocast:
+        with _tf32(self.tf32), autocast, torch.backends.cudnn.flags(enabled=self.cudnn):
             if not self.overlap:
                 pts_local = self.net.pts_extractor(pts - pts.mean(dim=1, keepdim=True))
                 self._side.wait_stream(main)
