@@ -401,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         report["gpu_memory"] = (
             gpu_memory([0, 1, 6, 20], "fast")
             + gpu_memory([6], "fast", overlap=False)
+            + gpu_memory([6], "fast", cudnn=False)
             + gpu_memory([6], "fp32")
         )
         print("\n## GPU memory (MB)\n")
