@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from cleanpose_model.fast import GraphedForward, _tf32
+from cleanpose_model.net import centre_points
 from cleanpose_model.nn.attention import ATTENTION_IMPLS, set_attention_impl
 from cleanpose_model.ops import pointnet2 as P
 from cleanpose_model.parity import build_parity_net
@@ -86,7 +87,7 @@ def stages(net, inputs, autocast_dtype):
             return net.rgb_extractor(rgb).float()
 
     tokens = dino()
-    pts_c = pts - pts.mean(dim=1, keepdim=True)
+    pts_c = centre_points(pts)[0]
     out = [("dinov2", dino), ("rgb_features", lambda: net.rgb_features(tokens[:, 1:], choose))]
 
     pn = net.pts_extractor

@@ -33,6 +33,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from cleanpose_model.net import centre_points
+
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
 _AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp16_all": torch.float16}
 FAST_PRECISION = "fp16"
@@ -147,14 +149,14 @@ class GraphedForward:
         main = torch.cuda.current_stream(self.device)
         pts = inputs["pts"]
         with _tf32(self.tf32), autocast, torch.backends.cudnn.flags(enabled=self.cudnn):
-            if not self.overlap:
-                pts_local = self.net.pts_extractor(pts - pts.mean(dim=1, keepdim=True))
-                self._side.wait_stream(main)
-            else:
+            if self.overlap:
                 pts_local = self._points(pts, main)
-            tokens = self._rgb_fn(inputs["rgb"])
-            main.wait_stream(self._side)
-            self._hand_over(pts_local, main)
+                tokens = self._rgb_fn(inputs["rgb"])
+                main.wait_stream(self._side)
+                self._hand_over(pts_local, main)
+            else:
+                pts_local = self.net.pts_extractor(centre_points(pts)[0])
+                tokens = self._rgb_fn(inputs["rgb"])
             out = self._head_fn(
                 inputs["rgb"],
                 pts,
@@ -181,15 +183,14 @@ class GraphedForward:
         fps_s.wait_stream(main)
         side.wait_stream(main)
         with torch.cuda.stream(fps_s):
-            # Same expression as the network's own centring, so the features are identical.
-            l_xyz = [pts - pts.mean(dim=1, keepdim=True)]
+            l_xyz = [centre_points(pts)[0]]
             ready = []
             for sa in pn.SA_modules:
                 l_xyz.append(sa.centres(l_xyz[-1]))
                 ev = torch.cuda.Event()
                 ev.record(fps_s)
                 ready.append(ev)
-            interp = [type(m).interpolation(l_xyz[i], l_xyz[i + 1]) for i, m in enumerate(pn.FP_modules)]
+            interp = [m.interpolation(l_xyz[i], l_xyz[i + 1]) for i, m in enumerate(pn.FP_modules)]
         for t in l_xyz + [x for pair in interp for x in pair]:
             self._hand_over(t, side)
         with torch.cuda.stream(side):

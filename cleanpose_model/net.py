@@ -24,6 +24,13 @@ from cleanpose_model.nn.pointnet2_msg import PointNet2MSG
 Augmentation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
+def centre_points(pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """pts (B, N, 3) -> (pts minus their mean, the mean (B, 1, 3)). The one centring every caller uses,
+    so point features computed outside the forward (``pts_local``) are bit-identical to its own."""
+    centroid = pts.mean(dim=1, keepdim=True)
+    return pts - centroid, centroid
+
+
 class CleanPoseNet(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -178,8 +185,7 @@ class CleanPoseNet(nn.Module):
         training = self.training
         inter: dict[str, torch.Tensor] = {}
 
-        centroid = pts.mean(dim=1, keepdim=True)
-        pts_c = pts - centroid
+        pts_c, centroid = centre_points(pts)
         if tokens is None:
             tokens = self.rgb_extractor(rgb)
         rgb_local = self.rgb_features(tokens[:, 1:], choose)

@@ -61,6 +61,23 @@ if HAVE_TRITON:
             tl.store(out_ptr + b * npoint + j, old)
 
     @triton.jit
+    def _load_xyz(ptr, idx, mask):
+        """Coordinates of points ``idx`` of a contiguous (N, 3) array (0 where masked)."""
+        base = ptr + idx * 3
+        x = tl.load(base, mask=mask, other=0.0)
+        y = tl.load(base + 1, mask=mask, other=0.0)
+        z = tl.load(base + 2, mask=mask, other=0.0)
+        return x, y, z
+
+    @triton.jit
+    def _sq_dist_tile(ax, ay, az, bx, by, bz):
+        """(len a, len b) squared distances, summed x, y, z in that order like the torch reference."""
+        dx = ax[:, None] - bx[None, :]
+        dy = ay[:, None] - by[None, :]
+        dz = az[:, None] - bz[None, :]
+        return dx * dx + dy * dy + dz * dz
+
+    @triton.jit
     def _ball_step(within, ok, ids, cnt, first, optr, NS: tl.constexpr):
         """One tile of one radius: append the tile's members in index order after the cnt found so far."""
         inside = ok & within
@@ -88,10 +105,7 @@ if HAVE_TRITON:
         b = tl.program_id(0)
         rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < m
-        cbase = new_ptr + b * m * 3 + rows * 3
-        cx = tl.load(cbase, mask=row_ok, other=0.0)
-        cy = tl.load(cbase + 1, mask=row_ok, other=0.0)
-        cz = tl.load(cbase + 2, mask=row_ok, other=0.0)
+        cx, cy, cz = _load_xyz(new_ptr + b * m * 3, rows, row_ok)
         cnt1 = tl.zeros([BLOCK_M], dtype=tl.int32)
         cnt2 = tl.zeros([BLOCK_M], dtype=tl.int32)
         first1 = tl.zeros([BLOCK_M], dtype=tl.int64)
@@ -101,14 +115,8 @@ if HAVE_TRITON:
         for start in range(0, n, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             col_ok = cols < n
-            pbase = xyz_ptr + b * n * 3 + cols * 3
-            px = tl.load(pbase, mask=col_ok, other=0.0)
-            py = tl.load(pbase + 1, mask=col_ok, other=0.0)
-            pz = tl.load(pbase + 2, mask=col_ok, other=0.0)
-            dx = cx[:, None] - px[None, :]
-            dy = cy[:, None] - py[None, :]
-            dz = cz[:, None] - pz[None, :]
-            d2 = dx * dx + dy * dy + dz * dz
+            px, py, pz = _load_xyz(xyz_ptr + b * n * 3, cols, col_ok)
+            d2 = _sq_dist_tile(cx, cy, cz, px, py, pz)
             ids = cols.to(tl.int64)[None, :] + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int64)
             ok = col_ok[None, :] & row_ok[:, None]
             cnt1, first1 = _ball_step(d2 < r2a, ok, ids, cnt1, first1, o1, NS1)
@@ -134,20 +142,11 @@ if HAVE_TRITON:
         b = tl.program_id(0)
         rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < n
-        ubase = unk_ptr + b * n * 3 + rows * 3
-        ux = tl.load(ubase, mask=row_ok, other=0.0)
-        uy = tl.load(ubase + 1, mask=row_ok, other=0.0)
-        uz = tl.load(ubase + 2, mask=row_ok, other=0.0)
+        ux, uy, uz = _load_xyz(unk_ptr + b * n * 3, rows, row_ok)
         cols = tl.arange(0, BLOCK_M)
         col_ok = cols < m
-        kbase = known_ptr + b * m * 3 + cols * 3
-        kx = tl.load(kbase, mask=col_ok, other=0.0)
-        ky = tl.load(kbase + 1, mask=col_ok, other=0.0)
-        kz = tl.load(kbase + 2, mask=col_ok, other=0.0)
-        dx = ux[:, None] - kx[None, :]
-        dy = uy[:, None] - ky[None, :]
-        dz = uz[:, None] - kz[None, :]
-        d = dx * dx + dy * dy + dz * dz
+        kx, ky, kz = _load_xyz(known_ptr + b * m * 3, cols, col_ok)
+        d = _sq_dist_tile(ux, uy, uz, kx, ky, kz)
         d = tl.where(col_ok[None, :], d, float("inf"))
         ids = cols[None, :] + tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.int32)
         obase = (b * n + rows).to(tl.int64) * 3
