@@ -30,10 +30,23 @@ from cleanpose_model.preprocess import build_object_inputs_np, build_object_inpu
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = ROOT / "test" / "data" / "parity" / "cleanpose_parity_v1.npz"
 PUBLISHED_H100_MS = {1: 30.1, 6: 31.1, 16: 31.9}
-# Fast-mode variants measured side by side: DINOv2 autocast dtype (TF32 on elsewhere).
-FAST_MODES = {"fast": "fast", "fast_bf16": "bf16", "fast_fp16_all": "fp16_all"}
-# Measured once and rejected (slower); timed only when named with --only.
-EXTRA_FAST_MODES = {"fast_no_cudnn": "fast"}
+# Every runner mode: GraphedForward options. "fast*" modes differ in the DINOv2 autocast dtype (TF32 on
+# elsewhere unless tf32=False); "*_compiled" add torch.compile (timed with --compile).
+MODE_OPTIONS = {
+    "exact": {"precision": "fp32"},
+    "exact_compiled": {"precision": "fp32", "compile": True},
+    "fast": {"precision": "fast"},
+    "fast_compiled": {"precision": "fast", "compile": True},
+    "fast_bf16": {"precision": "bf16"},
+    "fast_fp16_all": {"precision": "fp16_all"},
+    # Timed only when named with --only: what one option buys, measured against the default.
+    "exact_unfolded": {"precision": "fp32", "fold": False},
+    "fast_unfolded": {"precision": "fast", "fold": False},
+    "fast_no_tf32": {"precision": "fast", "tf32": False},
+    "fast_no_cudnn": {"precision": "fast", "fold": False, "cudnn": False},
+}
+DEFAULT_MODES = ("exact", "fast", "fast_bf16", "fast_fp16_all")
+COMPILED_MODES = ("exact_compiled", "fast_compiled")
 
 
 def sync(dev: torch.device) -> None:
@@ -90,24 +103,11 @@ def summarize(errs: list[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def bench_forward(net, dev, counts, warmup, runs, modes, fast_modes=FAST_MODES):
+def bench_forward(net, dev, counts, warmup, runs, modes):
     from cleanpose_model.fast import GraphedForward
 
-    rows, runners = [], {}
-    for m in ("exact", "exact_compiled"):
-        if m in modes:
-            runners[m] = GraphedForward(
-                net, precision="fp32", queue_entries=12, compile=m.endswith("compiled")
-            )
-    for m in modes:
-        if m.startswith("fast"):
-            runners[m] = GraphedForward(
-                net,
-                precision=fast_modes[m],
-                queue_entries=12,
-                compile=m.endswith("compiled"),
-                cudnn=not m.endswith("no_cudnn"),
-            )
+    rows = []
+    runners = {m: GraphedForward(net, queue_entries=12, **MODE_OPTIONS[m]) for m in modes if m != "reference"}
     for n in counts:
         inputs = parity_inputs(n, dev)
         row = {"objects": n}
@@ -193,7 +193,7 @@ def bench_preprocess(frames_npz: Path, dev: torch.device, warmup: int, runs: int
     return out
 
 
-def gpu_memory(counts, precision: str, overlap: bool = True, cudnn: bool = True) -> list[dict]:
+def gpu_memory(counts, mode: str, overlap: bool = True) -> list[dict]:
     """GPU memory of an inference process as the node runs it (fresh process per count, so earlier
     benchmark allocations do not inflate the numbers): weights, CUDA graphs for the buckets up to
     the count, one forward."""
@@ -202,14 +202,14 @@ def gpu_memory(counts, precision: str, overlap: bool = True, cudnn: bool = True)
 
     rows = []
     for n in counts:
-        cmd = [sys.executable, __file__, "--memory-probe", str(n), "--memory-precision", precision]
-        cmd += ([] if overlap else ["--memory-one-stream"]) + ([] if cudnn else ["--memory-no-cudnn"])
+        cmd = [sys.executable, __file__, "--memory-probe", str(n), "--memory-mode", mode]
+        cmd += [] if overlap else ["--memory-one-stream"]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return rows
 
 
-def memory_probe(n: int, precision: str, overlap: bool = True, cudnn: bool = True) -> dict:
+def memory_probe(n: int, mode: str, overlap: bool = True) -> dict:
     from cleanpose_model.fast import GraphedForward
 
     dev = torch.device("cuda")
@@ -223,7 +223,7 @@ def memory_probe(n: int, precision: str, overlap: bool = True, cudnn: bool = Tru
             "reserved_mb": torch.cuda.memory_reserved(dev) / 2**20,
             "process_total_mb": process_gpu_mb(),
         }
-    runner = GraphedForward(net, precision=precision, queue_entries=80, overlap=overlap, cudnn=cudnn)
+    runner = GraphedForward(net, queue_entries=80, overlap=overlap, **MODE_OPTIONS[mode])
     rgb, pts, choose, cat, _ = parity_inputs(n, dev)
     queue = torch.randn(n, 80, 256, device=dev)  # deterministic mode attends over the whole queue
     with torch.inference_mode():
@@ -231,11 +231,20 @@ def memory_probe(n: int, precision: str, overlap: bool = True, cudnn: bool = Tru
     torch.cuda.synchronize(dev)
     return {
         "objects": n,
-        "precision": precision + ("" if overlap else " (one stream)") + ("" if cudnn else " (no cuDNN)"),
+        "precision": mode + ("" if overlap else " (one stream)"),
+        # cuDNN's handle and kernels take GPU memory outside PyTorch's allocator once anything calls it.
+        "cudnn_loaded": _cudnn_loaded(),
         "peak_allocated_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
         "reserved_mb": torch.cuda.memory_reserved(dev) / 2**20,
         "process_total_mb": process_gpu_mb(),
     }
+
+
+def _cudnn_loaded() -> bool:
+    try:
+        return any("libcudnn" in line for line in open("/proc/self/maps"))
+    except OSError:
+        return False
 
 
 def process_gpu_mb() -> float | None:
@@ -323,19 +332,19 @@ def main(argv: list[str] | None = None) -> int:
         "--compile", action="store_true", help="also measure torch.compile + graphs (fast_compiled)"
     )
     ap.add_argument(
-        "--only", nargs="+", help="keep only these modes (reference is always timed), e.g. exact fast"
+        "--only",
+        nargs="+",
+        choices=sorted(MODE_OPTIONS),
+        help="keep only these modes (reference is always timed), e.g. exact fast",
     )
     ap.add_argument("--objects", type=int, nargs="+", help="object counts to time (default 1 2 4 6 8 16 32)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "memory", "preprocess"])
     ap.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--memory-precision", default="fast", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-mode", default="fast", choices=sorted(MODE_OPTIONS), help=argparse.SUPPRESS)
     ap.add_argument("--memory-one-stream", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--memory-no-cudnn", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_probe is not None:
-        probe = memory_probe(
-            args.memory_probe, args.memory_precision, not args.memory_one_stream, not args.memory_no_cudnn
-        )
+        probe = memory_probe(args.memory_probe, args.memory_mode, not args.memory_one_stream)
         print(json.dumps(probe))
         return 0
     dev = torch.device(args.device)
@@ -352,17 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     net = build_parity_net("cleanpose", dev)
-    fast_modes = dict(FAST_MODES)
-    fast_modes.update({k: v for k, v in EXTRA_FAST_MODES.items() if k in (args.only or [])})
-    if args.compile:
-        fast_modes["fast_compiled"] = "fast"
-    modes = ["reference", "exact", *fast_modes] if dev.type == "cuda" else ["reference"]
-    if args.compile and dev.type == "cuda":
-        modes.insert(2, "exact_compiled")
-    if args.only:
-        modes = ["reference"] + [m for m in modes[1:] if m in args.only]
-        fast_modes = {k: v for k, v in fast_modes.items() if k in modes}
-    rows, runners = bench_forward(net, dev, counts, args.warmup, args.runs, modes, fast_modes)
+    modes = ["reference"]
+    if dev.type == "cuda":
+        if args.only:
+            modes += [m for m in MODE_OPTIONS if m in args.only]
+        else:
+            modes += [m for m in MODE_OPTIONS if m in DEFAULT_MODES or (args.compile and m in COMPILED_MODES)]
+    rows, runners = bench_forward(net, dev, counts, args.warmup, args.runs, modes)
     for r in rows:
         for m in modes[1:]:
             r[f"{m}_speedup_vs_reference"] = r["reference_ms"] / r[f"{m}_ms"]
@@ -404,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         report["gpu_memory"] = (
             gpu_memory([0, 1, 6, 20], "fast")
             + gpu_memory([6], "fast", overlap=False)
-            + gpu_memory([6], "fast", cudnn=False)
-            + gpu_memory([6], "fp32")
+            + gpu_memory([6], "fast_unfolded")
+            + gpu_memory([6], "exact")
         )
         print("\n## GPU memory (MB)\n")
         print(table(report["gpu_memory"], list(report["gpu_memory"][0])))

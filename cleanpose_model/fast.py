@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from cleanpose_model.net import centre_points
+from cleanpose_model.nn.pointwise import fold_for_inference
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
 _AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp16_all": torch.float16}
@@ -86,6 +87,7 @@ class GraphedForward:
         compile: bool = False,
         overlap: bool = True,
         cudnn: bool = True,
+        fold: bool = True,
     ) -> None:
         precision = FAST_PRECISION if precision == "fast" else precision
         if precision not in _AUTOCAST:
@@ -93,7 +95,10 @@ class GraphedForward:
         dev = next(net.parameters()).device
         if dev.type != "cuda":
             raise ValueError("GraphedForward needs the network on a CUDA device")
-        self.net = net.eval()
+        # fold: 1x1 conv + BN + ReLU chains as single matrix products (nn/pointwise.py); ``net`` itself is
+        # left as it is and shares every weight that is not folded.
+        self.net = fold_for_inference(net.eval()) if fold else net.eval()
+        net = self.net
         self.device = dev
         self.precision = precision
         self.buckets = tuple(sorted(buckets))

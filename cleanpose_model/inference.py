@@ -126,6 +126,7 @@ class PoseEstimator:
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs needs a CUDA device")
         self._graphed: dict[int, object] = {}
+        self._folded = None  # the eager network with its per-point layers folded (nn/pointwise.py)
         self.compile = bool(compile)
         if self.compile and not self.cuda_graphs:
             raise ValueError("compile needs cuda_graphs (a CUDA device)")
@@ -200,7 +201,11 @@ class PoseEstimator:
     def _forward(self, queue_feats: torch.Tensor | None):
         """The eager network, or its graphed replay for this queue width (graphs have fixed shapes)."""
         if not self.cuda_graphs or self.dtype != torch.float32:
-            return self.net
+            if self._folded is None:
+                from cleanpose_model.nn.pointwise import fold_for_inference
+
+                self._folded = fold_for_inference(self.net.eval())
+            return self._folded
         entries = 0 if queue_feats is None else int(queue_feats.shape[1])
         if entries not in self._graphed:
             from cleanpose_model.fast import GraphedForward

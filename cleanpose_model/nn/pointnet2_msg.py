@@ -25,6 +25,9 @@ class _BatchNorm2dWrapper(nn.Module):
 
 
 class _ConvBnRelu2d(nn.Module):
+    # forward applies the children in their listed order: nn/pointwise.py may fold them into one product.
+    FOLDS_AS_SEQUENCE = True
+
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel_size=1, bias=False)

@@ -164,8 +164,11 @@ def _f32_square(r: float) -> float:
     return float(np.float32(r) * np.float32(r))
 
 
-def fps_positions_triton(pts_ordered: torch.Tensor, npoint: int) -> torch.Tensor:
-    """pts_ordered (B, 3, N) float32 CUDA, in tie-priority order -> int64 (B, npoint) positions."""
+def fps_positions_triton(
+    pts_ordered: torch.Tensor, npoint: int, num_warps: int | None = None
+) -> torch.Tensor:
+    """pts_ordered (B, 3, N) float32 CUDA, in tie-priority order -> int64 (B, npoint) positions.
+    ``num_warps`` overrides the default launch width (bench/fps_kernel.py measures the choices)."""
     if not HAVE_TRITON:
         raise RuntimeError("Triton is not installed; use the torch FPS")
     bsz, three, n = pts_ordered.shape
@@ -176,7 +179,7 @@ def fps_positions_triton(pts_ordered: torch.Tensor, npoint: int) -> torch.Tensor
     if n > 65536:
         raise ValueError(f"the Triton FPS handles up to 65536 points, got {n}")
     block = max(triton.next_power_of_2(n), 16)
-    warps = 4 if block <= 1024 else 8
+    warps = num_warps or (4 if block <= 1024 else 8)
     _fps_kernel[(bsz,)](pts_ordered, out, n, npoint, BLOCK=block, num_warps=warps, enable_fp_fusion=False)
     return out.long()
 
