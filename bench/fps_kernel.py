@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from cleanpose_model.ops.pointnet2_triton import HAVE_TRITON, fps_positions_triton
+from cleanpose_model.ops.pointnet2 import fps_tie_rank
+from cleanpose_model.ops.pointnet2_triton import HAVE_TRITON, fps_triton
 
 # (points in, centres out) of the CleanPose PointNet++ levels.
 LEVELS = ((1024, 512), (512, 256), (256, 128), (128, 64))
@@ -56,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for bsz in args.batch:
         for n, npoint in LEVELS:
-            pts = (torch.rand(bsz, 3, n, device=dev) - 0.5) * 0.3
-            ref = fps_positions_triton(pts, npoint)
+            pts = (torch.rand(bsz, n, 3, device=dev) - 0.5) * 0.3
+            rank = fps_tie_rank(n, dev)
+            ref = fps_triton(pts, rank, npoint)[0]
             row = {"batch": bsz, "points": n, "centres": npoint}
             for w in args.warps:
-                same = torch.equal(fps_positions_triton(pts, npoint, num_warps=w), ref)
-                ms = graph_time_ms(lambda w=w, p=pts, k=npoint: fps_positions_triton(p, k, num_warps=w))
+                same = torch.equal(fps_triton(pts, rank, npoint, num_warps=w)[0], ref)
+                ms = graph_time_ms(lambda w=w, p=pts, r=rank, k=npoint: fps_triton(p, r, k, num_warps=w))
                 row[f"warps{w}_us_per_step"] = ms * 1e3 / npoint
                 row[f"warps{w}_same"] = same
             rows.append(row)

@@ -210,8 +210,14 @@ def gpu_memory(counts, mode: str, overlap: bool = True) -> list[dict]:
 
 
 def memory_probe(n: int, mode: str, overlap: bool = True) -> dict:
+    from memory_breakdown import DeviceUsage
+
     from cleanpose_model.fast import GraphedForward
 
+    # process_total_mb: device memory used now minus before this process initialised CUDA (what the
+    # process adds); device_used_mb: NVML's figure for this process or, where a container hides pids,
+    # the device's whole used memory (driver reservations included; the figure reported before).
+    usage = DeviceUsage()
     dev = torch.device("cuda")
     net = build_parity_net("cleanpose", dev)
     if n == 0:  # baseline: CUDA context + weights, nothing run
@@ -221,7 +227,8 @@ def memory_probe(n: int, mode: str, overlap: bool = True) -> dict:
             "precision": "baseline (weights only)",
             "peak_allocated_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
             "reserved_mb": torch.cuda.memory_reserved(dev) / 2**20,
-            "process_total_mb": process_gpu_mb(),
+            "process_total_mb": usage.process_mb(),
+            "device_used_mb": process_gpu_mb(),
         }
     runner = GraphedForward(net, queue_entries=80, overlap=overlap, **MODE_OPTIONS[mode])
     rgb, pts, choose, cat, _ = parity_inputs(n, dev)
@@ -232,19 +239,11 @@ def memory_probe(n: int, mode: str, overlap: bool = True) -> dict:
     return {
         "objects": n,
         "precision": mode + ("" if overlap else " (one stream)"),
-        # cuDNN's handle and kernels take GPU memory outside PyTorch's allocator once anything calls it.
-        "cudnn_loaded": _cudnn_loaded(),
         "peak_allocated_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
         "reserved_mb": torch.cuda.memory_reserved(dev) / 2**20,
-        "process_total_mb": process_gpu_mb(),
+        "process_total_mb": usage.process_mb(),
+        "device_used_mb": process_gpu_mb(),
     }
-
-
-def _cudnn_loaded() -> bool:
-    try:
-        return any("libcudnn" in line for line in open("/proc/self/maps"))
-    except OSError:
-        return False
 
 
 def process_gpu_mb() -> float | None:

@@ -58,7 +58,7 @@ class SetAbstractionMSG(nn.Module):
 
     def centres(self, xyz: torch.Tensor) -> torch.Tensor:
         """xyz (B, N, 3) -> furthest-point-sampled centres (B, npoint, 3)."""
-        return ops.gather_points(xyz, ops.furthest_point_sample(xyz, self.npoint))
+        return ops.sample_centres(xyz, self.npoint)
 
     def neighbours(self, xyz: torch.Tensor, new_xyz: torch.Tensor) -> list[torch.Tensor]:
         """Neighbour indices of each centre, per radius: (B, npoint, nsample)."""

@@ -13,6 +13,7 @@ different rounding can flip an FPS choice or a ball-membership test.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from cleanpose_model.ops.pointnet2_triton import (
     HAVE_TRITON,
     ball_query2_triton,
-    fps_positions_triton,
+    fps_triton,
     three_nn_triton,
 )
 
@@ -60,6 +61,27 @@ def fps_tie_order(n: int, device: torch.device | str | None = None) -> torch.Ten
     return torch.argsort(key)
 
 
+@functools.lru_cache(maxsize=16)
+def fps_tie_rank(n: int, device: torch.device) -> torch.Tensor:
+    """int32 (N,): each point's place in `fps_tie_order` (lower = preferred on ties). A constant per
+    (N, device), kept so the Triton FPS reads one small table instead of re-deriving it with ~30
+    kernels each call (inside a CUDA graph they would replay every frame)."""
+    rank = torch.empty(n, dtype=torch.int32)
+    rank[fps_tie_order(n)] = torch.arange(n, dtype=torch.int32)
+    return rank.to(device)
+
+
+def _use_triton_fps(xyz: torch.Tensor) -> bool:
+    return xyz.is_cuda and HAVE_TRITON and xyz.shape[1] <= 65536
+
+
+def sample_centres(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
+    """xyz (B, N, 3) -> the furthest-point-sampled points (B, npoint, 3) (one kernel on CUDA)."""
+    if _use_triton_fps(xyz):
+        return fps_triton(xyz.float(), fps_tie_rank(xyz.shape[1], xyz.device), npoint)[1]
+    return gather_points(xyz, furthest_point_sample(xyz, npoint))
+
+
 def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
     """Farthest point sampling with the CUDA kernel's semantics.
 
@@ -71,6 +93,9 @@ def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
     if xyz.dim() != 3 or xyz.shape[-1] != 3:
         raise ValueError(f"xyz must be (B, N, 3), got {tuple(xyz.shape)}")
     bsz, n, _ = xyz.shape
+    if _use_triton_fps(xyz):
+        # Same selection rule in one kernel launch instead of ~5 launches per iteration.
+        return fps_triton(xyz.float(), fps_tie_rank(n, xyz.device), npoint)[0]
     order = fps_tie_order(n, xyz.device)
     # (B, 3, N) in tie-priority order, so argmax's first-occurrence rule is the kernel's rule.
     pts = xyz.index_select(1, order).transpose(1, 2).contiguous()
@@ -83,9 +108,6 @@ def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
         torch.full_like(mag, -1.0),
         torch.full_like(mag, 1e10),
     )
-    if pts.is_cuda and HAVE_TRITON:
-        # Same selection rule in one kernel launch instead of ~5 launches per iteration.
-        return order[fps_positions_triton(pts, npoint)]
     rows = torch.arange(bsz, device=xyz.device)
     old = torch.zeros(bsz, dtype=torch.int64, device=xyz.device)
     picks = [old]

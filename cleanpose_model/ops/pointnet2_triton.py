@@ -27,38 +27,50 @@ ORIGIN_SKIP = tl.constexpr(1e-3) if HAVE_TRITON else 1e-3
 if HAVE_TRITON:
 
     @triton.jit
-    def _fps_kernel(pts_ptr, out_ptr, n, npoint, BLOCK: tl.constexpr):
+    def _fps_kernel(xyz_ptr, rank_ptr, idx_ptr, centre_ptr, n, npoint, BLOCK: tl.constexpr):
+        """One cloud per program: the sampled indices and the centres' coordinates in one pass."""
         b = tl.program_id(0)
         offs = tl.arange(0, BLOCK)
         valid = offs < n
-        base = pts_ptr + b * 3 * n
-        x = tl.load(base + offs, mask=valid, other=0.0)
-        y = tl.load(base + n + offs, mask=valid, other=0.0)
-        z = tl.load(base + 2 * n + offs, mask=valid, other=0.0)
+        base = xyz_ptr + b * n * 3
+        x = tl.load(base + offs * 3, mask=valid, other=0.0)
+        y = tl.load(base + offs * 3 + 1, mask=valid, other=0.0)
+        z = tl.load(base + offs * 3 + 2, mask=valid, other=0.0)
         mag = x * x + y * y + z * z
         keep = valid & (mag > ORIGIN_SKIP)
         temp = tl.where(keep, 1e10, -1.0)
-        # Low word of the packed key: larger for earlier positions, so one max() gives the first
-        # position among equal distances (the kernel's tie rule, see pointnet2.fps_tie_order).
-        low = (BLOCK - 1 - offs).to(tl.int64)  # < 2**16 (BLOCK <= 65536)
+        # Low 32 bits of the packed key: tie priority (larger for a point the published kernel prefers
+        # among equal distances, see pointnet2.fps_tie_order) above the point's own index, so one max()
+        # is argmax-with-the-kernel's-tie-rule and yields the index with no table lookup.
+        rank = tl.load(rank_ptr + offs, mask=valid, other=BLOCK - 1)
+        low = ((BLOCK - 1 - rank).to(tl.int64) << 16) | offs.to(tl.int64)  # < 2**32 (BLOCK <= 65536)
         old = 0
-        tl.store(out_ptr + b * npoint, old)
+        ox = tl.load(base)
+        oy = tl.load(base + 1)
+        oz = tl.load(base + 2)
+        out = idx_ptr + b * npoint
+        cen = centre_ptr + b * npoint * 3
+        tl.store(out, old.to(tl.int64))
+        tl.store(cen, ox)
+        tl.store(cen + 1, oy)
+        tl.store(cen + 2, oz)
         for j in range(1, npoint):
-            ox = tl.load(base + old)
-            oy = tl.load(base + n + old)
-            oz = tl.load(base + 2 * n + old)
             dx = x - ox
             dy = y - oy
             dz = z - oz
             d = dx * dx + dy * dy + dz * dz
             temp = tl.minimum(temp, d)
             # Distances are >= 0 or exactly -1 (skipped / padding). For such floats the int32 bit
-            # pattern orders like the value (-1.0 is a negative int), so bits * 2**16 + low packs
-            # argmax-with-first-occurrence into a single reduction.
-            key = temp.to(tl.int32, bitcast=True).to(tl.int64) * 65536 + low
-            kmax = tl.max(key, axis=0)
-            old = (BLOCK - 1 - (kmax - (kmax >> 16) * 65536)).to(tl.int32)
-            tl.store(out_ptr + b * npoint + j, old)
+            # pattern orders like the value (-1.0 is a negative int), so it can be the high word.
+            key = (temp.to(tl.int32, bitcast=True).to(tl.int64) << 32) | low
+            old = (tl.max(key, axis=0) & 65535).to(tl.int32)
+            ox = tl.load(base + old * 3)
+            oy = tl.load(base + old * 3 + 1)
+            oz = tl.load(base + old * 3 + 2)
+            tl.store(out + j, old.to(tl.int64))
+            tl.store(cen + j * 3, ox)
+            tl.store(cen + j * 3 + 1, oy)
+            tl.store(cen + j * 3 + 2, oz)
 
     @triton.jit
     def _load_xyz(ptr, idx, mask):
@@ -159,29 +171,38 @@ if HAVE_TRITON:
             d = tl.where(ids == at[:, None], float("inf"), d)
 
 
+# Launch width per cloud size (next power of two), measured on an H100 (bench/fps_kernel.py): the serial
+# argmax chain is cheapest with 4 warps at 1024 points and with 1 warp at <= 256 points.
+FPS_WARPS = {16: 1, 32: 1, 64: 1, 128: 1, 256: 1, 512: 4, 1024: 4, 2048: 8}
+
+
 def _f32_square(r: float) -> float:
     # radius² rounded in float32 like the kernel (Triton passes Python floats as float32).
     return float(np.float32(r) * np.float32(r))
 
 
-def fps_positions_triton(
-    pts_ordered: torch.Tensor, npoint: int, num_warps: int | None = None
-) -> torch.Tensor:
-    """pts_ordered (B, 3, N) float32 CUDA, in tie-priority order -> int64 (B, npoint) positions.
-    ``num_warps`` overrides the default launch width (bench/fps_kernel.py measures the choices)."""
+def fps_triton(
+    xyz: torch.Tensor, tie_rank: torch.Tensor, npoint: int, num_warps: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """xyz (B, N, 3) float32 CUDA, ``tie_rank`` (N,) int32 (pointnet2.fps_tie_rank) -> int64 indices
+    (B, npoint) and the sampled points (B, npoint, 3). ``num_warps`` overrides the launch width
+    (bench/fps_kernel.py measures the choices)."""
     if not HAVE_TRITON:
         raise RuntimeError("Triton is not installed; use the torch FPS")
-    bsz, three, n = pts_ordered.shape
-    if three != 3 or pts_ordered.dtype != torch.float32:
-        raise ValueError(f"expected (B, 3, N) float32, got {tuple(pts_ordered.shape)} {pts_ordered.dtype}")
-    pts_ordered = pts_ordered.contiguous()
-    out = torch.empty(bsz, npoint, dtype=torch.int32, device=pts_ordered.device)
+    bsz, n, three = xyz.shape
+    if three != 3 or xyz.dtype != torch.float32:
+        raise ValueError(f"expected (B, N, 3) float32, got {tuple(xyz.shape)} {xyz.dtype}")
     if n > 65536:
         raise ValueError(f"the Triton FPS handles up to 65536 points, got {n}")
+    xyz = xyz.contiguous()
+    idx = torch.empty(bsz, npoint, dtype=torch.int64, device=xyz.device)
+    centres = torch.empty(bsz, npoint, 3, dtype=torch.float32, device=xyz.device)
     block = max(triton.next_power_of_2(n), 16)
-    warps = num_warps or (4 if block <= 1024 else 8)
-    _fps_kernel[(bsz,)](pts_ordered, out, n, npoint, BLOCK=block, num_warps=warps, enable_fp_fusion=False)
-    return out.long()
+    warps = num_warps or FPS_WARPS.get(block, 8)
+    _fps_kernel[(bsz,)](
+        xyz, tie_rank, idx, centres, n, npoint, BLOCK=block, num_warps=warps, enable_fp_fusion=False
+    )
+    return idx, centres
 
 
 def ball_query2_triton(

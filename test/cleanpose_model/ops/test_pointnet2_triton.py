@@ -36,11 +36,15 @@ def _cloud(n: int, seed: int, batch: int = 4) -> torch.Tensor:
 @pytest.mark.parametrize("n,m", [(1024, 512), (512, 256), (256, 128), (128, 64), (100, 37)])
 def test_triton_fps_matches_torch(n, m):
     xyz = _cloud(n, n)
-    ordered_ref = P.furthest_point_sample(xyz, m)  # CPU: the torch loop
-    order = P.fps_tie_order(n)
-    pts = xyz.index_select(1, order).transpose(1, 2).contiguous().to(DEVICE)
-    got = order[T.fps_positions_triton(pts, m).cpu()]
-    assert torch.equal(got, ordered_ref)
+    ref = P.furthest_point_sample(xyz, m)  # CPU: the torch loop
+    dev = torch.device(DEVICE)
+    for warps in (None, 1, 4):  # every launch width makes the same choices
+        idx, centres = T.fps_triton(xyz.to(dev), P.fps_tie_rank(n, dev), m, num_warps=warps)
+        assert torch.equal(idx.cpu(), ref)
+        assert torch.equal(centres.cpu(), P.gather_points(xyz, ref))
+    if dev.type == "cuda":  # the dispatching entry points take the kernel on CUDA
+        assert torch.equal(P.furthest_point_sample(xyz.to(dev), m).cpu(), ref)
+        assert torch.equal(P.sample_centres(xyz.to(dev), m).cpu(), P.gather_points(xyz, ref))
 
 
 @pytest.mark.parametrize(
