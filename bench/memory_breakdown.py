@@ -46,6 +46,7 @@ def steps(n_objects: int) -> list[dict]:
     import torch
 
     from cleanpose_model.fast import GraphedForward
+    from cleanpose_model.nn.pointwise import fold_for_inference
     from cleanpose_model.ops import pointnet2 as P
     from cleanpose_model.parity import build_parity_net
 
@@ -84,18 +85,36 @@ def steps(n_objects: int) -> list[dict]:
     P.ball_query_multi(centres, xyz, [0.01, 0.02], [16, 32])
     P.three_nn(xyz, centres)
     record("+ Triton PointNet++ kernels")
-    runner = GraphedForward(net, precision="fast", queue_entries=80)
     g = torch.Generator().manual_seed(0)
     s = net.cfg.image_size
+    inputs = (
+        torch.randn(n_objects, 3, s, s, generator=g).to(dev),
+        (torch.rand(n_objects, 1024, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, 0.7])).to(dev),
+        torch.randint(0, s * s, (n_objects, 1024), generator=g).to(dev),
+        torch.zeros(n_objects, dtype=torch.long, device=dev),
+        torch.randn(n_objects, 80, 256, generator=g).to(dev),
+    )
+    folded = fold_for_inference(net)
     with torch.inference_mode():
-        runner(
-            torch.randn(n_objects, 3, s, s, generator=g).to(dev),
-            (torch.rand(n_objects, 1024, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, 0.7])).to(dev),
-            torch.randint(0, s * s, (n_objects, 1024), generator=g).to(dev),
-            torch.zeros(n_objects, dtype=torch.long, device=dev),
-            torch.randn(n_objects, 80, 256, generator=g).to(dev),
-        )
-    record(f"+ graphed fast forward, {n_objects} objects (capture + replay)")
+        folded(*inputs[:4], queue_feats=inputs[4])
+        record(f"+ eager fp32 forward, {n_objects} objects")
+        with torch.autocast("cuda", dtype=torch.float16):
+            folded.rgb_extractor(inputs[0])
+        torch.backends.cuda.matmul.allow_tf32 = True
+        folded(*inputs[:4], queue_feats=inputs[4])
+        torch.backends.cuda.matmul.allow_tf32 = False
+        record("+ eager DINOv2 fp16 and TF32 forward")
+        torch.cuda.empty_cache()
+        record("after empty_cache()")
+        one = GraphedForward(net, precision="fast", queue_entries=80, overlap=False)
+        one(*inputs[:4], inputs[4])
+        record(f"+ graphed fast forward, one stream, {n_objects} objects (capture + replay)")
+        del one
+        torch.cuda.empty_cache()
+        record("after dropping it and empty_cache()")
+        runner = GraphedForward(net, precision="fast", queue_entries=80)
+        runner(*inputs[:4], inputs[4])
+    record(f"+ graphed fast forward, 3 streams, {n_objects} objects (capture + replay)")
     torch.cuda.empty_cache()
     record("after empty_cache()")
     return rows
