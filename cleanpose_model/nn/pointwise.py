@@ -49,7 +49,8 @@ class PointwiseLinear(nn.Module):
                 self.weight.unsqueeze(0).expand(bsz, -1, -1),
                 flat,
             ).view(bsz, -1, *x.shape[2:])
-        return torch.relu(y) if self.relu else y
+        # In place, as the published nn.ReLU(inplace=True): y is this layer's own fresh output.
+        return y.relu_() if self.relu else y
 
     def extra_repr(self) -> str:
         c_out, c_in = self.weight.shape
