@@ -23,7 +23,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", sorted(glob("launch/*.py"))),
-        (f"share/{PACKAGE}/config", sorted(glob("config/*.yaml"))),
+        (f"share/{PACKAGE}/config", sorted(glob("config/*.yaml") + glob("config/*.xml"))),
         (f"share/{PACKAGE}/rviz", sorted(glob("rviz/*.rviz"))),
         # The shipped demo checkpoint; the node finds it through ament_index outside the source tree.
         (f"share/{PACKAGE}/models/demo", sorted(f for f in glob("models/demo/*") if os.path.isfile(f))),

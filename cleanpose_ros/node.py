@@ -348,13 +348,14 @@ class CleanPoseNode(LifecycleNode):
         self._info = msg
 
     def _on_synced(self, image, depth, detections) -> None:
+        t_sync = time.monotonic()
         self.stats.on_input()
         with self._cv:
             if not self._active:
                 return
             if self._slot is not None:
                 self.stats.on_drop()
-            self._slot = (image, depth, detections, time.monotonic())
+            self._slot = (image, depth, detections, t_sync, time.time_ns())
             self._cv.notify()
 
     def _wait_idle(self, timeout: float = 30.0) -> None:
@@ -387,8 +388,19 @@ class CleanPoseNode(LifecycleNode):
         self.stats.on_skip(kind)
         self._warn(kind, f"frame skipped: {msg}")
 
-    def _process(self, image, depth_msg, det_msg, t_arrival: float) -> None:
+    def _process(self, image, depth_msg, det_msg, t_arrival: float, wall_ns: int | None = None) -> None:
+        """One synchronized set. `t_arrival`: time.monotonic() when the set was complete; `wall_ns`: the wall
+        clock then (time.time_ns()), for the "receive" stage (header stamp -> set complete)."""
         clk = StageClock()
+        # Before the frame's own stages: how long the set waited in the mailbox for the worker.
+        pre = {"queue": (time.monotonic() - t_arrival) * 1e3}
+        if wall_ns is not None:
+            st = image.header.stamp
+            rx = (wall_ns - (st.sec * 1_000_000_000 + st.nanosec)) / 1e6
+            # Only a stamp from this host's wall clock says something about transport (a bag's or a camera's
+            # stamp may be far off): kept when within [0, 10 s).
+            if 0.0 <= rx < 10_000.0:
+                pre = {"receive": rx, **pre}
         pipeline, info = self.pipeline, self._info
         if pipeline is None:
             return
@@ -472,7 +484,8 @@ class CleanPoseNode(LifecycleNode):
             res.skipped_few_points,
         )
         clk.lap("stats")
-        stages = {k: res.timings_ms[k] for k in ("select", "build_inputs", "forward", "results")}
+        stages = dict(pre)
+        stages.update((k, res.timings_ms[k]) for k in ("select", "build_inputs", "forward", "results"))
         stages.update(clk.ms)
         self.last_stage_ms = stages
         self.stats.on_stages(stages)
@@ -583,11 +596,11 @@ def _set_pose(pose, t, q) -> None:
     o.x, o.y, o.z, o.w = q
 
 
-def main(args=None) -> int:
+def spin(node: CleanPoseNode) -> int:
+    """Autostart (when set), spin until shutdown, tear down. rclpy must be initialised. (rclpy's experimental
+    EventsExecutor was tried here: the node never answered and its executor thread spun at 100 % CPU.)"""
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    rclpy.init(args=args)
-    node = CleanPoseNode()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
@@ -611,6 +624,17 @@ def main(args=None) -> int:
         if rclpy.ok():
             rclpy.shutdown()
     return 0
+
+
+def main(args=None) -> int:
+    from cleanpose_ros.transport import use_large_data_profile
+
+    profile = use_large_data_profile()  # before rclpy.init: the participant reads it when created
+    rclpy.init(args=args)
+    node = CleanPoseNode()
+    if profile:
+        node.get_logger().info(f"Fast DDS profile for frame-sized messages: {profile}")
+    return spin(node)
 
 
 if __name__ == "__main__":
