@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from cleanpose_ros.bench import stage_means_of, stage_table
+
 
 def _f(v, nd=1) -> str:
     return "–" if v is None else f"{v:.{nd}f}"
@@ -48,6 +50,24 @@ def summary(paths: list[Path]) -> str:
                 f"{_f(a['jitter_ms_mean'])} | {_f(a['gpu_util_mean'], 0)} | {_f(a['gpu_mem_mb_max'], 0)} | "
                 f"{_f(a['cpu_percent_mean'], 0)} | {ip50} | {ov50} |"
             )
+    st_rows = []
+    for r in runs:
+        n = r["bag"]["objects_max"]
+        for a in r["dds"]:
+            mode = f"{a['rate_hz']:g} Hz" if a["mode"] == "rate" else "max"
+            # older results: only the diagnostics at the end (all modes mixed)
+            st = a.get("stage_ms") or stage_means_of(r.get("diagnostics") or {})
+            st_rows.append((f"{n} obj, {mode}", st, a["latency_ms"]["mean"]))
+    st_lines = stage_table(st_rows)
+    if st_lines:
+        lines.append("")
+        lines.append(
+            "Node stages (ms, the node's /diagnostics means over its last 100 frames of each mode; receive = "
+            "header stamp (send time) -> inputs synchronized, queue = -> worker starts; pipeline = select + "
+            "build_inputs + forward + results; rest = latency mean − stages):"
+        )
+        lines.append("")
+        lines += st_lines
     acc = [r for r in runs if "per_object_success" in r.get("accuracy", {})]
     if acc:
         lines.append("")

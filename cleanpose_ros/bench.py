@@ -132,6 +132,62 @@ def latency_by_objects(records) -> dict[int, dict[str, float | None]]:
     return {n: {"count": len(v), **latency_stats(v)} for n, v in sorted(by.items())}
 
 
+def stage_means_of(diagnostics: dict[str, dict[str, str]], node_name: str = NODE_NAME) -> dict[str, float]:
+    """The node's per-stage means (ms) from its /diagnostics values (`stage_ms_<stage>`, averaged by the node
+    over its last 100 processed frames), in the node's order; {} when the node published none."""
+    short = node_name.strip("/").split("/")[-1]
+    for name, values in diagnostics.items():
+        if short in name and any(k.startswith("stage_ms_") for k in values):
+            out = {}
+            for k, v in values.items():
+                if k.startswith("stage_ms_"):
+                    with contextlib.suppress(ValueError):
+                        out[k[len("stage_ms_") :]] = float(v)
+            return out
+    return {}
+
+
+def wait_stage_means(rep, node_name: str, timeout_s: float = 3.0) -> dict[str, float]:
+    """Drops the diagnostics seen so far and waits for the node's next status (so its stage means cover the
+    frames just sent), up to `timeout_s`."""
+    rep.diagnostics.clear()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = stage_means_of(dict(rep.diagnostics), node_name)
+        if got:
+            return got
+        time.sleep(0.05)
+    return {}
+
+
+# Stages the node books before the frame's own ones, and the pipeline's inner ones (inside "pipeline").
+_PIPELINE_INNER = ("select", "build_inputs", "forward", "results")
+
+
+def stage_table(rows: list[tuple[str, dict[str, float], float | None]]) -> list[str]:
+    """Markdown rows of the node's stage means: rows = (label, stage means, latency mean ms). "rest" = latency
+    mean − the stages (without the pipeline's inner ones, which "pipeline" already holds): the transport of
+    the answer back and whatever the stages do not cover."""
+    keys: list[str] = []
+    for _, st, _ in rows:
+        keys += [k for k in st if k not in keys]
+    if not keys:
+        return []
+    lines = [
+        "| mode | " + " | ".join(keys) + " | sum | latency mean | rest |",
+        "|---|" + "---|" * (len(keys) + 3),
+    ]
+    for label, st, lat_mean in rows:
+        if not st:
+            continue
+        total = sum(v for k, v in st.items() if k not in _PIPELINE_INNER)
+        rest = lat_mean - total if lat_mean is not None else None
+        cells = [_f(st.get(k), 2) for k in keys]
+        tail = f" | {_f(total, 2)} | {_f(lat_mean, 2)} | {_f(rest, 2)} |"
+        lines.append(f"| {label} | " + " | ".join(cells) + tail)
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------ resources
 
 
@@ -700,6 +756,24 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"{_f(L['max'])} | "
             f"– | – | – | – |"
         )
+    srows = [
+        (
+            f"{a['rate_hz']:g} Hz" if a["mode"] == "rate" else "max (closed loop)",
+            a.get("stage_ms") or {},
+            a["latency_ms"]["mean"],
+        )
+        for a in result["dds"]
+    ]
+    st_lines = stage_table(srows)
+    if st_lines:
+        lines.append("")
+        lines.append(
+            "Node stages (ms, means from the node's /diagnostics over its last 100 frames of each mode; "
+            "receive = header stamp (send time) -> inputs synchronized, queue = -> worker starts; "
+            "pipeline = select + build_inputs + forward + results):"
+        )
+        lines.append("")
+        lines += st_lines
     ov = result.get("ros_overhead")
     if ov:
         lines.append("")
@@ -950,6 +1024,7 @@ def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path):
             rep.wait_answer(rec, max(args.answer_timeout, 60.0))
         sampler = ResourceSampler(pid)
         dds_runs: list[list[RunResult]] = []
+        stage_ms: list[dict[str, float]] = []
         for rate in rates:
             runs = []
             for it in range(args.iterations):
@@ -959,6 +1034,8 @@ def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path):
                 runs.append(run)
                 time.sleep(0.5)  # let a late answer of this run land before the next starts
             dds_runs.append(runs)
+            # the node's stage means over its last 100 frames: this rate's (when it sent that many)
+            stage_ms.append(wait_stage_means(rep, args.node_name))
         diagnostics = dict(rep.diagnostics)
         # accuracy from the first closed-loop (else first) iteration that has answers
         acc_run = next((r[0] for r in dds_runs if r[0].mode == "max"), dds_runs[0][0])
@@ -970,6 +1047,8 @@ def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path):
             if code not in (0, None, -2, 130):
                 notes.append(f"node exited with code {code} (log: {node.log_path})")
     aggs = [aggregate(r) for r in dds_runs]
+    for a, st in zip(aggs, stage_ms):
+        a["stage_ms"] = st
     closed = [r for r in dds_runs if r[0].mode == "max"]
     src_runs = closed[0] if closed else [run for runs in dds_runs for run in runs]
     lvo = latency_by_objects([rec for run in src_runs for rec in run.records])

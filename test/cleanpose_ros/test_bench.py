@@ -59,6 +59,26 @@ def test_bag_without_gt_skips_accuracy_with_message(tmp_path):
     )
 
 
+def test_stage_means_and_table():
+    diag = {
+        "other: x": {"stage_ms_forward": "99"},
+        "cleanpose_node: pose estimation": {
+            "stage_ms_receive": "3.0",
+            "stage_ms_forward": "5.0",
+            "stage_ms_pipeline": "6.0",
+            "inputs": "4",
+        },
+    }
+    diag["other: x"] = {"inputs": "1"}
+    st = bench.stage_means_of(diag, "/cleanpose_node")
+    assert st == {"receive": 3.0, "forward": 5.0, "pipeline": 6.0}
+    lines = bench.stage_table([("30 Hz", st, 10.0), ("max", {}, 5.0)])
+    assert lines[0] == "| mode | receive | forward | pipeline | sum | latency mean | rest |"
+    # "forward" is inside "pipeline": counted once
+    assert lines[2] == "| 30 Hz | 3.00 | 5.00 | 6.00 | 9.00 | 10.00 | 1.00 |" and len(lines) == 3
+    assert bench.stage_table([]) == []
+
+
 def test_cli_missing_topic_names_topics_found(tmp_path, capsys):
     path = write_tiny_bag(tmp_path / "bag", frames=1)
     code = bench.main([str(path), "--detections-topic", "/mask_rcnn/result", "--out", str(tmp_path / "o")])
@@ -69,7 +89,7 @@ def test_cli_missing_topic_names_topics_found(tmp_path, capsys):
 
 @pytest.mark.ros
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
-def test_bench_real_node_small_bag(tmp_path, ros_overlay, storage):
+def test_bench_real_node_small_bag(tmp_path, ros_overlay, storage, capsys):
     """The whole bench, node as a subprocess, on a 3-frame 160x120 synthetic bag; only the mcap case runs
     the in-process comparison (the sqlite3 case checks the storage path end to end)."""
     from training.synthetic.__main__ import generate_bag
@@ -103,4 +123,11 @@ def test_bench_real_node_small_bag(tmp_path, ros_overlay, storage):
         assert ip["frames"] == 3 and ip["latency_ms"]["p50"] > 0
         assert "ros_overhead" in res
     assert (out / "bench.png").stat().st_size > 1000
+    # the node's stage means per mode, in the JSON and in the printed table
+    for agg in res["dds"]:
+        st = agg["stage_ms"]
+        for k in ("receive", "queue", "convert", "detections", "build_inputs", "forward", "pipeline"):
+            assert k in st and st[k] >= 0.0, (k, st)
+    printed = capsys.readouterr().out
+    assert "Node stages (ms" in printed and "| max (closed loop) | " in printed, printed
     assert os.environ.get("ROS_DOMAIN_ID")  # ran on the session's own domain
