@@ -427,6 +427,38 @@ def _upload(arr: np.ndarray, dev):
     return t.pin_memory().to(dev, non_blocking=True)
 
 
+def _upload_many(arrays, dev):
+    """Host arrays -> tensors on `dev` (same dtypes and shapes) through ONE copy: the arrays' bytes are laid
+    out in one buffer (each start aligned to 16 bytes) and viewed back on the device."""
+    import torch
+
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    offs, total = [], 0
+    for a in arrays:
+        offs.append(total)
+        total += (a.nbytes + 15) // 16 * 16
+    buf = np.zeros(max(total, 16), np.uint8)
+    for a, o in zip(arrays, offs):
+        buf[o : o + a.nbytes] = a.reshape(-1).view(np.uint8)
+    d = _upload(buf, dev)
+    return [
+        d[o : o + a.nbytes].view(torch.from_numpy(np.empty(0, a.dtype)).dtype).view(a.shape)
+        for a, o in zip(arrays, offs)
+    ]
+
+
+_DEVICE_LUTS: dict = {}
+
+
+def _device_lut(dev):
+    """The normalisation table on `dev`, uploaded once per device."""
+    key = str(dev)
+    lut = _DEVICE_LUTS.get(key)
+    if lut is None:
+        lut = _DEVICE_LUTS[key] = _upload(_NORM_LUT, dev).reshape(-1)
+    return lut
+
+
 def build_object_inputs_batched(
     rgb,
     depth_m,
@@ -491,8 +523,12 @@ def build_object_inputs_batched(
     s_max = int(sides.max())
     tables = np.stack([_resize_tables(int(s), image_size) for s in sides])  # (n, 8, image_size)
     host = np.concatenate([np.stack([r0, c0, sides], 1).astype(np.int32), tables.reshape(n, -1)], axis=1)
-    meta = _upload(host, dev)
-    r0_t, c0_t, side_t = meta[:, 0:1].long(), meta[:, 1:2].long(), meta[:, 2:3].long()
+    Kt = np.asarray(K, dtype=np.float64)
+    fx, fy, cx, cy = float(Kt[0, 0]), float(Kt[1, 1]), float(Kt[0, 2]), float(Kt[1, 2])
+    # One upload: the int32 table and the focal lengths (float64 device tensors, see the back-projection).
+    meta, f_t = _upload_many([host, np.array([fx, fy], np.float64)], dev)
+    rcs = meta[:, 0:3].long()
+    r0_t, c0_t, side_t = rcs[:, 0:1], rcs[:, 1:2], rcs[:, 2:3]
 
     # Padded (n, S, S) window gather of mask and depth validity via flat indices; the padding (past the
     # window's side) is invalid. Row-major order over the padded window is the window's own order.
@@ -526,7 +562,7 @@ def build_object_inputs_batched(
     taps = rgb[ys[:, None, :, :, None], xs[None, :, :, None, :]].to(torch.int32)  # (2y, 2x, n, D, D, 3)
     hsum = (taps * aw[None]).sum(1)  # horizontal pass per tap row: (2, n, D, D, 3), scale 2048
     res = _vertical_fixed_point(hsum[0], hsum[1], bw[0], bw[1]).clamp_(0, 255)  # (n, D, D, 3)
-    lut = _upload(_NORM_LUT, dev).reshape(-1)
+    lut = _device_lut(dev)
     off = torch.arange(3, device=dev).view(1, 3, 1, 1) * 256
     rgb_all = lut[res.permute(0, 3, 1, 2).long() + off]  # (n, 3, D, D) float32, ImageNet-normalised
 
@@ -553,11 +589,9 @@ def build_object_inputs_batched(
     v = r0_t + row
     u = c0_t + col
     z = dflat[v * w + u].to(torch.float64)
-    Kt = np.asarray(K, dtype=np.float64)
-    fx, fy, cx, cy = float(Kt[0, 0]), float(Kt[1, 1]), float(Kt[0, 2]), float(Kt[1, 2])
-    # Focal lengths as device tensors: CUDA divides by a host scalar as a multiplication by its reciprocal
-    # (not correctly rounded), which would break equality with numpy's division.
-    f_t = _upload(np.array([fx, fy], np.float64), dev)
+    # Focal lengths as device tensors (f_t, uploaded with the table): CUDA divides by a host scalar as a
+    # multiplication by its reciprocal (not correctly rounded), which would break equality with numpy's
+    # division.
     pts = torch.stack([(u.double() - cx) * z / f_t[0], (v.double() - cy) * z / f_t[1], z], dim=2)
     pts = pts.to(torch.float32)
     # The numpy path's float64 ratio image_size / side, as a correctly rounded tensor/tensor division:

@@ -365,3 +365,20 @@ def test_preprocess_bench_short_mode(tmp_path):
     res = json.loads((tmp_path / "preprocess_bench.json").read_text())
     assert res["check"]["pts_choose_kept_equal"] and res["check"]["rgb_max_diff_grey_levels"] <= 1.0
     assert res["objects"] == 6 and res["image"] == [480, 640]
+
+
+def test_upload_many_round_trip_in_one_buffer():
+    """The batched path's single upload: each array comes back with its dtype, shape and bytes (CPU here; the
+    same views on CUDA, where tests/test_pipeline_preprocess.py checks the whole pipeline)."""
+    import torch
+
+    from cleanpose_model.preprocess import _upload_many
+
+    a = np.arange(3 * 7, dtype=np.int32).reshape(3, 7)
+    f = np.array([591.0125, 590.16775], np.float64)
+    b = np.array([True, False, True])
+    ta, tf, tb = _upload_many([a, f, b], torch.device("cpu"))
+    assert ta.dtype == torch.int32 and tf.dtype == torch.float64 and tb.dtype == torch.bool
+    np.testing.assert_array_equal(ta.numpy(), a)
+    np.testing.assert_array_equal(tf.numpy(), f)  # bit-exact float64
+    np.testing.assert_array_equal(tb.numpy(), b)

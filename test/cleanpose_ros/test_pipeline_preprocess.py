@@ -65,3 +65,33 @@ def test_auto_picks_numpy_on_cpu_and_bad_mode_raises(estimator, monkeypatch):
     assert not called and len(res.objects) == 3
     with pytest.raises(ValueError, match="preprocess must be"):
         P.FramePipeline(estimator, P.PipelineConfig(preprocess="gpu")).process(rgb, depth, K, det)
+
+
+@pytest.mark.gpu
+def test_cuda_upload_through_reused_pinned_buffer_gives_the_numpy_inputs(estimator):
+    """On CUDA the frame goes up through FrameUploader's pinned buffer (one copy, reused across frames, grown
+    for a larger frame); the per-object inputs stay those of the numpy path."""
+    import torch
+
+    from cleanpose_ros.pipeline import FramePipeline, FrameUploader, PipelineConfig
+
+    up = FrameUploader("cuda")
+    for seed, (h, w) in ((0, (120, 160)), (1, (240, 320)), (2, (120, 160))):
+        rgb, depth, K, det = _frame(seed, h, w)
+        d, r, m = up.upload(depth, rgb, det.masks)
+        torch.cuda.synchronize()
+        assert torch.equal(d.cpu(), torch.from_numpy(depth)) and torch.equal(r.cpu(), torch.from_numpy(rgb))
+        assert m.dtype == torch.bool and torch.equal(m.cpu(), torch.from_numpy(det.masks))
+    est = type("E", (), {"device": torch.device("cuda"), "dtype": torch.float32})()
+    est.categories = estimator.categories
+    rgb, depth, K, det = _frame(3)
+    cats = [estimator.categories.index(c) for c in det.class_ids]
+    gpu = FramePipeline(est).build_inputs(rgb, depth, K, det.masks, det.boxes, cats)
+    ref = FramePipeline(estimator, PipelineConfig(preprocess="numpy")).build_inputs(
+        rgb, depth, K, det.masks, det.boxes, cats
+    )
+    for x, y in zip(
+        (gpu[0].pts, gpu[0].choose, gpu[0].category), (ref[0].pts, ref[0].choose, ref[0].category)
+    ):
+        assert torch.equal(x.cpu(), y)
+    np.testing.assert_array_equal(gpu[1], ref[1])
