@@ -24,6 +24,7 @@ import torch
 from cleanpose_model.fast import GraphedForward, _tf32
 from cleanpose_model.net import centre_points
 from cleanpose_model.nn.attention import ATTENTION_IMPLS, set_attention_impl
+from cleanpose_model.nn.fused_attention import fuse_for_inference
 from cleanpose_model.nn.pointwise import fold_for_inference
 from cleanpose_model.ops import pointnet2 as P
 from cleanpose_model.parity import build_parity_net
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--unfolded", action="store_true", help="time the published conv + BN layers, not the folded products"
     )
+    ap.add_argument(
+        "--unfused", action="store_true", help="time the transformer layers as published (no fused attention)"
+    )
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/bench/stages")))
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
@@ -155,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     net = build_parity_net("cleanpose", dev)
     if not args.unfolded:  # as the runners execute it (nn/pointwise.py)
         net = fold_for_inference(net)
+    if not args.unfused:  # the transformer layers' inference forms (nn/fused_attention.py), as the runners
+        net = fuse_for_inference(net)
     base = PRECISIONS if dev.type == "cuda" else {"fp32": (None, False)}
     # Column = precision/attention implementation.
     precisions = {f"{p}/{a}": (v, a) for p, v in base.items() for a in args.attention}

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from cleanpose_model.net import centre_points
+from cleanpose_model.nn.fused_attention import fuse_for_inference
 from cleanpose_model.nn.pointwise import fold_for_inference
 
 # Padding wastes the difference: 6 objects in an 8-object graph cost ~1 ms more in the fp32 mode on an H100
@@ -91,6 +92,8 @@ class GraphedForward:
         overlap: bool = True,
         cudnn: bool = True,
         fold: bool = True,
+        fuse_attention: bool | None = None,
+        release_warmup: bool = True,
     ) -> None:
         precision = FAST_PRECISION if precision == "fast" else precision
         if precision not in _AUTOCAST:
@@ -101,6 +104,11 @@ class GraphedForward:
         # fold: 1x1 conv + BN + ReLU chains as single matrix products (nn/pointwise.py); ``net`` itself is
         # left as it is and shares every weight that is not folded.
         self.net = fold_for_inference(net.eval()) if fold else net.eval()
+        # fuse_attention: the transformer layers' inference forms (nn/fused_attention.py: one kernel per
+        # attention core, shared K/V products, the front-door branches on two streams).
+        # Default: on, except under torch.compile, which does its own fusion and is measured as published.
+        if fuse_attention if fuse_attention is not None else not compile:
+            self.net = fuse_for_inference(self.net)
         net = self.net
         self.device = dev
         self.precision = precision
@@ -132,6 +140,8 @@ class GraphedForward:
         # False: 1x1 convolutions and batch norms use PyTorch's own kernels, so cuDNN (and the GPU
         # memory its handle and kernels take) is never loaded by the forward.
         self.cudnn = cudnn
+        # True: the eager warm-ups' cached blocks go back to the driver after each capture (_graph_for).
+        self.release_warmup = release_warmup
         self._pool = None
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict, dict]] = {}
 
@@ -232,6 +242,10 @@ class GraphedForward:
         with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
             outputs = self._run(inputs)
         self._graphs[bucket] = (graph, inputs, outputs)
+        if self.release_warmup:
+            # The warm-up runs left their activations cached in the ordinary pool, where nothing reuses
+            # them: replays only touch the graphs' private pool, which empty_cache() leaves alone.
+            torch.cuda.empty_cache()
         return self._graphs[bucket]
 
     def _bucket(self, n: int) -> int:

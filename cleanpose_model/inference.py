@@ -202,9 +202,10 @@ class PoseEstimator:
         """The eager network, or its graphed replay for this queue width (graphs have fixed shapes)."""
         if not self.cuda_graphs or self.dtype != torch.float32:
             if self._folded is None:
+                from cleanpose_model.nn.fused_attention import fuse_for_inference
                 from cleanpose_model.nn.pointwise import fold_for_inference
 
-                self._folded = fold_for_inference(self.net.eval())
+                self._folded = fuse_for_inference(fold_for_inference(self.net.eval()))
             return self._folded
         entries = 0 if queue_feats is None else int(queue_feats.shape[1])
         if entries not in self._graphed:

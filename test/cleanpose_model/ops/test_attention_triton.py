@@ -1,0 +1,75 @@
+"""The one-kernel attention core equals the torch form (ops/attention_triton.py).
+
+GPU tests; they also run on the CPU through Triton's interpreter
+(`TRITON_INTERPRET=1 pytest -m gpu test/cleanpose_model/ops`) where Triton is installed.
+"""
+
+import os
+
+import pytest
+import torch
+
+from cleanpose_model.ops import attention_triton as A
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not A.HAVE_TRITON or not (torch.cuda.is_available() or INTERPRET),
+        reason="needs Triton and CUDA (or TRITON_INTERPRET=1)",
+    ),
+]
+
+
+def _qkv(bsz: int, lq: int, s: int, c: int, seed: int, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(bsz, lq, c, generator=g) * 2.0
+    kv = torch.randn(bsz, s, 2 * c, generator=g)
+    return q.to(DEVICE, dtype), kv.to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize("bsz,lq,s", [(1, 96, 1024), (3, 96, 96), (2, 96, 80), (1, 7, 13), (2, 33, 65)])
+def test_fp32_matches_math(bsz, lq, s):
+    q, kv = _qkv(bsz, lq, s, 256, seed=lq + s)
+    k, v = kv[..., :256], kv[..., 256:]  # strided slices of one product, read in place
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        got = A.attention_triton(q, k, v, heads=4)
+        ref = A.attention_math(q.double(), k.double(), v.double(), heads=4)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    assert got.shape == (bsz, lq, 256) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-5)
+
+
+def test_tf32_within_tf32_rounding():
+    q, kv = _qkv(2, 96, 300, 256, seed=1)
+    k, v = kv[..., :256], kv[..., 256:]
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        got = A.attention_triton(q, k, v, heads=4)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    ref = A.attention_math(q.double(), k.double(), v.double(), heads=4)
+    err = (got.double() - ref).abs().max().item()
+    assert err < 2e-2, err  # TF32 keeps 10 mantissa bits; scores of magnitude ~30 before the softmax
+
+
+def test_fp16_inputs_give_fp16_output():
+    q, kv = _qkv(2, 96, 96, 256, seed=2, dtype=torch.float16)
+    got = A.attention_triton(q, kv[..., :256], kv[..., 256:], heads=4)
+    ref = A.attention_math(q.double(), kv[..., :256].double(), kv[..., 256:].double(), heads=4)
+    assert got.dtype == torch.float16
+    assert (got.double() - ref).abs().max().item() < 2e-2
+
+
+def test_rejects_bad_layouts():
+    q, kv = _qkv(1, 8, 8, 256, seed=3)
+    with pytest.raises(ValueError, match="head dim"):
+        A.attention_triton(q[..., :252], kv[..., :252], kv[..., 256:508], heads=4)
+    with pytest.raises(ValueError, match="unit stride"):
+        A.attention_triton(kv[..., ::2], kv[..., :256], kv[..., 256:], heads=4)
