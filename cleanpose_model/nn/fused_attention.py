@@ -27,6 +27,8 @@ from torch import nn
 
 from cleanpose_model.nn.attention import AttnBlock, AttnLayer, SelfAttnBlock, SelfAttnLayer
 from cleanpose_model.nn.front_door import FrontDoorEncoder
+from cleanpose_model.nn.fused_gafa import FusedGAFA
+from cleanpose_model.nn.gafa import GAFA
 from cleanpose_model.ops.attention_triton import attention
 
 
@@ -146,8 +148,10 @@ class FusedFrontDoor(nn.Module):
 def fuse_for_inference(module: nn.Module) -> nn.Module:
     """A copy of ``module`` with its transformer layers and front-door encoder replaced by the inference
     forms above (shallow copies on the way down; every other submodule and parameter is shared)."""
-    if isinstance(module, FusedFrontDoor | FusedAttnLayer | FusedSelfAttnLayer):
+    if isinstance(module, FusedFrontDoor | FusedAttnLayer | FusedSelfAttnLayer | FusedGAFA):
         return module  # already fused
+    if isinstance(module, GAFA):
+        return FusedGAFA(module)
     if isinstance(module, FrontDoorEncoder):
         return FusedFrontDoor(module)
     if isinstance(module, AttnLayer):

@@ -80,3 +80,18 @@ def test_network_copy_is_fused_and_original_untouched():
         got = fused(rgb, pts, choose, cat, queue_feats=queue)
     for k in ("pred_rotation", "pred_translation", "pred_size", "kpt_nocs"):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5)
+
+
+def test_gafa_inference_form_matches():
+    from cleanpose_model.nn.fused_gafa import FusedGAFA
+    from cleanpose_model.nn.gafa import GAFA
+
+    torch.manual_seed(0)
+    gafa = GAFA(256, [16, 32]).eval()
+    bsz, n_kpt, n = 2, 96, 300
+    kf, kpt = _rand(bsz, n_kpt, 256, seed=7), _rand(bsz, n_kpt, 3, seed=8) * 0.1
+    feats, pts = _rand(bsz, n, 256, seed=9), _rand(bsz, n, 3, seed=10) * 0.1
+    with torch.no_grad():
+        ref = gafa(kf, kpt, feats, pts)
+        got = FusedGAFA(fold_for_inference(gafa))(kf, kpt, feats, pts)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,89 @@
+"""GAFA's fused kernels equal their torch references (ops/gafa_triton.py).
+
+GPU tests; they also run on the CPU through Triton's interpreter
+(`TRITON_INTERPRET=1 pytest -m gpu test/cleanpose_model/ops`) where Triton is installed.
+"""
+
+import os
+
+import pytest
+import torch
+
+from cleanpose_model.ops import gafa_triton as G
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not G.HAVE_TRITON or not (torch.cuda.is_available() or INTERPRET),
+        reason="needs Triton and CUDA (or TRITON_INTERPRET=1)",
+    ),
+]
+
+
+@pytest.fixture(autouse=True)
+def _fp32_products():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _r(*shape, gen, scale=1.0):
+    return (torch.randn(*shape, generator=gen) * scale).to(DEVICE)
+
+
+def _on_kernel_device(monkeypatch):
+    # Under the interpreter the tensors live on the CPU: let the kernels take them.
+    if INTERPRET and DEVICE == "cpu":
+        monkeypatch.setattr(G, "_use_kernel", lambda *t: True)
+
+
+@pytest.mark.parametrize("bsz,k", [(1, 96), (3, 96), (2, 20)])
+def test_pairwise_mlp_mean(monkeypatch, bsz, k):
+    _on_kernel_device(monkeypatch)
+    g = torch.Generator().manual_seed(k + bsz)
+    x = _r(bsz, k, 3, gen=g, scale=0.1)
+    w1, b1 = _r(64, 3, gen=g, scale=3.0), _r(64, gen=g, scale=0.1)
+    w2t, b2 = _r(64, 256, gen=g, scale=0.2), _r(256, gen=g, scale=0.1)
+    got = G.pairwise_mlp_mean(x, w1, b1, w2t, b2)
+    ref = G.pairwise_mlp_mean_torch(x.double(), w1.double(), b1.double(), w2t.double(), b2.double())
+    assert got.shape == (bsz, k, 256)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bsz,knn", [(1, 16), (2, 32)])
+def test_neighbour_aggregate(monkeypatch, bsz, knn):
+    _on_kernel_device(monkeypatch)
+    g = torch.Generator().manual_seed(knn)
+    n_kpt, n_pts, c = 24, 200, 256
+    kpt = _r(bsz, n_kpt, 3, gen=g, scale=0.1)
+    idx = torch.randint(0, n_pts, (bsz, n_kpt, knn), generator=g).to(DEVICE)
+    pts = _r(bsz, n_pts, 3, gen=g, scale=0.1)
+    knn_xyz = torch.gather(pts, 1, idx.reshape(bsz, -1, 1).expand(-1, -1, 3)).view(bsz, n_kpt, knn, 3)
+    proj, q, pre = _r(bsz, n_pts, c, gen=g), _r(bsz, n_kpt, c, gen=g), _r(bsz, n_kpt, c, gen=g)
+    weights = (
+        _r(64, 3, gen=g, scale=3.0),
+        _r(64, gen=g, scale=0.1),
+        _r(64, c, gen=g, scale=0.2),
+        _r(c, gen=g, scale=0.1),
+        _r(c, c, gen=g, scale=0.06),
+        _r(c, gen=g, scale=0.1),
+        _r(c, c, gen=g, scale=0.06),
+        _r(c, gen=g, scale=0.1),
+    )
+    got = G.neighbour_aggregate(kpt, knn_xyz, idx, proj, q, pre, weights, tau=5.0)
+    ref = G.neighbour_aggregate_torch(
+        kpt.double(),
+        knn_xyz.double(),
+        idx,
+        proj.double(),
+        q.double(),
+        pre.double(),
+        tuple(w.double() for w in weights),
+        5.0,
+    )
+    assert got.shape == (bsz, n_kpt, c)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
