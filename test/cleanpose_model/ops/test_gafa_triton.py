@@ -25,9 +25,14 @@ pytestmark = [
 
 @pytest.fixture(autouse=True)
 def _fp32_products():
+    # The kernels run in the fast mode (TF32 allowed); the "ieee" variant is the one a test can hold to
+    # fp32 tolerances, so the kernels are called with TF32 allowed and made to use full fp32 here.
     old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    orig = G._precision
+    G._precision = lambda: "ieee"
     yield
+    G._precision = orig
     torch.backends.cuda.matmul.allow_tf32 = old
 
 
