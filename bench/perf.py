@@ -30,6 +30,7 @@ from cleanpose_model.preprocess import (
     build_object_inputs_np,
     build_object_inputs_torch,
 )
+from cleanpose_model.preprocess_graph import GraphedInputBuilder
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = ROOT / "test" / "data" / "parity" / "cleanpose_parity_v1.npz"
@@ -50,6 +51,7 @@ MODE_OPTIONS = {
     "fast_no_cudnn": {"precision": "fast", "fold": False, "cudnn": False},
 }
 DEFAULT_MODES = ("exact", "fast", "fast_bf16", "fast_fp16_all")
+SECTIONS = ("forward", "accuracy", "memory", "preprocess")
 COMPILED_MODES = ("exact_compiled", "fast_compiled")
 
 
@@ -188,6 +190,12 @@ def bench_preprocess(frames_npz: Path, dev: torch.device, warmup: int, runs: int
         # The node's path (all objects at once, one host sync) and the earlier per-object loop it replaced.
         t = timed(lambda: build_object_inputs_batched(g[0], g[1], K, g[2], boxes, cats), dev, warmup, runs)
         out["gpu_batched_ms"] = statistics.median(t)
+        # The same work with fixed shapes, each device phase one CUDA graph replay (captured in the warm-up),
+        # from the same device tensors.
+        builder = GraphedInputBuilder(dev)
+        t = timed(lambda: builder(g[0], g[1], K, g[2], boxes, cats), dev, warmup, runs)
+        out["gpu_graphed_ms"] = statistics.median(t)
+        out["graphed_speedup_vs_batched"] = out["gpu_batched_ms"] / out["gpu_graphed_ms"]
         t = timed(lambda: build_object_inputs_torch(g[0], g[1], K, g[2], boxes, cats), dev, warmup, runs)
         out["gpu_per_object_loop_ms"] = statistics.median(t)
         t = timed(
@@ -344,7 +352,14 @@ def main(argv: list[str] | None = None) -> int:
         help="keep only these modes (reference is always timed), e.g. exact fast",
     )
     ap.add_argument("--objects", type=int, nargs="+", help="object counts to time (default 1 2 4 6 8 16 32)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "memory", "preprocess"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=list(SECTIONS[1:]))
+    ap.add_argument(
+        "--sections",
+        nargs="+",
+        default=list(SECTIONS),
+        choices=list(SECTIONS),
+        help="parts to run (accuracy and memory need forward), e.g. --sections preprocess",
+    )
     ap.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--memory-mode", default="fast", choices=sorted(MODE_OPTIONS), help=argparse.SUPPRESS)
     ap.add_argument("--memory-one-stream", action="store_true", help=argparse.SUPPRESS)
@@ -366,38 +381,44 @@ def main(argv: list[str] | None = None) -> int:
         "published_h100_ms": PUBLISHED_H100_MS,
     }
 
-    net = build_parity_net("cleanpose", dev)
-    modes = ["reference"]
-    if dev.type == "cuda":
-        if args.only:
-            modes += [m for m in MODE_OPTIONS if m in args.only]
-        else:
-            modes += [m for m in MODE_OPTIONS if m in DEFAULT_MODES or (args.compile and m in COMPILED_MODES)]
-    rows, runners = bench_forward(net, dev, counts, args.warmup, args.runs, modes)
-    for r in rows:
-        for m in modes[1:]:
-            r[f"{m}_speedup_vs_reference"] = r["reference_ms"] / r[f"{m}_ms"]
-        if r["objects"] in PUBLISHED_H100_MS:
-            r["published_h100_ms"] = PUBLISHED_H100_MS[r["objects"]]
-            for m in modes:
-                r[f"{m}_speedup_vs_published"] = PUBLISHED_H100_MS[r["objects"]] / r[f"{m}_ms"]
-    report["forward"] = rows
-    print(
-        f"## Forward time, CleanPose NOCS, {report['device']} (median of {args.runs} after {args.warmup})\n"
-    )
-    print(
-        table(
-            rows,
-            ["objects"]
-            + [f"{m}_ms" for m in modes]
-            + [f"{m}_speedup_vs_reference" for m in modes[1:]]
-            + ["published_h100_ms"]
-            + [f"{m}_speedup_vs_published" for m in modes],
+    sections = set(args.sections) - set(args.skip)
+    net, runners = None, {}
+    if "forward" in sections:
+        net = build_parity_net("cleanpose", dev)
+        modes = ["reference"]
+        if dev.type == "cuda":
+            if args.only:
+                modes += [m for m in MODE_OPTIONS if m in args.only]
+            else:
+                modes += [
+                    m for m in MODE_OPTIONS if m in DEFAULT_MODES or (args.compile and m in COMPILED_MODES)
+                ]
+        rows, runners = bench_forward(net, dev, counts, args.warmup, args.runs, modes)
+        for r in rows:
+            for m in modes[1:]:
+                r[f"{m}_speedup_vs_reference"] = r["reference_ms"] / r[f"{m}_ms"]
+            if r["objects"] in PUBLISHED_H100_MS:
+                r["published_h100_ms"] = PUBLISHED_H100_MS[r["objects"]]
+                for m in modes:
+                    r[f"{m}_speedup_vs_published"] = PUBLISHED_H100_MS[r["objects"]] / r[f"{m}_ms"]
+        report["forward"] = rows
+        print(
+            f"## Forward time, CleanPose NOCS, {report['device']} "
+            f"(median of {args.runs} after {args.warmup})\n"
         )
-    )
-    plot(rows, modes, args.out / "perf_scaling.png")
+        print(
+            table(
+                rows,
+                ["objects"]
+                + [f"{m}_ms" for m in modes]
+                + [f"{m}_speedup_vs_reference" for m in modes[1:]]
+                + ["published_h100_ms"]
+                + [f"{m}_speedup_vs_published" for m in modes],
+            )
+        )
+        plot(rows, modes, args.out / "perf_scaling.png")
 
-    if runners and "accuracy" not in args.skip:
+    if runners and "accuracy" in sections:
         report["accuracy"] = accuracy(net, dev, runners, args.frames)
         print("\n## Pose difference to the fp32 reference (deg / mm / mm)\n")
         for name, d in report["accuracy"].items():
@@ -411,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         + f" (n={s['rot_deg']['n']})"
                     )
-    if runners and "memory" not in args.skip:
+    if runners and "memory" in sections:
         report["gpu_memory"] = (
             gpu_memory([0, 1, 6, 20], "fast")
             + gpu_memory([6], "fast", overlap=False)
@@ -421,11 +442,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n## GPU memory (MB)\n")
         print(table(report["gpu_memory"], list(report["gpu_memory"][0])))
 
-    if args.frames.exists() and "preprocess" not in args.skip:
+    if args.frames.exists() and "preprocess" in sections:
         report["preprocess"] = bench_preprocess(args.frames, dev, args.warmup, args.runs)
         print("\n## Per-object input construction, 640x480, 6 masks (ms)\n")
         print(table([report["preprocess"]], list(report["preprocess"])))
-    else:
+    elif "preprocess" in sections:
         print(f"\n(no {args.frames}: preprocessing timing skipped; make it with bench/make_perf_frames.py)")
 
     if args.cpu_inference:
@@ -434,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(report["cpu_inference"], list(report["cpu_inference"][0])))
 
     (args.out / "perf.json").write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.out / 'perf.json'} and {args.out / 'perf_scaling.png'}")
+    print(f"\nwrote {args.out / 'perf.json'}" + (f" and {args.out / 'perf_scaling.png'}" if net else ""))
     return 0
 
 

@@ -1,11 +1,14 @@
 """Per-object input construction for a 640x480 frame with 6 masks (issue 8, target 2): numpy CPU path,
-torch per-object path and torch batched path on --device, side by side in one run.
+torch per-object path, torch batched path and its graphed version (GraphedInputBuilder: CUDA graphs on CUDA,
+the same fixed-shape phases eagerly on the CPU) on --device, side by side in one run.
 
 Median and min over --runs calls after --warmup calls, cycling through the frames of --frames; CUDA timings
 are synchronised. The torch rows start from the frame already on the device (as after the node's upload);
 the upload itself (rgb + depth + masks, pageable) is timed in its own row, and "batched + upload" is what
-FramePipeline does per frame on CUDA. The same run checks that the batched path picks the same pixels as
-the numpy path on this device (pts / choose / kept bit-equal, RGB difference in grey levels).
+FramePipeline did per frame on CUDA before the graphed builder; "graphed from host arrays" is what it does
+now (frame and window table up in one copy from pinned memory, then the two replays). The same run checks
+that the batched and graphed paths pick the same pixels as the numpy path on this device (pts / choose /
+kept bit-equal, RGB difference in grey levels).
 
     python bench/preprocess_bench.py --device cuda --frames .carry/perf_frames.npz --out $OUT
     python bench/preprocess_bench.py --device cpu --synthetic --runs 3 --warmup 1   # CI short mode
@@ -34,6 +37,7 @@ from cleanpose_model.preprocess import (
     build_object_inputs_torch,
     mask_to_box,
 )
+from cleanpose_model.preprocess_graph import GraphedInputBuilder
 
 
 def synthetic_frames(n: int = 2, objects: int = 6, h: int = 480, w: int = 640, seed: int = 0) -> dict:
@@ -84,17 +88,17 @@ def timed(fn, n_frames: int, dev: torch.device, warmup: int, runs: int) -> list[
 
 
 def check_equal(fr: dict, gpu: list, dev: torch.device) -> dict:
-    """Batched path on `dev` vs the numpy path with the same generator seed, over all frames."""
+    """Batched and graphed paths on `dev` vs the numpy path with the same generator seed, over all frames."""
     worst_rgb, rgb_differing, equal = 0.0, 0, True
-    for i in range(len(gpu)):
+    builder = GraphedInputBuilder(dev)
+    for i, path in ((i, p) for i in range(len(gpu)) for p in ("batched", "graphed")):
         args = (fr["K"], fr["boxes"][i], fr["categories"][i])
         ref = build_object_inputs_np(
             fr["rgb"][i], fr["depth_m"][i], fr["K"], fr["masks"][i], *args[1:], rng=np.random.default_rng(i)
         )
         g = gpu[i]
-        batch, kept, nums, wins = build_object_inputs_batched(
-            g[0], g[1], fr["K"], g[2], *args[1:], rng=np.random.default_rng(i)
-        )
+        fn = build_object_inputs_batched if path == "batched" else builder
+        batch, kept, nums, wins = fn(g[0], g[1], fr["K"], g[2], *args[1:], rng=np.random.default_rng(i))
         equal &= bool(
             np.array_equal(kept, ref.kept)
             and np.array_equal(nums, ref.num_points)
@@ -190,7 +194,28 @@ def main(argv: list[str] | None = None) -> int:
             args.runs,
         ),
     )
+    builder = GraphedInputBuilder(dev)
+    rows["torch graphed"] = (
+        str(dev),
+        timed(
+            lambda i: builder(gpu[i][0], gpu[i][1], K, gpu[i][2], boxes[i], cats[i]),
+            nf,
+            dev,
+            args.warmup,
+            args.runs,
+        ),
+    )
     if dev.type == "cuda":
+        rows["torch graphed from host arrays"] = (
+            str(dev),
+            timed(
+                lambda i: builder(host[i][0], host[i][1], K, host[i][2], boxes[i], cats[i]),
+                nf,
+                dev,
+                args.warmup,
+                args.runs,
+            ),
+        )
         rows["frame upload (rgb+depth+masks)"] = (str(dev), timed(upload, nf, dev, args.warmup, args.runs))
 
         def batched_with_upload(i):
@@ -235,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {k} | {r['device']} | {r['median_ms']:.3f} | {r['min_ms']:.3f} | {ratio:.1f}x |")
     c = result["check"]
     print(
-        f"\nbatched vs numpy on {dev}: pts/choose/kept equal: {c['pts_choose_kept_equal']}; RGB max diff "
-        f"{c['rgb_max_diff_grey_levels']} grey levels ({c['rgb_values_differing']} values differ)"
+        f"\nbatched and graphed vs numpy on {dev}: pts/choose/kept equal: {c['pts_choose_kept_equal']}; "
+        f"RGB max diff {c['rgb_max_diff_grey_levels']} grey levels "
+        f"({c['rgb_values_differing']} values differ)"
     )
     if args.out is not None:
         path = args.out / "preprocess_bench.json" if args.out.is_dir() else args.out
