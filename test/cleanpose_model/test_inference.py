@@ -18,6 +18,7 @@ from cleanpose_model.inference import ObjectBatch, PoseEstimator, PoseResult
 from cleanpose_model.io import checkpoints as ck
 from cleanpose_model.io.errors import CheckpointFormatError, DeviceUnavailableError, QueueError
 from cleanpose_model.net import CleanPoseNet
+from cleanpose_model.nn.fused_attention import fuse_for_inference
 from cleanpose_model.nn.pointwise import fold_for_inference
 from cleanpose_model.queue import ConfounderQueue
 
@@ -106,8 +107,11 @@ def test_random_mode_reproduces_with_seed(model, batch):
     idx = ConfounderQueue(queue).indices("random", np.random.RandomState(5))
     feats = ConfounderQueue(queue).gather(batch.category, idx)
     with torch.no_grad():
-        # The estimator runs the folded network (nn/pointwise.py): bit-equal to it, rounding-close to net.
-        ref = fold_for_inference(net)(batch.rgb, batch.pts, batch.choose, batch.category, queue_feats=feats)
+        # The estimator runs the folded network with the fused inference layers (nn/pointwise.py,
+        # nn/fused_attention.py): bit-equal to it, rounding-close to net.
+        ref = fuse_for_inference(fold_for_inference(net))(
+            batch.rgb, batch.pts, batch.choose, batch.category, queue_feats=feats
+        )
         eager = net(batch.rgb, batch.pts, batch.choose, batch.category, queue_feats=feats)
     assert torch.equal(ref["pred_rotation"], first[0].rotation)
     torch.testing.assert_close(eager["pred_rotation"], first[0].rotation, rtol=1e-4, atol=1e-5)
