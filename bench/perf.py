@@ -49,6 +49,8 @@ MODE_OPTIONS = {
     "fast_unfolded": {"precision": "fast", "fold": False},
     "fast_no_tf32": {"precision": "fast", "tf32": False},
     "fast_no_cudnn": {"precision": "fast", "fold": False, "cudnn": False},
+    "exact_unfused": {"precision": "fp32", "fuse_attention": False},
+    "fast_unfused": {"precision": "fast", "fuse_attention": False},
 }
 DEFAULT_MODES = ("exact", "fast", "fast_bf16", "fast_fp16_all")
 SECTIONS = ("forward", "accuracy", "memory", "preprocess")

@@ -119,6 +119,7 @@ class FramePipeline:
         self.class_map = ClassMap(estimator.categories, self.cfg.class_map)
         self._builder = None  # GraphedInputBuilder, made on the first CUDA frame
         self._builder_device = None
+        self._builder_sizes: set = set()  # (depth shape, dtype) whose input graphs are captured
 
     @classmethod
     def from_checkpoint(
@@ -190,6 +191,18 @@ class FramePipeline:
                     from cleanpose_model.preprocess_graph import GraphedInputBuilder
 
                     self._builder, self._builder_device = GraphedInputBuilder(dev), dev
+                    self._builder_sizes = set()
+                frame_key = (depth.shape, depth.dtype)
+                if frame_key not in self._builder_sizes and depth.dtype in (np.float32, np.float64):
+                    # Capture every bucket the forward warm-up covers now, on the first frame of this size, so
+                    # a later frame with a new object count does not stall for a capture.
+                    self._builder_sizes.add(frame_key)
+                    self._builder.capture(
+                        range(1, min(self.cfg.max_objects, 8) + 1),
+                        *depth.shape[:2],
+                        depth_dtype=torch.from_numpy(np.empty(0, depth.dtype)).dtype,
+                        n_points=self.cfg.n_points,
+                    )
                 batch, kept, num_points, _ = self._builder(rgb, depth, K, masks, boxes, cats, **kw)
                 return batch, kept, np.asarray(cats, np.int64).reshape(-1)[kept], num_points
 
