@@ -180,12 +180,13 @@ def ball_query_multi(
 ) -> list[torch.Tensor]:
     """One ball query per (radius, nsample) around the same centres -> list of int64 (B, M, nsample).
 
-    On CUDA with Triton a pair of radii around at most 128 centres (the deeper MSG levels) runs as one
-    fused kernel; otherwise one distance matrix serves every radius (measured faster on an H100 for the
-    512- and 256-centre levels, where the tensor ops have enough parallel work).
+    On CUDA with Triton a pair of radii (every MSG level) runs as one fused kernel; otherwise one
+    distance matrix serves every radius. The kernel with 8-centre tiles is faster than the tensor ops
+    at every level on an H100 (fast forward 4.73 -> 4.21 ms at 6 objects) and needs none of their
+    (B, M, N) temporaries (the 6-object graph pool is ~80 MB smaller).
     """
     pow2 = all(ns > 0 and ns & (ns - 1) == 0 for ns in nsamples)
-    if new_xyz.is_cuda and HAVE_TRITON and len(radii) == 2 and pow2 and new_xyz.shape[1] <= 128:
+    if new_xyz.is_cuda and HAVE_TRITON and len(radii) == 2 and pow2:
         return list(ball_query2_triton(new_xyz, xyz, (radii[0], radii[1]), (nsamples[0], nsamples[1])))
     d2 = pairwise_sq_dist(new_xyz, xyz)
     return [ball_query_from_sq_dist(d2, r, ns) for r, ns in zip(radii, nsamples, strict=True)]

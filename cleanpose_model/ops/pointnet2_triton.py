@@ -206,10 +206,15 @@ def fps_triton(
 
 
 def ball_query2_triton(
-    new_xyz: torch.Tensor, xyz: torch.Tensor, radii: tuple[float, float], nsamples: tuple[int, int]
+    new_xyz: torch.Tensor,
+    xyz: torch.Tensor,
+    radii: tuple[float, float],
+    nsamples: tuple[int, int],
+    block_m: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two ball queries around the same centres in one pass: new_xyz (B, M, 3), xyz (B, N, 3)
-    -> int64 (B, M, nsamples[0]), (B, M, nsamples[1]). Semantics of pointnet2.ball_query."""
+    -> int64 (B, M, nsamples[0]), (B, M, nsamples[1]). Semantics of pointnet2.ball_query.
+    ``block_m``: centres per program (a power of two)."""
     if not HAVE_TRITON:
         raise RuntimeError("Triton is not installed; use the torch ball query")
     bsz, m, _ = new_xyz.shape
@@ -220,8 +225,13 @@ def ball_query2_triton(
     new_xyz, xyz = new_xyz.contiguous().float(), xyz.contiguous().float()
     out1 = torch.empty(bsz, m, nsamples[0], dtype=torch.int64, device=xyz.device)
     out2 = torch.empty(bsz, m, nsamples[1], dtype=torch.int64, device=xyz.device)
-    # 32x128 tiles measured best on an H100 (4x1024 tiles with one long cumsum were 2-5x slower).
-    block_m, block_n = 32, 128
+    # 8x128 tiles: the fastest on an H100 at every MSG level (1 and 6 objects), and small enough to stay in
+    # registers. 32-centre tiles spill (ptxas: a 2.5 KB stack frame per thread); the driver sizes the
+    # context's local memory for the largest frame of any launched kernel times every thread the GPU can
+    # hold, and never shrinks it: that one launch cost the process ~390 MB (bench/module_memory.py).
+    # 8 centres need 136 bytes, under the 1 KB per-thread stack every context already reserves.
+    # (4x1024 tiles with one long cumsum were 2-5x slower.)
+    block_n = 128
     grid = (bsz, triton.cdiv(m, block_m))
     _ball_query2_kernel[grid](
         new_xyz,

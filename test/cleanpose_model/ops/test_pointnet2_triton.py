@@ -47,16 +47,20 @@ def test_triton_fps_matches_torch(n, m):
         assert torch.equal(P.sample_centres(xyz.to(dev), m).cpu(), P.gather_points(xyz, ref))
 
 
+@pytest.mark.parametrize("block_m", [8, 32])
 @pytest.mark.parametrize(
     "n,m,radii,ns", [(1024, 512, (0.01, 0.02), (16, 32)), (300, 70, (0.04, 0.08), (16, 32))]
 )
-def test_triton_ball_query_matches_torch(n, m, radii, ns):
+def test_triton_ball_query_matches_torch(n, m, radii, ns, block_m):
     xyz = _cloud(n, n + 1)
     new = xyz[:, :m].clone()
     new[3, :5] = 10.0  # no neighbour at all: all-zero rows
-    got = T.ball_query2_triton(new.to(DEVICE), xyz.to(DEVICE), radii, ns)
+    got = T.ball_query2_triton(new.to(DEVICE), xyz.to(DEVICE), radii, ns, block_m=block_m)
     for r, k, g in zip(radii, ns, got, strict=True):
         assert torch.equal(g.cpu(), P.ball_query(r, k, xyz, new))
+    if DEVICE == "cuda":  # every MSG level, 512 centres included, takes the kernel on CUDA
+        multi = P.ball_query_multi(new.to(DEVICE), xyz.to(DEVICE), list(radii), list(ns))
+        assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(multi, got, strict=True))
 
 
 @pytest.mark.parametrize("n,m", [(1024, 512), (512, 256), (128, 64), (50, 3)])
