@@ -13,6 +13,7 @@ from torch import nn
 
 from cleanpose_model.nn.gafa import GAFA, GAFABlock
 from cleanpose_model.ops.gafa_triton import neighbour_aggregate, pairwise_mlp_mean
+from cleanpose_model.ops.knn import knn_indices
 
 
 def _t(w: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,7 @@ class FusedGAFABlock(nn.Module):
         blk = self.blk
         bsz, n_kpt = kpt_feat.shape[:2]
         dist = torch.linalg.vector_norm(kpt_3d.unsqueeze(2) - pts.unsqueeze(1), dim=-1)
-        knn_idx = dist.topk(self.k, dim=2, largest=False).indices  # (B, K, k); order irrelevant
+        knn_idx = knn_indices(dist, self.k)  # (B, K, k): topk's neighbour set, one kernel on CUDA
         flat = knn_idx.reshape(bsz, -1)
         knn_xyz = torch.gather(pts, 1, flat.unsqueeze(-1).expand(-1, -1, 3)).view(bsz, n_kpt, self.k, 3)
         q = blk.fc_in(kpt_feat.transpose(1, 2)).transpose(1, 2)
