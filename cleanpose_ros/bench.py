@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -283,6 +284,8 @@ class ResourceSampler:
 
     def start(self):
         self._samples = []
+        if self.period <= 0:  # sampling off: stop() reports no figures
+            return
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -906,6 +909,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--warmup", type=int, default=3, help="frames sent closed-loop before measuring")
     p.add_argument(
+        "--sample-period",
+        type=float,
+        default=0.2,
+        help="s between CPU/GPU samples of the node (0: none; nvidia-smi calls can stall CUDA)",
+    )
+    p.add_argument(
         "--node-running",
         action="store_true",
         help="bench a node that is already running (its inputs subscribed to the bag topics)",
@@ -1022,7 +1031,10 @@ def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path):
         for k in range(min(args.warmup, len(frames))):
             rec = rep.send(frames[k])
             rep.wait_answer(rec, max(args.answer_timeout, 60.0))
-        sampler = ResourceSampler(pid)
+        # Frames, bag reader and rclpy live for the whole run: keep full collections short (see node).
+        gc.collect()
+        gc.freeze()
+        sampler = ResourceSampler(pid, period_s=args.sample_period)
         dds_runs: list[list[RunResult]] = []
         stage_ms: list[dict[str, float]] = []
         for rate in rates:
