@@ -39,3 +39,12 @@ def test_stage_times_quick_cpu(tmp_path):
     assert {f"sa{i}.fps" for i in range(4)} <= stages
     assert all(r["ms"] > 0 for r in rows)
     assert "| forward_serial |" in out
+
+
+def test_launch_floor_quick_cpu(tmp_path):
+    out = _run("launch_floor.py", "--device", "cpu", "--quick", "--out", str(tmp_path))
+    row = json.loads((tmp_path / "launch_floor.json").read_text())["rows"][0]
+    assert row["objects"] == 1
+    # every stage runs operators; the head (transformers, GAFA, heads) runs more than DINOv2's 12 blocks
+    assert row["kernels_pointnet2"] > 0 and 0 < row["kernels_dinov2"] < row["kernels_head"]
+    assert "| objects | kernels_dinov2" in out
