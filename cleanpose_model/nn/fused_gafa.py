@@ -70,13 +70,9 @@ class FusedGAFABlock(nn.Module):
             kpt_3d, knn_xyz, knn_idx, proj, q, kpt_feat, self._neighbour_weights(), self.tau
         )
 
-        pre = kpt_feat
         rel_hidden = pairwise_mlp_mean(kpt_3d, self.l_w1, self.l_b1, self.l_w2t, self.l_b2)
         pos = blk.fc_delta_abs(kpt_3d) + blk.fc_delta_l[4](rel_hidden)
-        glob = kpt_feat.mean(dim=1, keepdim=True).expand(-1, n_kpt, -1)
-        fused = blk.fuse_mlp(torch.cat([kpt_feat, glob, pos], dim=-1).transpose(1, 2)).transpose(1, 2)
-        kpt_feat = torch.relu(fused + pre)
-        return torch.relu(kpt_feat + blk.out_mlp(kpt_feat))
+        return blk.fuse_position(kpt_feat, pos)
 
 
 class FusedGAFA(nn.Module):

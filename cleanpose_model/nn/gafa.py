@@ -86,13 +86,18 @@ class GAFABlock(nn.Module):
         attn = torch.softmax(sim / self.tau, dim=-1)
         kpt_feat = torch.relu((attn.unsqueeze(-1) * kf).sum(dim=2) + pre)
 
-        pre = kpt_feat
         rel = kpt_3d.unsqueeze(2) - kpt_3d.unsqueeze(1)  # (B, K, K, 3), i minus j
         # mean_j of the last (linear) layer equals that layer applied to mean_j of its input: this
         # runs the widest matmul on K rows instead of K*K.
         rel_hidden = self.fc_delta_l[:4](rel).mean(dim=2)
         pos = self.fc_delta_abs(kpt_3d) + self.fc_delta_l[4](rel_hidden)
-        glob = kpt_feat.mean(dim=1, keepdim=True).expand(-1, n_kpt, -1)
+        return self.fuse_position(kpt_feat, pos)
+
+    def fuse_position(self, kpt_feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The block's second half: keypoint features, their mean and the position encoding through fuse_mlp
+        (residual), then out_mlp (residual)."""
+        pre = kpt_feat
+        glob = kpt_feat.mean(dim=1, keepdim=True).expand(-1, kpt_feat.shape[1], -1)
         fused = self.fuse_mlp(torch.cat([kpt_feat, glob, pos], dim=-1).transpose(1, 2)).transpose(1, 2)
         kpt_feat = torch.relu(fused + pre)
         return torch.relu(kpt_feat + self.out_mlp(kpt_feat))

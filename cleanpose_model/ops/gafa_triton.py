@@ -18,13 +18,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-try:
+from cleanpose_model.ops.pointnet2_triton import HAVE_TRITON
+
+if HAVE_TRITON:
     import triton
     import triton.language as tl
-
-    HAVE_TRITON = True
-except ImportError:  # pragma: no cover - CPU-only installs
-    HAVE_TRITON = False
 
 if HAVE_TRITON:
 
