@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -29,34 +28,26 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stage_times import make_inputs, time_fn  # noqa: E402
+
 from cleanpose_model.fast import GraphedForward  # noqa: E402
 from cleanpose_model.net import centre_points  # noqa: E402
 from cleanpose_model.nn.fused_attention import fuse_for_inference  # noqa: E402
 from cleanpose_model.nn.pointwise import fold_for_inference  # noqa: E402
 from cleanpose_model.parity import build_parity_net  # noqa: E402
 
+# make_inputs order, as the runner names its inputs
+INPUT_NAMES = ("rgb", "pts", "choose", "category", "queue_feats")
+
 
 def chain_ms_per_kernel(step, n: int, runs: int, dev: torch.device) -> float:
-    side = torch.cuda.Stream(dev)
-    side.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream(dev).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    """ms per step of n dependent ``step()`` calls replayed from one CUDA graph."""
+
+    def chain():
         for _ in range(n):
             step()
-    for _ in range(3):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    t = []
-    for _ in range(runs):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        t.append(start.elapsed_time(end))
-    return statistics.median(t) / n
+
+    return time_fn(chain, dev, runs) / n
 
 
 def count_kernels(fn, dev: torch.device) -> int:
@@ -80,14 +71,7 @@ def stage_counts(n: int, fnet, runner, dev: torch.device) -> dict:
     """Kernels (CPU: operators) per stage of the fast forward for n objects."""
     cuda = dev.type == "cuda"
     old = torch.backends.cuda.matmul.allow_tf32
-    g = torch.Generator().manual_seed(n)
-    inputs = {
-        "rgb": torch.randn(n, 3, 224, 224, generator=g).to(dev),
-        "pts": (torch.rand(n, 1024, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, 0.7])).to(dev),
-        "choose": torch.randint(0, 224 * 224, (n, 1024), generator=g).to(dev),
-        "category": (torch.arange(n) % 6).to(dev),
-        "queue_feats": torch.randn(n, 80, 256, generator=g).to(dev),
-    }
+    inputs = dict(zip(INPUT_NAMES, make_inputs(n, dev), strict=True))
 
     def backbone(x):
         if not cuda:
@@ -161,16 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.objects:
         row = stage_counts(n, fnet, runner, dev)
         if cuda:
-            graph, _, _ = runner._graph_for(runner._bucket(n))
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            t = []
-            for _ in range(args.runs):
-                start.record()
-                graph.replay()
-                end.record()
-                end.synchronize()
-                t.append(start.elapsed_time(end))
-            row["graph_replay_ms"] = statistics.median(t)
+            # the whole forward as the runner captures it (both backbones on their streams, then the rest)
+            feed = dict(zip(INPUT_NAMES, make_inputs(n, dev), strict=True))
+            with torch.inference_mode():
+                row["graph_replay_ms"] = time_fn(lambda f=feed: runner._run(f), dev, args.runs)
             # The head runs after both backbones as one dependent chain (the front-door branches aside).
             row["head_floor_ms_add1"] = row["kernels_head"] * report["us_per_kernel_add1"] / 1e3
             row["head_floor_ms_linear"] = (

@@ -93,7 +93,6 @@ class GraphedForward:
         cudnn: bool = True,
         fold: bool = True,
         fuse_attention: bool | None = None,
-        release_warmup: bool = True,
     ) -> None:
         precision = FAST_PRECISION if precision == "fast" else precision
         if precision not in _AUTOCAST:
@@ -140,8 +139,6 @@ class GraphedForward:
         # False: 1x1 convolutions and batch norms use PyTorch's own kernels, so cuDNN (and the GPU
         # memory its handle and kernels take) is never loaded by the forward.
         self.cudnn = cudnn
-        # True: the eager warm-ups' cached blocks go back to the driver after each capture (_graph_for).
-        self.release_warmup = release_warmup
         self._pool = None
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict, dict]] = {}
 
@@ -242,10 +239,6 @@ class GraphedForward:
         with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
             outputs = self._run(inputs)
         self._graphs[bucket] = (graph, inputs, outputs)
-        if self.release_warmup:
-            # The warm-up runs left their activations cached in the ordinary pool, where nothing reuses
-            # them: replays only touch the graphs' private pool, which empty_cache() leaves alone.
-            torch.cuda.empty_cache()
         return self._graphs[bucket]
 
     def _bucket(self, n: int) -> int:

@@ -312,7 +312,12 @@ class GraphedInputBuilder:
     def capture(
         self, sizes, h: int, w: int, depth_dtype=torch.float32, n_points=N_POINTS, image_size=IMAGE_SIZE
     ):
-        """Prepare (and on CUDA capture) the buckets of these object counts for H x W frames ahead of time."""
+        """Prepare (and on CUDA capture) the buckets of these object counts for H x W frames ahead of time.
+        ``depth_dtype``: a torch or numpy dtype; one the graphs do not take (see ``__call__``) is skipped."""
+        if not isinstance(depth_dtype, torch.dtype):
+            depth_dtype = _NP_DEPTH_DTYPES.get(np.dtype(depth_dtype))
+            if depth_dtype is None:
+                return
         for n in sizes:
             b = self.bucket(n)
             if b is not None:

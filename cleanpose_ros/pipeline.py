@@ -193,14 +193,14 @@ class FramePipeline:
                     self._builder, self._builder_device = GraphedInputBuilder(dev), dev
                     self._builder_sizes = set()
                 frame_key = (depth.shape, depth.dtype)
-                if frame_key not in self._builder_sizes and depth.dtype in (np.float32, np.float64):
+                if frame_key not in self._builder_sizes:
                     # Capture every bucket the forward warm-up covers now, on the first frame of this size, so
                     # a later frame with a new object count does not stall for a capture.
                     self._builder_sizes.add(frame_key)
                     self._builder.capture(
                         range(1, min(self.cfg.max_objects, 8) + 1),
                         *depth.shape[:2],
-                        depth_dtype=torch.from_numpy(np.empty(0, depth.dtype)).dtype,
+                        depth_dtype=depth.dtype,
                         n_points=self.cfg.n_points,
                     )
                 batch, kept, num_points, _ = self._builder(rgb, depth, K, masks, boxes, cats, **kw)

@@ -38,6 +38,13 @@ if HAVE_TRITON:
         return tl.maximum(h, 0.0)
 
     @triton.jit
+    def _second_layer(h1, w2t_ptr, b2_ptr, cc, HID: tl.constexpr, C: tl.constexpr, PRECISION: tl.constexpr):
+        """relu(h1 @ W2t[:, cc] + b2[cc]): one BLOCK_C-wide column block of the 256-wide layer."""
+        hc = tl.arange(0, HID)
+        w2t = tl.load(w2t_ptr + hc[:, None] * C + cc[None, :])  # (HID, BLOCK_C)
+        return tl.maximum(tl.dot(h1, w2t, input_precision=PRECISION) + tl.load(b2_ptr + cc)[None, :], 0.0)
+
+    @triton.jit
     def _pairwise_mlp_mean_kernel(
         x_ptr,
         w1_ptr,
@@ -64,12 +71,9 @@ if HAVE_TRITON:
         yj = tl.load(base + j * 3 + 1, mask=ok, other=0.0)
         zj = tl.load(base + j * 3 + 2, mask=ok, other=0.0)
         h1 = _hidden_from_offsets(xi - xj, yi - yj, zi - zj, w1_ptr, b1_ptr, HID)
-        hc = tl.arange(0, HID)
         for c0 in tl.static_range(0, C, BLOCK_C):
             cc = c0 + tl.arange(0, BLOCK_C)
-            w2t = tl.load(w2t_ptr + hc[:, None] * C + cc[None, :])  # (HID, BLOCK_C)
-            h2 = tl.dot(h1, w2t, input_precision=PRECISION) + tl.load(b2_ptr + cc)[None, :]
-            h2 = tl.where(ok[:, None], tl.maximum(h2, 0.0), 0.0)
+            h2 = tl.where(ok[:, None], _second_layer(h1, w2t_ptr, b2_ptr, cc, HID, C, PRECISION), 0.0)
             tl.store(out_ptr + pid * C + cc, tl.sum(h2, 0) / n_kpt)
 
     @triton.jit
@@ -102,7 +106,6 @@ if HAVE_TRITON:
         pid = tl.program_id(0)  # b * n_kpt + i
         b = pid // n_kpt
         r = tl.arange(0, K_NN)
-        hc = tl.arange(0, HID)
         # offsets keypoint - neighbour, as the published fc_delta input
         kx = tl.load(kpt_ptr + pid * 3)
         ky = tl.load(kpt_ptr + pid * 3 + 1)
@@ -118,8 +121,7 @@ if HAVE_TRITON:
         # layer 2: relu(h1 W2^T + b2) -> scratch A
         for c0 in tl.static_range(0, C, BLOCK_C):
             cc = c0 + tl.arange(0, BLOCK_C)
-            h2 = tl.dot(h1, tl.load(w2t_ptr + hc[:, None] * C + cc[None, :]), input_precision=PRECISION)
-            h2 = tl.maximum(h2 + tl.load(b2_ptr + cc)[None, :], 0.0)
+            h2 = _second_layer(h1, w2t_ptr, b2_ptr, cc, HID, C, PRECISION)
             tl.store(s_a + r[:, None] * C + cc[None, :], h2)
         tl.debug_barrier()
         # layer 3: relu(gathered projection + h2 W_fold^T + b_fold) -> scratch B

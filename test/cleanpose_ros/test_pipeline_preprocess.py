@@ -69,8 +69,9 @@ def test_auto_picks_numpy_on_cpu_and_bad_mode_raises(estimator, monkeypatch):
 
 @pytest.mark.gpu
 def test_cuda_upload_through_reused_pinned_buffer_gives_the_numpy_inputs(estimator):
-    """On CUDA the frame goes up through FrameUploader's pinned buffer (one copy, reused across frames, grown
-    for a larger frame); the per-object inputs stay those of the numpy path."""
+    """FrameUploader sends a frame up in one copy through a pinned buffer reused across frames (grown for a
+    larger frame); the pipeline's CUDA build_inputs (GraphedInputBuilder, its own staging) gives the numpy
+    path's per-object inputs."""
     import torch
 
     from cleanpose_ros.pipeline import FramePipeline, FrameUploader, PipelineConfig

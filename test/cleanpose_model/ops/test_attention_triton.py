@@ -4,23 +4,13 @@ GPU tests; they also run on the CPU through Triton's interpreter
 (`TRITON_INTERPRET=1 pytest -m gpu test/cleanpose_model/ops`) where Triton is installed.
 """
 
-import os
-
 import pytest
 import torch
+from triton_env import DEVICE, needs_triton
 
 from cleanpose_model.ops import attention_triton as A
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        not A.HAVE_TRITON or not (torch.cuda.is_available() or INTERPRET),
-        reason="needs Triton and CUDA (or TRITON_INTERPRET=1)",
-    ),
-]
+pytestmark = [pytest.mark.gpu, needs_triton]
 
 
 def _qkv(bsz: int, lq: int, s: int, c: int, seed: int, dtype=torch.float32):

@@ -4,20 +4,11 @@ The Triton tests are GPU tests that also run on the CPU through Triton's interpr
 (`TRITON_INTERPRET=1 pytest -m gpu test/cleanpose_model/ops`); the fallback test runs everywhere.
 """
 
-import os
-
 import pytest
 import torch
+from triton_env import DEVICE, needs_triton
 
 from cleanpose_model.ops import knn as K
-from cleanpose_model.ops.pointnet2_triton import HAVE_TRITON
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-needs_triton = pytest.mark.skipif(
-    not HAVE_TRITON or not (torch.cuda.is_available() or INTERPRET),
-    reason="needs Triton and CUDA (or TRITON_INTERPRET=1)",
-)
 
 
 def _gafa_dist(bsz: int, n_kpt: int, n: int, seed: int) -> torch.Tensor:
