@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from stage_times import make_inputs, time_fn  # noqa: E402
 
-from cleanpose_model.fast import GraphedForward  # noqa: E402
+from cleanpose_model.fast import GraphedForward, _AutocastBackbone  # noqa: E402
 from cleanpose_model.net import centre_points  # noqa: E402
 from cleanpose_model.nn.fused_attention import fuse_for_inference  # noqa: E402
 from cleanpose_model.nn.pointwise import fold_for_inference  # noqa: E402
@@ -102,6 +102,10 @@ def stage_counts(n: int, fnet, runner, dev: torch.device) -> dict:
                 "kernels_pointnet2": count_kernels(lambda: fnet.pts_extractor(pts_c), dev),
                 "kernels_head": count_kernels(head, dev),
             }
+            if cuda:  # the published ViT under autocast, as the fast mode ran it before nn/fused_dinov2.py
+                auto = _AutocastBackbone(fnet.rgb_extractor, torch.float16)
+                auto(inputs["rgb"])
+                row["kernels_dinov2_autocast"] = count_kernels(lambda: auto(inputs["rgb"]), dev)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
     return row

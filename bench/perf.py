@@ -51,6 +51,7 @@ MODE_OPTIONS = {
     "fast_no_cudnn": {"precision": "fast", "fold": False, "cudnn": False},
     "exact_unfused": {"precision": "fp32", "fuse_attention": False},
     "fast_unfused": {"precision": "fast", "fuse_attention": False},
+    "fast_autocast_dino": {"precision": "fast", "fuse_backbone": False},
 }
 DEFAULT_MODES = ("exact", "fast", "fast_bf16", "fast_fp16_all")
 SECTIONS = ("forward", "accuracy", "memory", "preprocess")

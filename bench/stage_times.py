@@ -25,6 +25,7 @@ from cleanpose_model.fast import GraphedForward, _tf32
 from cleanpose_model.net import centre_points
 from cleanpose_model.nn.attention import ATTENTION_IMPLS, set_attention_impl
 from cleanpose_model.nn.fused_attention import fuse_for_inference
+from cleanpose_model.nn.fused_dinov2 import FastDinoV2
 from cleanpose_model.nn.pointwise import fold_for_inference
 from cleanpose_model.ops import pointnet2 as P
 from cleanpose_model.parity import build_parity_net
@@ -90,7 +91,12 @@ def stages(net, inputs, autocast_dtype):
 
     tokens = dino()
     pts_c = centre_points(pts)[0]
-    out = [("dinov2", dino), ("rgb_features", lambda: net.rgb_features(tokens[:, 1:], choose))]
+    out = [("dinov2", dino)]
+    if autocast_dtype is not None:
+        # the fast mode's backbone (nn/fused_dinov2.py): same function, weights cast once, fused norms
+        fused_dino = FastDinoV2(net.rgb_extractor, autocast_dtype)
+        out.append(("dinov2_fused", lambda: fused_dino(rgb)))
+    out.append(("rgb_features", lambda: net.rgb_features(tokens[:, 1:], choose)))
 
     pn = net.pts_extractor
     xyz, feat = [pts_c], [None]
@@ -177,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
                     runner = GraphedForward(net, precision=prec.split("/")[0], queue_entries=80)
                     feed = dict(zip(("rgb", "pts", "choose", "category", "queue_feats"), inputs, strict=True))
                     named.append(("forward_two_streams", lambda r=runner, f=feed: r._run(f)))
+                    if dtype is not None:  # the backbone under autocast, as before nn/fused_dinov2.py
+                        auto = GraphedForward(
+                            net, precision=prec.split("/")[0], queue_entries=80, fuse_backbone=False
+                        )
+                        named.append(("forward_two_streams_autocast_dino", lambda r=auto, f=feed: r._run(f)))
                 for name, fn in named:
                     ms = time_fn(fn, dev, args.runs)
                     results["rows"].append({"objects": n, "precision": prec, "stage": name, "ms": ms})

@@ -10,8 +10,9 @@ Precisions:
 - ``"fp32"``: the exact path. TF32 stays off, so outputs match the eager fp32 reference
   (the parity path) to float rounding.
 - ``"fp16_all"``: the whole forward under fp16 autocast (measured for the error budget).
-- ``"fp16"`` / ``"bf16"``: the DINOv2 backbone runs under autocast in that dtype and the
-  remaining matmuls/convolutions may use TF32 (``tf32``). ``"fast"`` names the one the
+- ``"fp16"`` / ``"bf16"``: the DINOv2 backbone runs in that dtype (its inference form,
+  nn/fused_dinov2.py: the arithmetic of autocast in ~7 launches per block; ``fuse_backbone=False``
+  runs the published ViT under autocast) and the remaining matmuls/convolutions may use TF32 (``tf32``). ``"fast"`` names the one the
   node uses by default (fp16: same speed as bf16 here, 8x finer mantissa, and DINOv2-S
   activations stay far inside fp16 range). ``bench/perf.py`` measures the pose error each costs.
 
@@ -35,6 +36,7 @@ from torch import nn
 
 from cleanpose_model.net import centre_points
 from cleanpose_model.nn.fused_attention import fuse_for_inference
+from cleanpose_model.nn.fused_dinov2 import FastDinoV2
 from cleanpose_model.nn.pointwise import fold_for_inference
 
 # Padding wastes the difference: 6 objects in an 8-object graph cost ~1 ms more in the fp32 mode on an H100
@@ -93,6 +95,7 @@ class GraphedForward:
         cudnn: bool = True,
         fold: bool = True,
         fuse_attention: bool | None = None,
+        fuse_backbone: bool | None = None,
     ) -> None:
         precision = FAST_PRECISION if precision == "fast" else precision
         if precision not in _AUTOCAST:
@@ -121,9 +124,14 @@ class GraphedForward:
         dtype = _AUTOCAST[precision]
         # "fp16_all" autocasts the whole forward; the others only the backbone.
         self._whole = precision == "fp16_all"
-        self._backbone = (
-            _AutocastBackbone(net.rgb_extractor, dtype) if dtype is not None and not self._whole else None
-        )
+        # fuse_backbone: DINOv2's half-precision inference form (nn/fused_dinov2.py: weights cast once, ~7
+        # launches per block) instead of the published ViT under autocast; default: on, except under compile.
+        self._backbone = None
+        if dtype is not None and not self._whole:
+            if fuse_backbone if fuse_backbone is not None else not compile:
+                self._backbone = FastDinoV2(net.rgb_extractor, dtype)
+            else:
+                self._backbone = _AutocastBackbone(net.rgb_extractor, dtype)
         self.tf32 = (precision != "fp32") if tf32 is None else tf32
         rgb_fn = self._backbone if self._backbone is not None else net.rgb_extractor
         head_fn = net
