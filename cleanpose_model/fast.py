@@ -12,9 +12,10 @@ Precisions:
 - ``"fp16_all"``: the whole forward under fp16 autocast (measured for the error budget).
 - ``"fp16"`` / ``"bf16"``: the DINOv2 backbone runs in that dtype (its inference form,
   nn/fused_dinov2.py: the arithmetic of autocast in ~7 launches per block; ``fuse_backbone=False``
-  runs the published ViT under autocast) and the remaining matmuls/convolutions may use TF32 (``tf32``). ``"fast"`` names the one the
-  node uses by default (fp16: same speed as bf16 here, 8x finer mantissa, and DINOv2-S
-  activations stay far inside fp16 range). ``bench/perf.py`` measures the pose error each costs.
+  runs the published ViT under autocast) and the remaining matmuls/convolutions may use TF32
+  (``tf32``). ``"fast"`` names the one the node uses by default (fp16: same speed as bf16 here,
+  8x finer mantissa, and DINOv2-S activations stay far inside fp16 range). ``bench/perf.py``
+  measures the pose error each costs.
 
 The two backbones are independent: PointNet++ (a chain of small, latency-bound kernels: FPS,
 ball query, three-NN, narrow MLPs) runs on side streams while DINOv2 (throughput-bound) runs
