@@ -20,6 +20,7 @@ from cleanpose_model.nn.gafa import GAFA
 from cleanpose_model.nn.heads import NOCSPredictor, PoseSizeEstimator, Reconstructor
 from cleanpose_model.nn.keypoints import IAKD
 from cleanpose_model.nn.pointnet2_msg import PointNet2MSG
+from cleanpose_model.ops import gather_triton
 
 Augmentation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -32,6 +33,10 @@ def centre_points(pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class CleanPoseNet(nn.Module):
+    # Set on the inference copy by fuse_for_inference (nn/fused_heads.py): in the fast mode the sparse RGB
+    # gather below runs as one product and one kernel (ops/gather_triton.py).
+    fused_rgb_gather = False
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -83,6 +88,9 @@ class CleanPoseNet(nn.Module):
             up = F.interpolate(fmap, size=(size, size), mode="bilinear", align_corners=False)
             feat = self.feature_mlp(up.reshape(bsz, dim, size * size))
             return torch.gather(feat, 2, choose.unsqueeze(1).expand(-1, feat.shape[1], -1))
+        conv = self.feature_mlp[0]
+        if self.fused_rgb_gather and gather_triton.use_kernel(patch_tokens, conv.weight):
+            return gather_triton.project_and_gather(patch_tokens, conv.weight, conv.bias, choose, size)
         feat = self.feature_mlp(fmap.reshape(bsz, dim, grid * grid))  # (B, C, P)
         # A float32-rounded Python scalar (not a tensor) keeps this capturable in a CUDA graph.
         scale = float(np.float32(grid / size))
