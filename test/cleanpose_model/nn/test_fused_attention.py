@@ -192,13 +192,20 @@ def test_fused_rows_triton_layers_match(rows_kernel):
 
 
 @pytest.mark.gpu
-def test_fused_rows_triton_network_matches(rows_kernel):
+def test_fused_rows_triton_network_matches(rows_kernel, monkeypatch):
     # every head form in its fast-mode path: IAKD (heatmap kernel), front door, NOCS head (bins kernel)
     net = parity.build_parity_net("cleanpose", torch.device(_DEVICE)).eval()
-    # On an H100 the forced fp32 path moves the rotation by up to 5e-4 (the 0.1-temperature heatmap softmax
-    # amplifies ulp-level differences; the exact mode's own spread vs the reference is as large), so the
-    # GPU run is held to 1e-3; the interpreter's to 1e-4.
-    tol = {"rtol": 1e-3, "atol": 1e-3} if _DEVICE == "cuda" else {}
-    _compare_networks(net, fuse_for_inference(fold_for_inference(net)), 2, _DEVICE, **tol)
-    # IAKD 4 cross blocks x 3 steps, front door 4 x 3 + 2 x 2, NOCS head 1 + 2 x 2 (the MLP into its norm)
+    fused = fuse_for_inference(fold_for_inference(net))
+    ref = net
+    if _DEVICE == "cuda":
+        # On an H100 any fp32 inference form differs from the published modules by float rounding that the
+        # 0.1-temperature heatmap softmax amplifies (rotation up to 5e-4, keypoint queries 4e-3, with these
+        # two kernels on or off alike). Comparing against the same form with them off isolates the kernels.
+        def ref(*args, **kw):
+            with monkeypatch.context() as m:
+                m.setattr(FA, "ROW_KERNELS", False)
+                m.setattr(FA, "HEATMAP_KERNEL", False)
+                return fused(*args, **kw)
+
+    _compare_networks(ref, fused, 2, _DEVICE)
     assert len(rows_kernel) == 12 + 16 + 5
