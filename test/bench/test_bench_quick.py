@@ -48,3 +48,36 @@ def test_launch_floor_quick_cpu(tmp_path):
     # every stage runs operators; the head (transformers, GAFA, heads) runs more than DINOv2's 12 blocks
     assert row["kernels_pointnet2"] > 0 and 0 < row["kernels_dinov2"] < row["kernels_head"]
     assert "| objects | kernels_dinov2" in out
+
+
+def _rows(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["rows"]
+
+
+def test_dinov2_fused_quick_cpu(tmp_path):
+    out = _run("dinov2_fused.py", "--quick", "--out", str(tmp_path))
+    rows = _rows(tmp_path / "dinov2_fused.json")
+    variants = {r["variant"] for r in rows}
+    assert {"autocast", "fused"} <= variants
+    # both forms carry a half-precision error against fp32 tokens, bounded and of the same order
+    for r in rows:
+        assert r["ms"] > 0 and r["kernels"] > 0 and 0 < r["mean_abs_err"] < 1e-2
+    assert "| objects | variant |" in out
+
+
+def test_sa_kernels_quick_cpu(tmp_path):
+    out = _run("sa_kernels.py", "--quick", "--out", str(tmp_path))
+    rows = _rows(tmp_path / "sa_kernels.json")
+    stages = {r["stage"] for r in rows}
+    assert {f"sa{i}" for i in range(4)} <= stages
+    assert all(r["torch_ms"] > 0 and r["fused_ms"] > 0 for r in rows if "torch_ms" in r)
+    assert "| stage | objects |" in out
+
+
+def test_glue_kernels_quick_cpu(tmp_path):
+    out = _run("glue_kernels.py", "--quick", "--out", str(tmp_path))
+    rows = _rows(tmp_path / "glue_kernels.json")
+    assert {(r["stage"], r["form"]) for r in rows} >= {("rgb_features", "fused"), ("pose_head", "fused")}
+    # on the CPU both forms are the published code path: identical outputs
+    assert all(r["ms"] > 0 and r["max_diff_vs_published"] <= 1e-5 for r in rows)
+    assert "| objects | stage | form |" in out
