@@ -7,7 +7,6 @@ Attribute names equal the published state_dict prefixes (`rgb_extractor`, `featu
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,27 +91,7 @@ class CleanPoseNet(nn.Module):
         if self.fused_rgb_gather and gather_triton.use_kernel(patch_tokens, conv.weight):
             return gather_triton.project_and_gather(patch_tokens, conv.weight, conv.bias, choose, size)
         feat = self.feature_mlp(fmap.reshape(bsz, dim, grid * grid))  # (B, C, P)
-        # A float32-rounded Python scalar (not a tensor) keeps this capturable in a CUDA graph.
-        scale = float(np.float32(grid / size))
-
-        def axis(coord: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            src = ((coord.to(torch.float32) + 0.5) * scale - 0.5).clamp_min(0.0)
-            i0 = src.floor().long().clamp(max=grid - 1)
-            lam = (src - i0.to(torch.float32)).clamp(0.0, 1.0)
-            i1 = (i0 + 1).clamp(max=grid - 1)
-            return i0, i1, lam.to(feat.dtype)
-
-        y0, y1, ly = axis(torch.div(choose, size, rounding_mode="floor"))
-        x0, x1, lx = axis(choose % size)
-
-        def tap(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-            idx = (yi * grid + xi).unsqueeze(1).expand(-1, feat.shape[1], -1)
-            return torch.gather(feat, 2, idx)
-
-        lx, ly = lx.unsqueeze(1), ly.unsqueeze(1)
-        top = (1 - lx) * tap(y0, x0) + lx * tap(y0, x1)
-        bottom = (1 - lx) * tap(y1, x0) + lx * tap(y1, x1)
-        return (1 - ly) * top + ly * bottom
+        return gather_triton.bilinear_gather_torch(feat, choose, grid, size)
 
     def distill_features(self, pts_local: torch.Tensor) -> torch.Tensor:
         """Student side of the ULIP distillation (training.md §4.1) -> (B, distill.feat_dim)."""
