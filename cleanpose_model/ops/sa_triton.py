@@ -36,6 +36,9 @@ import torch.nn.functional as F
 from cleanpose_model.ops.pointnet2_triton import HAVE_TRITON
 
 if HAVE_TRITON:
+    from cleanpose_model.ops.pointnet2_triton import _load_xyz
+
+if HAVE_TRITON:
     import triton
     import triton.language as tl
 
@@ -49,14 +52,6 @@ FP_MAX_FUSED_HIDDEN = 256
 FP_FUSED_MAX_WEIGHTS = 160 * 1024
 
 if HAVE_TRITON:
-
-    @triton.jit
-    def _load_xyz3(ptr, idx, mask):
-        base = ptr + idx * 3
-        x = tl.load(base, mask=mask, other=0.0)
-        y = tl.load(base + 1, mask=mask, other=0.0)
-        z = tl.load(base + 2, mask=mask, other=0.0)
-        return x, y, z
 
     @triton.jit
     def _sa_tile(
@@ -101,8 +96,8 @@ if HAVE_TRITON:
         cen = tile * CENTRES + r // NS
         ok = cen < m
         nb = tl.load(idx_ptr + (b * m + cen) * NS + r % NS, mask=ok, other=0)
-        px, py, pz = _load_xyz3(xyz_ptr + b * n * 3, nb, ok)
-        cx, cy, cz = _load_xyz3(new_ptr + b * m * 3, cen, ok)
+        px, py, pz = _load_xyz(xyz_ptr + b * n * 3, nb, ok)
+        cx, cy, cz = _load_xyz(new_ptr + b * m * 3, cen, ok)
         c1 = tl.arange(0, C1)
         w1x = w1x_ptr + radius * 3 * C1
         acc = (
