@@ -1,5 +1,5 @@
-"""ament_python package cleanpose_ros: installs cleanpose_model, cleanpose_ros and training, the console
-entry points, and launch/config/rviz as ROS data files (share/cleanpose_ros/...).
+"""ament_python package cleanpose_ros: installs cleanpose_model, cleanpose_ros and cleanpose_training (folder
+training/), the console entry points, and launch/config/rviz as ROS data files (share/cleanpose_ros/...).
 
 Works both under `colcon build` (ament_python) and `pip install -e .` (scripts/setup.sh). It must not import
 the project packages: they pull in torch / rclpy, which a build step should not need.
@@ -15,7 +15,13 @@ PACKAGE = "cleanpose_ros"
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(include=["cleanpose_model*", "cleanpose_ros*", "training*"]),
+    # The on-disk folder training/ installs under the namespaced import name cleanpose_training, so that no
+    # top-level module called "training" lands in site-packages.
+    packages=find_packages(include=["cleanpose_model*", "cleanpose_ros*"])
+    + [
+        "cleanpose_training" + p[len("training") :] for p in find_packages(include=["training", "training.*"])
+    ],
+    package_dir={"cleanpose_training": "training"},
     package_data={
         "cleanpose_model": ["configs/*.yaml", "data/*"],
     },
@@ -42,9 +48,9 @@ setup(
             "cleanpose-bench = cleanpose_ros.bench:main",
             "cleanpose-demo = cleanpose_ros.demo:main",
             "cleanpose-convert = cleanpose_model.convert:main",
-            "cleanpose-synth = training.synthetic.__main__:main",
-            "cleanpose-train = training.train:main",
-            "cleanpose-eval = training.evaluation.evaluate:main",
+            "cleanpose-synth = cleanpose_training.synthetic.__main__:main",
+            "cleanpose-train = cleanpose_training.train:main",
+            "cleanpose-eval = cleanpose_training.evaluation.evaluate:main",
         ],
     },
 )

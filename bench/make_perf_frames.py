@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.synthetic.__main__ import bag_frames, scene_rngs
-from training.synthetic.scene import Camera
-from training.synthetic.shapes import CATEGORIES
+from cleanpose_training.synthetic.__main__ import bag_frames, scene_rngs
+from cleanpose_training.synthetic.scene import Camera
+from cleanpose_training.synthetic.shapes import CATEGORIES
 
 
 def main(argv: list[str] | None = None) -> int:

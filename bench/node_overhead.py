@@ -45,8 +45,8 @@ def render_frames(n: int, objects: int, width: int, height: int, seed: int = 0) 
     """Rendered synthetic frames (training/synthetic) with exactly `objects` visible instances: scenes are
     drawn with a few more objects than needed, extra ones are dropped and, if a view shows too few, visible
     ones are repeated under new ids."""
-    from training.synthetic.__main__ import bag_frames, scene_rngs
-    from training.synthetic.scene import Camera
+    from cleanpose_training.synthetic.__main__ import bag_frames, scene_rngs
+    from cleanpose_training.synthetic.scene import Camera
 
     rng = scene_rngs(seed, "bag", 1)[0]
     cats = ("bottle", "bowl", "camera", "can", "laptop", "mug")
@@ -96,7 +96,7 @@ def frame_messages(frames, stamp0: int = 1_700_000_000_000_000_000):
     from std_msgs.msg import Header
     from vision_msgs.msg import Detection2D, ObjectHypothesisWithPose
 
-    from cleanpose_model.inference import NOCS_CATEGORIES
+    from cleanpose_model.config import NOCS_CATEGORIES
     from cleanpose_ros.conversions import numpy_to_image
 
     msgs = []
@@ -136,7 +136,7 @@ class StubEstimator:
     def predict(self, batch):
         import torch
 
-        from cleanpose_model.inference import PoseResult
+        from cleanpose_model.types import PoseResult
 
         b, dev = batch.pts.shape[0], batch.pts.device
         return PoseResult(

@@ -273,3 +273,13 @@ _NESTED: dict[str, type] = {
     "distill": DistillConfig,
     "augmentation": AugmentationConfig,
 }
+
+
+def config_categories(cfg, cat_num: int) -> list[str]:
+    """The category names of a network: its config's list, else the NOCS list for 6 classes, else indices."""
+    cats = getattr(cfg, "categories", None) if cfg is not None else None
+    if cats:
+        return list(cats)
+    if cat_num == len(NOCS_CATEGORIES):
+        return list(NOCS_CATEGORIES)
+    return [str(i) for i in range(cat_num)]

@@ -22,7 +22,7 @@ from cleanpose_model.io.errors import CheckpointError, DeviceUnavailableError
 
 def random_batch(n_objects: int, n_points: int, cat_num: int, seed: int = 0, image_size: int = 224):
     """Plausible random inputs: normalised-image noise and points on a 10 cm blob 0.7 m in front."""
-    from cleanpose_model.inference import ObjectBatch
+    from cleanpose_model.types import ObjectBatch
 
     g = torch.Generator().manual_seed(seed)
     pts = (torch.rand(n_objects, n_points, 3, generator=g) - 0.5) * 0.1 + torch.tensor([0.0, 0.0, 0.7])
@@ -36,7 +36,7 @@ def random_batch(n_objects: int, n_points: int, cat_num: int, seed: int = 0, ima
 
 def verify(net, cfg, queue, out_path: str, n_objects: int = 2) -> float:
     """Max abs output difference between ``net`` and the reloaded ``out_path`` (0.0 when identical)."""
-    from cleanpose_model.inference import PoseEstimator
+    from cleanpose_model.estimator import PoseEstimator
 
     ref = PoseEstimator(net, cfg, queue)
     new = PoseEstimator.from_checkpoint(out_path)

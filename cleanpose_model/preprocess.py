@@ -147,7 +147,7 @@ class ObjectInputs:
         """The model API's ObjectBatch on `device` (float tensors in `dtype`, default float32)."""
         import torch
 
-        from cleanpose_model.inference import ObjectBatch
+        from cleanpose_model.types import ObjectBatch
 
         dtype = dtype or torch.float32
         return ObjectBatch(
@@ -292,7 +292,7 @@ def build_object_inputs_torch(
     import torch
     import torch.nn.functional as F
 
-    from cleanpose_model.inference import ObjectBatch
+    from cleanpose_model.types import ObjectBatch
 
     if rng is None:
         rng = np.random.default_rng(DEFAULT_SEED)
@@ -490,7 +490,7 @@ def build_object_inputs_batched(
     level before normalisation (1 / 255 / 0.224 after it), the scalar kernel's deviation."""
     import torch
 
-    from cleanpose_model.inference import ObjectBatch
+    from cleanpose_model.types import ObjectBatch
 
     if rng is None:
         rng = np.random.default_rng(DEFAULT_SEED)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from cleanpose_model.fast import DEFAULT_BUCKETS
-from cleanpose_model.inference import ObjectBatch
+from cleanpose_model.types import ObjectBatch
 from cleanpose_model.preprocess import (
     _NORM_LUT,
     DEFAULT_SEED,

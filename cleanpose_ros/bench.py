@@ -412,7 +412,7 @@ def score_frames(frame_pairs: list[tuple[int, Any, Any]]) -> dict[str, Any]:
     """frame_pairs: (frame index, GT ObjectPoseArray, predicted ObjectPoseArray or None).
 
     Per-object rows and the per-object success rates (share of GT objects within 5°2cm / 10°5cm / IoU > 0.5);
-    plus the NOCS mAP of the evaluation protocol through training.evaluation.metrics when it is importable.
+    plus the NOCS mAP of the evaluation protocol through cleanpose_training.evaluation.metrics when it is importable.
     """
     rows = []
     for fi, gt_msg, pred_msg in frame_pairs:
@@ -471,11 +471,11 @@ def _median(v):
 
 def nocs_map(frame_pairs) -> dict[str, Any]:
     """The evaluation protocol's mAP (NOCS IoU25/50/75, CATRE IoU50/75, 5°2cm ... 10°5cm, ×100) over the
-    sequence, through training.evaluation.metrics; classes without ground truth are left out of the mean."""
+    sequence, through cleanpose_training.evaluation.metrics; classes without ground truth are left out of the mean."""
     try:
-        from training.evaluation import metrics
+        from cleanpose_training.evaluation import metrics
     except ImportError as e:
-        return {"skipped": f"training.evaluation.metrics not importable ({e})"}
+        return {"skipped": f"cleanpose_training.evaluation.metrics not importable ({e})"}
     cats = ["bottle", "bowl", "camera", "can", "laptop", "mug"]
     records = []
     for _fi, gt_msg, pred_msg in frame_pairs:
@@ -676,7 +676,7 @@ class NodeProcess:
 
 
 def make_pipeline(checkpoint: str, device: str):
-    from cleanpose_model.inference import PoseEstimator
+    from cleanpose_model.estimator import PoseEstimator
     from cleanpose_ros.pipeline import FramePipeline, PipelineConfig
 
     return FramePipeline(PoseEstimator.from_checkpoint(checkpoint, device=device), PipelineConfig())

@@ -46,7 +46,7 @@ def _fmt(v, nd=1) -> str:
 def ensure_bag(path: Path, frames: int, objects: tuple[int, int], seed: int) -> Path:
     if (path / "metadata.yaml").exists():
         return path
-    from training.synthetic.__main__ import generate_bag
+    from cleanpose_training.synthetic.__main__ import generate_bag
 
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -223,7 +223,7 @@ class CleanPoseNode(LifecycleNode):
 
     def _load_model(self, warm: bool | None = None) -> None:
 
-        from cleanpose_model.inference import PoseEstimator
+        from cleanpose_model.estimator import PoseEstimator
 
         path = self.p.checkpoint or default_checkpoint()
         if not path:

@@ -127,7 +127,7 @@ class FramePipeline:
     ) -> FramePipeline:
         import torch
 
-        from cleanpose_model.inference import PoseEstimator
+        from cleanpose_model.estimator import PoseEstimator
 
         est = PoseEstimator.from_checkpoint(
             path, device=device, dtype=dtype or torch.float32, queue_mode=queue_mode

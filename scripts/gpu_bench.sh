@@ -58,7 +58,7 @@ EOF
     (cd /tmp && tar -cJf "$CARRY/ros312.tar.xz" ros312)
     if [ ! -f "$CARRY/bag_gpu6.tar.xz" ]; then
         rm -rf /tmp/gpu_bench_bag && mkdir -p /tmp/gpu_bench_bag
-        "$py" -m training.synthetic bag --out /tmp/gpu_bench_bag/gpu6 --frames 10 --objects-per-frame 8-8 --seed 1 \
+        "$py" -m cleanpose_training.synthetic bag --out /tmp/gpu_bench_bag/gpu6 --frames 10 --objects-per-frame 8-8 --seed 1 \
             --no-shadows
         (cd /tmp/gpu_bench_bag && tar -cJf "$CARRY/bag_gpu6.tar.xz" gpu6)
     fi

@@ -18,13 +18,13 @@ trap 'rm -rf "$raw"' EXIT
 
 t0=$(date +%s)
 # Train and test scenes come from disjoint seeds (distinct procedural objects, layouts and camera paths).
-"$py" -m training.synthetic nocs --out "$raw/train" --split train --scenes "$train_scenes" --frames "$frames" \
+"$py" -m cleanpose_training.synthetic nocs --out "$raw/train" --split train --scenes "$train_scenes" --frames "$frames" \
     --seed 1 --results no
-"$py" -m training.synthetic nocs --out "$raw/test" --split test --scenes "$test_scenes" --frames "$frames" \
+"$py" -m cleanpose_training.synthetic nocs --out "$raw/test" --split test --scenes "$test_scenes" --frames "$frames" \
     --seed 100001 --results no
 t1=$(date +%s)
-"$py" -m training.datasets.packed pack "$raw/train" "$out/train" --max-points 800 --jpeg-quality 75 --seed 1
-"$py" -m training.datasets.packed pack "$raw/test" "$out/test" --split test --max-points 800 \
+"$py" -m cleanpose_training.datasets.packed pack "$raw/train" "$out/train" --max-points 800 --jpeg-quality 75 --seed 1
+"$py" -m cleanpose_training.datasets.packed pack "$raw/test" "$out/test" --split test --max-points 800 \
     --jpeg-quality 75 --seed 2
 t2=$(date +%s)
 echo "rendered in $((t1 - t0)) s, packed in $((t2 - t1)) s"

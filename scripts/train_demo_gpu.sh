@@ -3,7 +3,7 @@
 # its held-out test split, and write the results to $OUT (or ./runs/demo_gpu).
 # Fits one 10-minute command: ~400 s of training (time-budgeted, see training/configs/demo.yaml) + set-up + eval.
 # The device tool returns at most 8 files of <= 16 MiB from $OUT, so the 17.5 MB checkpoint is split in two parts
-# (python -m training.demo_readme joins them) and nothing else is left there:
+# (python -m cleanpose_training.demo_readme joins them) and nothing else is left there:
 #   final.safetensors.part00/01  train_summary.json  eval.json  eval_table.md  scalars.csv  config.yaml  train.log
 # Extra arguments are passed to cleanpose-train (e.g. --set schedule.time_budget_s=300).
 set -euo pipefail
@@ -21,7 +21,7 @@ export PYTHONUNBUFFERED=1
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
     "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-    "$py" -m training.train --config training/configs/demo.yaml --set trainer.out_dir="$out" \
+    "$py" -m cleanpose_training.train --config training/configs/demo.yaml --set trainer.out_dir="$out" \
         --set trainer.resume=never --set trainer.progress=false --set trainer.tensorboard=false "$@"
 } 2>&1 | tee "$out/train.log"
 rm -rf "$out/ckpt"   # resumable state (optimizer moments): not part of the demo checkpoint

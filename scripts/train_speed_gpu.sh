@@ -21,9 +21,9 @@ ncpu="$(nproc)"
 workers=$(( (ncpu - nproc_gpu) / nproc_gpu ))
 [ "$workers" -lt 1 ] && workers=1
 if [ "$nproc_gpu" -gt 1 ]; then
-    launch=("$py" -m torch.distributed.run --standalone --nproc_per_node="$nproc_gpu" -m training.train)
+    launch=("$py" -m torch.distributed.run --standalone --nproc_per_node="$nproc_gpu" -m cleanpose_training.train)
 else
-    launch=("$py" -m training.train)
+    launch=("$py" -m cleanpose_training.train)
 fi
 {
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true

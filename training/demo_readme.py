@@ -1,6 +1,6 @@
 """Install the demo GPU run's outputs into models/demo/ and fill the README's result sections.
 
-    python -m training.demo_readme <dir holding the run's $OUT files> [--models models/demo]
+    python -m cleanpose_training.demo_readme <dir holding the run's $OUT files> [--models models/demo]
 
 Copies ``final.safetensors`` (or joins its ``.partNN`` pieces, checking the sha256 in train.log) to
 ``models/demo/demo.safetensors`` and ``train_summary.json``, ``eval.json``,
@@ -18,7 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
-from training.losses import TERMS
+from cleanpose_training.losses import TERMS
 
 FILES = (
     "train_summary.json",
@@ -60,7 +60,9 @@ def _replace(text: str, marker: str, body: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.demo_readme", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m cleanpose_training.demo_readme", description=__doc__.split("\n")[0]
+    )
     p.add_argument("run_dir")
     p.add_argument("--models", default="models/demo")
     a = p.parse_args(argv)

@@ -2,7 +2,7 @@
 
 Protocol: every packed object is a detection with its ground-truth mask and score 1 (as HouseCat6D's test
 protocol
-uses GT masks); objects are grouped back into their images and scored by ``training.evaluation.metrics``
+uses GT masks); objects are grouped back into their images and scored by ``cleanpose_training.evaluation.metrics``
 (``evaluate_records``: IoU mAP with the original NOCS IoU and the corrected CATRE IoU, and the n°m cm pose mAP
 gated at NOCS IoU 0.1). Inputs are built as at test time: 1024 of the stored mask pixels (seeded), no noise,
 no
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.datasets.common import normalise_rgb, sample_indices
+from cleanpose_training.datasets.common import normalise_rgb, sample_indices
 
 
 @torch.no_grad()
@@ -113,7 +113,7 @@ def per_object_errors(ds, pred: dict, sym_ids=(0, 1, 3)) -> dict[str, np.ndarray
 
 
 def evaluate_packed(net, queue, ds, device, batch_size: int = 64) -> dict:
-    from training.evaluation.metrics import NOCS_PROTOCOL, evaluate_records
+    from cleanpose_training.evaluation.metrics import NOCS_PROTOCOL, evaluate_records
 
     pred = predict_packed(net, queue, ds, device, batch_size)
     res = evaluate_records(build_records(ds, pred), NOCS_PROTOCOL)
@@ -158,9 +158,11 @@ def main(argv=None) -> int:
     import argparse
 
     from cleanpose_model.io.checkpoints import load_checkpoint
-    from training.datasets.packed import PackedDataset
+    from cleanpose_training.datasets.packed import PackedDataset
 
-    p = argparse.ArgumentParser(prog="python -m training.eval_packed", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m cleanpose_training.eval_packed", description=__doc__.split("\n")[0]
+    )
     p.add_argument("checkpoint")
     p.add_argument("packed_test")
     p.add_argument("--device", default="auto")

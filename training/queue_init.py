@@ -46,7 +46,7 @@ def ulip_queue(
     encoder, sources, cat_num: int, length: int, seed: int, max_samples: int = 200_000, device="cpu"
 ) -> torch.Tensor:
     """Fill each category with the first ``length`` encoder features in sample order (training.md §5.1)."""
-    from training.trainer import EpochKeyed, IterationBatchSampler, collate
+    from cleanpose_training.trainer import EpochKeyed, IterationBatchSampler, collate
 
     encoder = encoder.to(device).eval()
     lists: list[list[torch.Tensor]] = [[] for _ in range(cat_num)]
@@ -116,7 +116,7 @@ def init_queue(cfg, model_cfg, sources, info) -> torch.Tensor:
             )
         return random_queue(cat_num, qc.length, dim, seed)
     if info.is_main:
-        from training.ulip import load_pointnet2_ssg
+        from cleanpose_training.ulip import load_pointnet2_ssg
 
         enc = load_pointnet2_ssg(qc.ulip_pointnet2)
         log.info("queue init: ULIP PointNet++ SSG features from %s", qc.ulip_pointnet2)

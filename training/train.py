@@ -1,8 +1,8 @@
 """``cleanpose-train``: train CleanPose from a YAML config with dotted CLI overrides.
 
     cleanpose-train --config training/configs/nocs.yaml --set data.sources.0.data_dir=/data/nocs ...
-    torchrun --nproc_per_node=4 -m training.train --config training/configs/nocs.yaml      # N GPUs (DDP)
-    python -m training.train --config training/configs/demo.yaml --set trainer.device=cpu  # CPU
+    torchrun --nproc_per_node=4 -m cleanpose_training.train --config training/configs/nocs.yaml      # N GPUs (DDP)
+    python -m cleanpose_training.train --config training/configs/demo.yaml --set trainer.device=cpu  # CPU
 
 The same command runs on the CPU, one GPU, or N GPUs (torchrun sets RANK/WORLD_SIZE; batch sizes are per
 rank).
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from training import distributed as D
-from training.trainer import TrainConfig, Trainer
+from cleanpose_training import distributed as D
+from cleanpose_training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger("cleanpose.train")
 
@@ -149,8 +149,8 @@ def main(argv=None) -> int:
             )
         test_root = cfg.eval.get("packed_test") if cfg.eval else None
         if info.is_main and test_root and not a.no_eval:
-            from training.datasets.packed import PackedDataset
-            from training.eval_packed import evaluate_packed, markdown_table
+            from cleanpose_training.datasets.packed import PackedDataset
+            from cleanpose_training.eval_packed import evaluate_packed, markdown_table
 
             te = time.time()
             ds = PackedDataset(test_root, augment=False)

@@ -44,8 +44,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from training import distributed as D
-from training.losses import TERMS, CleanPoseLoss, LossWeights
+from cleanpose_training import distributed as D
+from cleanpose_training.losses import TERMS, CleanPoseLoss, LossWeights
 
 log = logging.getLogger("cleanpose.train")
 
@@ -450,7 +450,7 @@ class Trainer:
         if float(self.criterion.w.distillation) == 0.0:
             log.warning("distillation OFF: loss weight 'distillation' is 0")
             return None
-        from training.ulip import PointBertConfig, load_pointbert_teacher
+        from cleanpose_training.ulip import PointBertConfig, load_pointbert_teacher
 
         pb = PointBertConfig(**self.cfg.distillation.pointbert)
         teacher = load_pointbert_teacher(path, pb).to(self.device)
@@ -458,7 +458,7 @@ class Trainer:
         return teacher
 
     def _init_queue(self) -> torch.Tensor:
-        from training.queue_init import init_queue
+        from cleanpose_training.queue_init import init_queue
 
         q = init_queue(self.cfg, self.model_cfg, self.sources, self.info)
         q = q.to(self.device, torch.float32)
@@ -932,15 +932,15 @@ def build_sources(cfg: TrainConfig, info: D.DistInfo) -> list[tuple[str, Dataset
 
 def _make_dataset(kind: str, spec: dict, seed: int) -> Dataset:
     if kind == "packed":
-        from training.datasets.packed import PackedDataset
+        from cleanpose_training.datasets.packed import PackedDataset
 
         return PackedDataset(seed=seed, **spec)
     if kind in ("nocs", "synthetic"):
-        from training.datasets.nocs import NOCSTrainingDataset
+        from cleanpose_training.datasets.nocs import NOCSTrainingDataset
 
         return NOCSTrainingDataset(seed=seed, **spec)
     if kind == "housecat6d":
-        from training.datasets import housecat6d
+        from cleanpose_training.datasets import housecat6d
 
         return housecat6d.HouseCat6DTrainingDataset(seed=seed, **spec)
     raise ValueError(f"unknown data source type {kind!r}; expected packed, nocs, synthetic or housecat6d")

@@ -261,9 +261,9 @@ def _variant_name(net: torch.nn.Module, cfg) -> str:
 
 
 def _categories(cfg, cat_num: int) -> list[str]:
-    from cleanpose_model.inference import _config_categories
+    from cleanpose_model.config import config_categories
 
-    return _config_categories(cfg, cat_num)
+    return config_categories(cfg, cat_num)
 
 
 def _build_net(cfg) -> torch.nn.Module:
@@ -375,7 +375,7 @@ def _read_safetensors(path, tensors: bool = True):
 def load_checkpoint(path, device="cpu", dtype: torch.dtype = torch.float32):
     """Load our safetensors checkpoint -> ``(net, cfg, queue)``; ``net`` in eval mode on ``device``/``dtype``,
     ``queue`` a ``ConfounderQueue`` (or None for AG-Pose)."""
-    from cleanpose_model.inference import resolve_device
+    from cleanpose_model.device import resolve_device
     from cleanpose_model.queue import ConfounderQueue
 
     dev = resolve_device(device)

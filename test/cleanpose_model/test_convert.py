@@ -12,7 +12,7 @@ import yaml
 from test_inference import N_POINTS, tiny_model
 
 from cleanpose_model.convert import main, random_batch
-from cleanpose_model.inference import PoseEstimator
+from cleanpose_model.estimator import PoseEstimator
 from cleanpose_model.io import checkpoints as ck
 from cleanpose_model.parity import build_parity_net, load_vectors, parity_state_dict, queue_sample
 

@@ -14,7 +14,8 @@ import yaml
 
 from cleanpose_model.config import ModelConfig
 from cleanpose_model.convert import random_batch
-from cleanpose_model.inference import ObjectBatch, PoseEstimator, PoseResult
+from cleanpose_model.estimator import PoseEstimator
+from cleanpose_model.types import ObjectBatch, PoseResult
 from cleanpose_model.io import checkpoints as ck
 from cleanpose_model.io.errors import CheckpointFormatError, DeviceUnavailableError, QueueError
 from cleanpose_model.net import CleanPoseNet
@@ -179,7 +180,8 @@ def test_agpose_variant_needs_no_queue(batch):
 
 _CHILD = """
 import sys, numpy as np, torch
-from cleanpose_model.inference import PoseEstimator, ObjectBatch
+from cleanpose_model.estimator import PoseEstimator
+from cleanpose_model.types import ObjectBatch
 est = PoseEstimator.from_checkpoint(sys.argv[1])
 d = np.load(sys.argv[2])
 out = est.predict(ObjectBatch(*(torch.from_numpy(d[k]) for k in ("rgb", "pts", "choose", "category"))))

@@ -36,8 +36,8 @@ def build_random_checkpoint(path: Path, seed: int = 0) -> Path:
 
 def synthetic_frames(n: int, seed: int = 0, width: int = 160, height: int = 120, objects=(2, 3)):
     """Rendered frames with ground truth from the synthetic generator (training/synthetic)."""
-    from training.synthetic.__main__ import bag_frames, scene_rngs
-    from training.synthetic.scene import Camera
+    from cleanpose_training.synthetic.__main__ import bag_frames, scene_rngs
+    from cleanpose_training.synthetic.scene import Camera
 
     rng = scene_rngs(seed, "bag", 1)[0]
     cats = ("bottle", "bowl", "camera", "can", "laptop", "mug")
@@ -119,7 +119,7 @@ def detections_msg(
 
 def frame_messages(fr, ns: int, depth_encoding: str = "16UC1"):
     """(image, depth, detections) messages of a synthetic Frame."""
-    from cleanpose_model.inference import NOCS_CATEGORIES
+    from cleanpose_model.config import NOCS_CATEGORIES
 
     img = image_msg(fr.rgb, "rgb8", ns)
     if depth_encoding == "16UC1":

@@ -92,7 +92,7 @@ def test_cli_missing_topic_names_topics_found(tmp_path, capsys):
 def test_bench_real_node_small_bag(tmp_path, ros_overlay, storage, capsys):
     """The whole bench, node as a subprocess, on a 3-frame 160x120 synthetic bag; only the mcap case runs
     the in-process comparison (the sqlite3 case checks the storage path end to end)."""
-    from training.synthetic.__main__ import generate_bag
+    from cleanpose_training.synthetic.__main__ import generate_bag
 
     bag_path = tmp_path / "bag"
     generate_bag(

@@ -31,7 +31,7 @@ def _frame(seed=0, h=240, w=320):
 
 @pytest.fixture(scope="module")
 def estimator(checkpoint):
-    from cleanpose_model.inference import PoseEstimator
+    from cleanpose_model.estimator import PoseEstimator
 
     return PoseEstimator.from_checkpoint(str(checkpoint), device="cpu")
 

@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tiny import tiny_config
 from _toy import ToyObjects
 
-from training import distributed as D
-from training.trainer import Trainer, build_model
+from cleanpose_training import distributed as D
+from cleanpose_training.trainer import Trainer, build_model
 
 
 def main(out: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.trainer import TrainConfig
+from cleanpose_training.trainer import TrainConfig
 
 TINY_MODEL = {
     "dino.embed_dim": 32,

@@ -8,7 +8,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from torch.utils.data import Dataset
 
-from training.datasets.common import worker_rng
+from cleanpose_training.datasets.common import worker_rng
 
 
 class ToyObjects(Dataset):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from training import losses as L
-from training.trainer import ScheduleConfig, fifo_update, lr_at
+from cleanpose_training import losses as L
+from cleanpose_training.trainer import ScheduleConfig, fifo_update, lr_at
 
 
 def rot_z(deg: float) -> torch.Tensor:

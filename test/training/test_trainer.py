@@ -10,8 +10,8 @@ import torch
 from _tiny import tiny_config
 from _toy import ToyObjects
 
-from training.losses import TERMS
-from training.trainer import Trainer, build_model
+from cleanpose_training.losses import TERMS
+from cleanpose_training.trainer import Trainer, build_model
 
 LOSS_KEYS = [t for t in TERMS if t != "distillation"] + ["total"]
 
@@ -107,14 +107,14 @@ def test_time_budget_rescales_schedule(tmp_path):
     tr.rescale_schedule(50)
     s = tr.cfg.schedule
     assert (s.iterations, s.step_size_up, s.step_size_down) == (50, 15, 35)
-    from training.trainer import lr_at
+    from cleanpose_training.trainer import lr_at
 
     assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(lr_at(10, s))
 
 
 def test_packed_dataset_round_trip(tmp_path):
-    from training.datasets.common import remap_choose
-    from training.datasets.packed import FORMAT, VERSION, PackedDataset, _ShardWriter
+    from cleanpose_training.datasets.common import remap_choose
+    from cleanpose_training.datasets.packed import FORMAT, VERSION, PackedDataset, _ShardWriter
 
     rng = np.random.default_rng(0)
     H, W = 48, 64
@@ -185,9 +185,9 @@ def test_results_do_not_depend_on_the_worker_count(tmp_path):
 
 
 def test_packed_evaluation_scores_a_perfect_prediction_100(tmp_path):
-    from training.datasets.packed import FORMAT, VERSION, PackedDataset, _ShardWriter
-    from training.eval_packed import build_records, markdown_table, per_object_errors
-    from training.evaluation.metrics import NOCS_PROTOCOL, evaluate_records
+    from cleanpose_training.datasets.packed import FORMAT, VERSION, PackedDataset, _ShardWriter
+    from cleanpose_training.eval_packed import build_records, markdown_table, per_object_errors
+    from cleanpose_training.evaluation.metrics import NOCS_PROTOCOL, evaluate_records
 
     rng = np.random.default_rng(1)
     w = _ShardWriter(tmp_path, per_shard=10)

@@ -14,8 +14,8 @@ import torch
 from _tiny import tiny_config
 from _toy import ToyObjects
 
-from training.trainer import Trainer, build_model
-from training.ulip import (
+from cleanpose_training.trainer import Trainer, build_model
+from cleanpose_training.ulip import (
     PointBertConfig,
     Pointnet2Ssg,
     PointTransformer,
@@ -119,8 +119,8 @@ def test_trainer_with_distillation(tmp_path, caplog):
 
 
 def test_ulip_queue_init_fills_each_category_in_sample_order(tmp_path):
-    from training.queue_init import ulip_queue
-    from training.trainer import EpochKeyed, IterationBatchSampler
+    from cleanpose_training.queue_init import ulip_queue
+    from cleanpose_training.trainer import EpochKeyed, IterationBatchSampler
 
     enc = Pointnet2Ssg().eval()
     ds = ToyObjects(20, n_points=256, cat_num=3)

@@ -46,8 +46,8 @@ import torch
 from scipy.spatial import cKDTree
 from torch.utils.data import Dataset
 
-from training.datasets import augment as aug
-from training.datasets.common import (
+from cleanpose_training.datasets import augment as aug
+from cleanpose_training.datasets.common import (
     NOCS_CATEGORIES,
     NOCS_SYM_IDS,
     canonicalise_symmetric_rotation,
@@ -93,7 +93,7 @@ class PackedDataset(Dataset):
         if not meta_path.is_file():
             raise PackError(
                 f"packed dataset '{self.root}': meta.json not found (expected a directory written by "
-                "`python -m training.datasets.packed pack ...`)"
+                "`python -m cleanpose_training.datasets.packed pack ...`)"
             )
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
@@ -279,9 +279,9 @@ def pack_nocs_layout(
     """Pack every instance of every listed image of a NOCS-layout synthetic set (the synthetic generator's
     output,
     read through ``NOCSTrainingDataset(data_type='synthetic')`` discovery)."""
-    from training.datasets.common import load_pickle, read_mask_channel, read_rgb
-    from training.datasets.depth_fill import fill_missing, load_depth
-    from training.datasets.nocs import TRAIN_LABEL_KEYS, NOCSTrainingDataset
+    from cleanpose_training.datasets.common import load_pickle, read_mask_channel, read_rgb
+    from cleanpose_training.datasets.depth_fill import fill_missing, load_depth
+    from cleanpose_training.datasets.nocs import TRAIN_LABEL_KEYS, NOCSTrainingDataset
 
     ds = NOCSTrainingDataset(src, data_type="synthetic", augment=False, list_file=list_file, split=split)
     out = Path(out)
@@ -370,7 +370,7 @@ def pack_nocs_layout(
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m training.datasets.packed",
+        prog="python -m cleanpose_training.datasets.packed",
         description="Pack a NOCS-layout synthetic set into per-object shards",
     )
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from cleanpose_model.io.errors import CheckpointError
-from training.datasets import safe_pickle
-from training.datasets.common import DatasetError
+from cleanpose_training.datasets import safe_pickle
+from cleanpose_training.datasets.common import DatasetError
 
 from .metrics import (
     CATRE_IOU_LABEL,
@@ -94,7 +94,7 @@ def predict_records(
     """Run the estimator over a test dataset (one image per item) and write one record per image."""
     import torch
 
-    from cleanpose_model.inference import ObjectBatch
+    from cleanpose_model.types import ObjectBatch
 
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _test_dataset(args):
-    from training.datasets import HouseCat6DTestDataset, NOCSTestDataset
+    from cleanpose_training.datasets import HouseCat6DTestDataset, NOCSTestDataset
 
     if args.dataset == "housecat6d":
         return HouseCat6DTestDataset(args.data, seed=args.seed)
@@ -345,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             import torch
 
-            from cleanpose_model.inference import PoseEstimator
+            from cleanpose_model.estimator import PoseEstimator
 
             protocol = PROTOCOLS["housecat6d" if args.dataset == "housecat6d" else "nocs"]
             dataset = _test_dataset(args)

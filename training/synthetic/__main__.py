@@ -1,10 +1,10 @@
-"""CLI: `python -m training.synthetic {nocs,bag} ...` (console script `cleanpose-synth`).
+"""CLI: `python -m cleanpose_training.synthetic {nocs,bag} ...` (console script `cleanpose-synth`).
 
 Examples:
-    python -m training.synthetic nocs --out data/synth --split train --scenes 20 --frames 50 --seed 0
-    python -m training.synthetic nocs --out data/synth --split test --scenes 4 --frames 25 \
+    python -m cleanpose_training.synthetic nocs --out data/synth --split train --scenes 20 --frames 50 --seed 0
+    python -m cleanpose_training.synthetic nocs --out data/synth --split test --scenes 4 --frames 25 \
         --seed 1 --mask-noise 3,0.1
-    python -m training.synthetic bag --out bags/demo --frames 300 --objects-per-frame 3-5 --seed 0
+    python -m cleanpose_training.synthetic bag --out bags/demo --frames 300 --objects-per-frame 3-5 --seed 0
 """
 
 from __future__ import annotations

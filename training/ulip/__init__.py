@@ -1,14 +1,14 @@
 """Frozen ULIP encoders built in the package: PointBERT (distillation teacher) and PointNet++ SSG (queue
 init)."""
 
-from training.ulip.loader import (
+from cleanpose_training.ulip.loader import (
     UlipCheckpointError,
     load_pointbert_teacher,
     load_pointnet2_ssg,
     read_ulip_state_dict,
 )
-from training.ulip.pointbert import PointBertConfig, PointTransformer
-from training.ulip.pointnet2_ssg import Pointnet2Ssg
+from cleanpose_training.ulip.pointbert import PointBertConfig, PointTransformer
+from cleanpose_training.ulip.pointnet2_ssg import Pointnet2Ssg
 
 __all__ = [
     "PointBertConfig",

@@ -18,8 +18,8 @@ import os
 
 import torch
 
-from training.ulip.pointbert import PointBertConfig, PointTransformer
-from training.ulip.pointnet2_ssg import Pointnet2Ssg
+from cleanpose_training.ulip.pointbert import PointBertConfig, PointTransformer
+from cleanpose_training.ulip.pointnet2_ssg import Pointnet2Ssg
 
 log = logging.getLogger(__name__)
 

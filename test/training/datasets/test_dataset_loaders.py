@@ -6,7 +6,7 @@ import pytest
 import torch
 from nocs_fixture import make_housecat_root, make_nocs_root, make_nocs_test_root, rot_x, rot_y
 
-from training.datasets import (
+from cleanpose_training.datasets import (
     DatasetError,
     HouseCat6DTestDataset,
     HouseCat6DTrainingDataset,
@@ -18,8 +18,8 @@ from training.datasets import (
     get_bbox,
     safe_pickle,
 )
-from training.datasets.augment import augment_rgb, color_jitter
-from training.datasets.common import canonicalise_symmetric_rotation, outlier_mask, remap_choose
+from cleanpose_training.datasets.augment import augment_rgb, color_jitter
+from cleanpose_training.datasets.common import canonicalise_symmetric_rotation, outlier_mask, remap_choose
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.datasets import NOCSTestDataset
-from training.evaluation.evaluate import load_records, main, pose_to_record, predict_records
+from cleanpose_training.datasets import NOCSTestDataset
+from cleanpose_training.evaluation.evaluate import load_records, main, pose_to_record, predict_records
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
 from nocs_fixture import make_nocs_test_root

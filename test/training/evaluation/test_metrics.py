@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from training.evaluation.metrics import (
+from cleanpose_training.evaluation.metrics import (
     HOUSECAT_PROTOCOL,
     NOCS_PROTOCOL,
     asymmetric_iou_catre,

@@ -9,11 +9,11 @@ import pytest
 from rosbags.rosbag2 import Reader
 from scipy.spatial.transform import Rotation
 
-from training.synthetic import bag_writer as bw
-from training.synthetic.__main__ import generate_bag, main
-from training.synthetic.nocs_writer import MaskNoise
-from training.synthetic.render import project_box_corners
-from training.synthetic.types import typestore
+from cleanpose_training.synthetic import bag_writer as bw
+from cleanpose_training.synthetic.__main__ import generate_bag, main
+from cleanpose_training.synthetic.nocs_writer import MaskNoise
+from cleanpose_training.synthetic.render import project_box_corners
+from cleanpose_training.synthetic.types import typestore
 
 W, H, FRAMES = 160, 120, 5
 

@@ -1,4 +1,4 @@
-"""NOCS/DPDN layout writer: files, keys and conventions, read-back through training.datasets, determinism."""
+"""NOCS/DPDN layout writer: files, keys and conventions, read-back through cleanpose_training.datasets, determinism."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from training.synthetic.__main__ import generate_nocs, main
-from training.synthetic.nocs_writer import MaskNoise
-from training.synthetic.render import project_box_corners
+from cleanpose_training.synthetic.__main__ import generate_nocs, main
+from cleanpose_training.synthetic.nocs_writer import MaskNoise
+from cleanpose_training.synthetic.render import project_box_corners
 
 W, H = 320, 240
 
@@ -144,7 +144,7 @@ def test_segmentation_results_match_the_test_protocol(dataset):
 
 
 def test_read_back_through_the_project_nocs_loaders(dataset):
-    nocs = pytest.importorskip("training.datasets.nocs")
+    nocs = pytest.importorskip("cleanpose_training.datasets.nocs")
     train = nocs.NOCSTrainingDataset(dataset, data_type="synthetic", split="train", augment=False, seed=0)
     assert len(train) == len((dataset / "train_list.txt").read_text().split())
     inliers = []

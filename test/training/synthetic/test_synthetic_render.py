@@ -7,8 +7,8 @@ import numpy as np
 import open3d as o3d
 import pytest
 
-from training.synthetic.render import DepthNoise, Renderer, project_box_corners
-from training.synthetic.scene import Camera, look_at, random_views, sample_scene
+from cleanpose_training.synthetic.render import DepthNoise, Renderer, project_box_corners
+from cleanpose_training.synthetic.scene import Camera, look_at, random_views, sample_scene
 
 W, H = 160, 120
 
@@ -181,7 +181,7 @@ def test_mug_handle_visibility_follows_the_view():
 
 
 def test_solid_texture_changes_only_object_pixels():
-    from training.synthetic.shapes import SolidTexture
+    from cleanpose_training.synthetic.shapes import SolidTexture
 
     rng, scene, renderer = _setup(seed=6, n_objects=3)
     T = random_views(rng, scene, 1)[0]

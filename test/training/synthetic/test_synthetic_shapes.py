@@ -6,7 +6,7 @@ import numpy as np
 import open3d as o3d
 import pytest
 
-from training.synthetic.shapes import CATEGORIES, SYMMETRIC, make_object
+from cleanpose_training.synthetic.shapes import CATEGORIES, SYMMETRIC, make_object
 
 
 def _signed_volume(v: np.ndarray, t: np.ndarray) -> float:

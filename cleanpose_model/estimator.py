@@ -8,87 +8,14 @@ result.rotation (B,3,3), result.translation (B,3) m, result.size (B,3) m, result
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
-
 import numpy as np
 import torch
 
-from cleanpose_model.io.errors import DeviceUnavailableError, QueueError
+from cleanpose_model.config import config_categories
+from cleanpose_model.device import resolve_device
+from cleanpose_model.io.errors import QueueError
 from cleanpose_model.queue import ConfounderQueue
-
-NOCS_CATEGORIES = ["bottle", "bowl", "camera", "can", "laptop", "mug"]
-
-
-@dataclass
-class ObjectBatch:
-    """Per-object network inputs: ``rgb`` (B,3,224,224) normalised crops, ``pts`` (B,N,3) camera-frame metres,
-    ``choose`` (B,N) int64 crop pixel indices, ``category`` (B,) int64 0-based class ids."""
-
-    rgb: torch.Tensor
-    pts: torch.Tensor
-    choose: torch.Tensor
-    category: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.category.reshape(-1).shape[0])
-
-    def to(self, device=None, dtype: torch.dtype | None = None) -> ObjectBatch:
-        """Move to ``device``; ``dtype`` applies to the float inputs only (indices stay int64)."""
-        return ObjectBatch(
-            rgb=self.rgb.to(device=device, dtype=dtype),
-            pts=self.pts.to(device=device, dtype=dtype),
-            choose=self.choose.to(device=device, dtype=torch.long),
-            category=self.category.reshape(-1).to(device=device, dtype=torch.long),
-        )
-
-
-@dataclass
-class PoseResult:
-    """Per-object outputs in the camera frame: ``rotation`` (B,3,3) (columns = object x, y, z axes),
-    ``translation`` (B,3) m, ``size`` (B,3) full box extents in m, ``keypoints`` (B,K,3) m."""
-
-    rotation: torch.Tensor
-    translation: torch.Tensor
-    size: torch.Tensor
-    keypoints: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.rotation.shape[0])
-
-    def as_numpy(self) -> dict[str, np.ndarray]:
-        """Host copies; half-precision results are widened to float32 (NumPy has no bfloat16)."""
-        out = {}
-        for f in fields(self):
-            t = getattr(self, f.name).detach()
-            if t.dtype in (torch.float16, torch.bfloat16):
-                t = t.float()
-            out[f.name] = t.cpu().numpy()
-        return out
-
-
-def resolve_device(device) -> torch.device:
-    """``torch.device`` for ``device``; raises ``DeviceUnavailableError`` instead of silently falling back."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(
-            f"device {str(device)!r} requested but CUDA is not available in this process "
-            "(torch.cuda.is_available() is False); use device='cpu'"
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise DeviceUnavailableError(
-            f"device {str(device)!r} requested but only {torch.cuda.device_count()} "
-            "CUDA device(s) are visible"
-        )
-    return dev
-
-
-def _config_categories(cfg, cat_num: int) -> list[str]:
-    cats = getattr(cfg, "categories", None) if cfg is not None else None
-    if cats:
-        return list(cats)
-    if cat_num == len(NOCS_CATEGORIES):
-        return list(NOCS_CATEGORIES)
-    return [str(i) for i in range(cat_num)]
+from cleanpose_model.types import ObjectBatch, PoseResult
 
 
 class PoseEstimator:
@@ -144,7 +71,7 @@ class PoseEstimator:
         self.queue_mode = queue_mode
         self.reseed(seed)
         cat_num = self.queue.cat_num if self.queue is not None else int(getattr(self.cfg, "cat_num", 6))
-        self.categories = _config_categories(self.cfg, cat_num)
+        self.categories = config_categories(self.cfg, cat_num)
 
     @classmethod
     def from_checkpoint(
