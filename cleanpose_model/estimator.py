@@ -8,6 +8,7 @@ result.rotation (B,3,3), result.translation (B,3) m, result.size (B,3) m, result
 from __future__ import annotations
 
 import os
+
 import numpy as np
 import torch
 

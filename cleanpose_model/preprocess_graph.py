@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from cleanpose_model.fast import DEFAULT_BUCKETS
-from cleanpose_model.types import ObjectBatch
 from cleanpose_model.preprocess import (
     _NORM_LUT,
     DEFAULT_SEED,
@@ -44,6 +43,7 @@ from cleanpose_model.preprocess import (
     get_bbox,
     sample_indices,
 )
+from cleanpose_model.types import ObjectBatch
 
 # Columns of the int32 meta table before the resize tables (8 rows of image_size each, `_resize_tables`).
 META_HEAD = 3  # r0, c0, side

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from cleanpose_model.estimator import PoseEstimator
-from cleanpose_model.types import ObjectBatch
 from cleanpose_model.parity import build_parity_net
+from cleanpose_model.types import ObjectBatch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -15,13 +15,13 @@ import yaml
 from cleanpose_model.config import ModelConfig
 from cleanpose_model.convert import random_batch
 from cleanpose_model.estimator import PoseEstimator
-from cleanpose_model.types import ObjectBatch, PoseResult
 from cleanpose_model.io import checkpoints as ck
 from cleanpose_model.io.errors import CheckpointFormatError, DeviceUnavailableError, QueueError
 from cleanpose_model.net import CleanPoseNet
 from cleanpose_model.nn.fused_attention import fuse_for_inference
 from cleanpose_model.nn.pointwise import fold_for_inference
 from cleanpose_model.queue import ConfounderQueue
+from cleanpose_model.types import ObjectBatch, PoseResult
 
 REPO = Path(__file__).resolve().parents[2]
 N_POINTS = 256
