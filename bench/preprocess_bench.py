@@ -1,14 +1,13 @@
-"""Per-object input construction for a 640x480 frame with 6 masks (issue 8, target 2): numpy CPU path,
-torch per-object path, torch batched path and its graphed version (GraphedInputBuilder: CUDA graphs on CUDA,
-the same fixed-shape phases eagerly on the CPU) on --device, side by side in one run.
+"""Per-object input construction for a 640x480 frame with 6 masks (issue 8, target 2): the numpy reference
+and the fixed-shape torch form (GraphedInputBuilder), eager and (on CUDA) graphed, on --device, side by side
+in one run.
 
 Median and min over --runs calls after --warmup calls, cycling through the frames of --frames; CUDA timings
 are synchronised. The torch rows start from the frame already on the device (as after the node's upload);
-the upload itself (rgb + depth + masks, pageable) is timed in its own row, and "batched + upload" is what
-FramePipeline did per frame on CUDA before the graphed builder; "graphed from host arrays" is what it does
-now (frame and window table up in one copy from pinned memory, then the two replays). The same run checks
-that the batched and graphed paths pick the same pixels as the numpy path on this device (pts / choose /
-kept bit-equal, RGB difference in grey levels).
+the upload itself (rgb + depth + masks, pageable) is timed in its own row; "graphed from host arrays" is what
+FramePipeline does per frame on CUDA (frame and window table up in one copy from pinned memory, then the two
+replays). The same run checks that the eager and graphed forms pick the same pixels as the numpy path on this
+device (pts / choose / kept bit-equal, RGB difference in grey levels).
 
     python bench/preprocess_bench.py --device cuda --frames .carry/perf_frames.npz --out $OUT
     python bench/preprocess_bench.py --device cpu --synthetic --runs 3 --warmup 1   # CI short mode
@@ -30,14 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cleanpose_model.preprocess import (
-    IMAGENET_STD,
-    build_object_inputs_batched,
-    build_object_inputs_np,
-    build_object_inputs_torch,
-    mask_to_box,
-)
-from cleanpose_model.preprocess_graph import GraphedInputBuilder
+from cleanpose_model.preprocess import IMAGENET_STD, GraphedInputBuilder, build_object_inputs_np, mask_to_box
 
 
 def synthetic_frames(n: int = 2, objects: int = 6, h: int = 480, w: int = 640, seed: int = 0) -> dict:
@@ -88,16 +80,16 @@ def timed(fn, n_frames: int, dev: torch.device, warmup: int, runs: int) -> list[
 
 
 def check_equal(fr: dict, gpu: list, dev: torch.device) -> dict:
-    """Batched and graphed paths on `dev` vs the numpy path with the same generator seed, over all frames."""
+    """Eager and graphed forms on `dev` vs the numpy path with the same generator seed, over all frames."""
     worst_rgb, rgb_differing, equal = 0.0, 0, True
-    builder = GraphedInputBuilder(dev)
-    for i, path in ((i, p) for i in range(len(gpu)) for p in ("batched", "graphed")):
+    builders = {"eager": GraphedInputBuilder(dev, graphs=False), "graphed": GraphedInputBuilder(dev)}
+    for i, path in ((i, p) for i in range(len(gpu)) for p in builders):
         args = (fr["K"], fr["boxes"][i], fr["categories"][i])
         ref = build_object_inputs_np(
             fr["rgb"][i], fr["depth_m"][i], fr["K"], fr["masks"][i], *args[1:], rng=np.random.default_rng(i)
         )
         g = gpu[i]
-        fn = build_object_inputs_batched if path == "batched" else builder
+        fn = builders[path]
         batch, kept, nums, wins = fn(g[0], g[1], fr["K"], g[2], *args[1:], rng=np.random.default_rng(i))
         equal &= bool(
             np.array_equal(kept, ref.kept)
@@ -174,20 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             args.runs,
         ),
     )
-    rows["torch per-object"] = (
+    eager = GraphedInputBuilder(dev, graphs=False)
+    rows["torch eager"] = (
         str(dev),
         timed(
-            lambda i: build_object_inputs_torch(gpu[i][0], gpu[i][1], K, gpu[i][2], boxes[i], cats[i]),
-            nf,
-            dev,
-            args.warmup,
-            args.runs,
-        ),
-    )
-    rows["torch batched"] = (
-        str(dev),
-        timed(
-            lambda i: build_object_inputs_batched(gpu[i][0], gpu[i][1], K, gpu[i][2], boxes[i], cats[i]),
+            lambda i: eager(gpu[i][0], gpu[i][1], K, gpu[i][2], boxes[i], cats[i]),
             nf,
             dev,
             args.warmup,
@@ -217,15 +200,6 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         rows["frame upload (rgb+depth+masks)"] = (str(dev), timed(upload, nf, dev, args.warmup, args.runs))
-
-        def batched_with_upload(i):
-            g = upload(i)
-            build_object_inputs_batched(g[0], g[1], K, g[2], boxes[i], cats[i])
-
-        rows["torch batched + upload"] = (
-            str(dev),
-            timed(batched_with_upload, nf, dev, args.warmup, args.runs),
-        )
 
     base = statistics.median(rows["numpy (CPU)"][1])
     result = {
@@ -260,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {k} | {r['device']} | {r['median_ms']:.3f} | {r['min_ms']:.3f} | {ratio:.1f}x |")
     c = result["check"]
     print(
-        f"\nbatched and graphed vs numpy on {dev}: pts/choose/kept equal: {c['pts_choose_kept_equal']}; "
+        f"\neager and graphed vs numpy on {dev}: pts/choose/kept equal: {c['pts_choose_kept_equal']}; "
         f"RGB max diff {c['rgb_max_diff_grey_levels']} grey levels "
         f"({c['rgb_values_differing']} values differ)"
     )

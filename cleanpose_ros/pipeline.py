@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cleanpose_model.preprocess import DEFAULT_SEED, build_object_inputs_batched, build_object_inputs_np
+from cleanpose_model.preprocess import DEFAULT_SEED, GraphedInputBuilder, build_object_inputs_np
 from cleanpose_ros.class_map import DEFAULT_CLASS_MAP, ClassMap
 
 
@@ -29,8 +29,8 @@ class PipelineConfig:
     class_map: list[str] = field(default_factory=lambda: list(DEFAULT_CLASS_MAP))
     seed: int = DEFAULT_SEED  # fixed per frame: the same frame always gives the same pose
     box_source: str = "mask"  # used when process() is given a raw InstanceSegmentation message
-    # "auto": on a CUDA estimator the batched torch path replayed from CUDA graphs (GraphedInputBuilder, same
-    # pixels), else the numpy path; "numpy" / "torch" force one ("torch" on the CPU: the eager batched path).
+    # "auto": on a CUDA estimator the fixed-shape torch form replayed from CUDA graphs (GraphedInputBuilder,
+    # same pixels), else the numpy path; "numpy" / "torch" force one ("torch" on the CPU: that form, eager).
     preprocess: str = "auto"
 
 
@@ -182,14 +182,10 @@ class FramePipeline:
         if mode not in ("auto", "numpy", "torch"):
             raise ValueError(f"preprocess must be 'auto', 'numpy' or 'torch', got {mode!r}")
         if mode == "torch" or (mode == "auto" and dev.type == "cuda"):
-            import torch
-
             if dev.type == "cuda":
                 # The fixed-shape version of the batched path: the host arrays are staged with the window
                 # table in one pinned buffer and go up while it fills; each device phase is one graph replay.
                 if self._builder is None or self._builder_device != dev:
-                    from cleanpose_model.preprocess_graph import GraphedInputBuilder
-
                     self._builder, self._builder_device = GraphedInputBuilder(dev), dev
                     self._builder_sizes = set()
                 frame_key = (depth.shape, depth.dtype)
@@ -206,13 +202,7 @@ class FramePipeline:
                 batch, kept, num_points, _ = self._builder(rgb, depth, K, masks, boxes, cats, **kw)
                 return batch, kept, np.asarray(cats, np.int64).reshape(-1)[kept], num_points
 
-            def up(a):
-                return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
-
-            rgb_t, depth_t, masks_t = up(rgb), up(depth), up(masks)
-            batch, kept, num_points, _ = build_object_inputs_batched(
-                rgb_t, depth_t, K, masks_t, boxes, cats, **kw
-            )
+            batch, kept, num_points, _ = GraphedInputBuilder(dev)(rgb, depth, K, masks, boxes, cats, **kw)
             return batch, kept, np.asarray(cats, np.int64).reshape(-1)[kept], num_points
         objs = build_object_inputs_np(rgb, depth, K, masks, boxes, cats, **kw)
         return objs.to_batch(dev, self.estimator.dtype), objs.kept, objs.category, objs.num_points

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cleanpose_training.datasets.common import normalise_rgb, sample_indices
+from cleanpose_model.preprocess.reference import normalize_rgb, sample_indices
 
 
 @torch.no_grad()
@@ -39,7 +39,7 @@ def predict_packed(net, queue, ds, device, batch_size: int = 64, seed: int = 0) 
         for i in idx:
             im, p, ch = ds.object_arrays(i)
             sel = sample_indices(len(p), 1024, np.random.default_rng([seed, i]))
-            rgb.append(normalise_rgb(im))
+            rgb.append(normalize_rgb(im))
             pts.append(p[sel])
             choose.append(ch[sel])
             cat.append(int(ds.category[i]))

@@ -60,7 +60,7 @@ def test_auto_picks_numpy_on_cpu_and_bad_mode_raises(estimator, monkeypatch):
 
     rgb, depth, K, det = _frame(1)
     called = []
-    monkeypatch.setattr(P, "build_object_inputs_batched", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(P, "GraphedInputBuilder", lambda *a, **k: called.append(1))
     res = P.FramePipeline(estimator, P.PipelineConfig()).process(rgb, depth, K, det)
     assert not called and len(res.objects) == 3
     with pytest.raises(ValueError, match="preprocess must be"):

@@ -113,7 +113,7 @@ def test_time_budget_rescales_schedule(tmp_path):
 
 
 def test_packed_dataset_round_trip(tmp_path):
-    from cleanpose_training.datasets.common import remap_choose
+    from cleanpose_model.preprocess.reference import remap_choose
     from cleanpose_training.datasets.packed import FORMAT, VERSION, PackedDataset, _ShardWriter
 
     rng = np.random.default_rng(0)
@@ -165,7 +165,7 @@ def test_packed_dataset_round_trip(tmp_path):
         want = np.stack([(u - K[2]) * z / K[0], (v - K[3]) * z / K[1], z], 1)
         np.testing.assert_allclose(pts, want, rtol=1e-6)
         crop_choose = (v - window[0]) * (window[3] - window[2]) + (u - window[2])
-        np.testing.assert_array_equal(choose, remap_choose(crop_choose, window))
+        np.testing.assert_array_equal(choose, remap_choose(crop_choose, window[1] - window[0]))
         np.testing.assert_array_equal(im, rgb)
     s = ds[1]
     assert s["pts"].shape == (1024, 3) and s["rgb"].shape == (3, 224, 224) and int(s["category_label"]) == 1

@@ -1,4 +1,9 @@
-"""Per-object input construction shared by the NOCS and HouseCat6D loaders (preprocessing.md §1, §3)."""
+"""File reading, labels and ground-truth handling shared by the NOCS and HouseCat6D loaders.
+
+Per-object input construction is not here: the loaders call the one protocol in
+`cleanpose_model.preprocess.reference` (crop window, valid pixels, sampling, back-projection, resize,
+normalisation, choose remap), the same functions serving uses; its docstring lists which steps are
+dataset options (hole filling, keep rule, point noise, colour augmentation)."""
 
 from __future__ import annotations
 
@@ -18,10 +23,6 @@ HOUSECAT_SYM_IDS = (1, 2, 7)
 # (fx, fy, cx, cy)
 REAL_INTRINSICS = (591.0125, 590.16775, 322.525, 244.11084)
 CAMERA_INTRINSICS = (577.5, 577.5, 319.5, 239.5)
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-MAX_WINDOW = 440
 
 
 class DatasetError(RuntimeError):
@@ -90,75 +91,6 @@ def read_list_file(path: str | Path, what: str) -> list[str]:
     return lines
 
 
-def get_bbox(bbox, img_width: int = 480, img_length: int = 640) -> tuple[int, int, int, int]:
-    """Square crop window around a (y1, x1, y2, x2) box; img_width is the row count (published naming)."""
-    y1, x1, y2, x2 = (int(v) for v in bbox)
-    window = (max(y2 - y1, x2 - x1) // 40 + 1) * 40
-    window = min(window, MAX_WINDOW)
-    cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
-    half = int(window / 2)
-    rmin, rmax, cmin, cmax = cy - half, cy + half, cx - half, cx + half
-    if rmin < 0:
-        rmax, rmin = rmax - rmin, 0
-    if cmin < 0:
-        cmax, cmin = cmax - cmin, 0
-    if rmax > img_width:
-        rmin, rmax = rmin - (rmax - img_width), img_width
-    if cmax > img_length:
-        cmin, cmax = cmin - (cmax - img_length), img_length
-    return rmin, rmax, cmin, cmax
-
-
-def sample_indices(n: int, sample_num: int, rng: np.random.Generator) -> np.ndarray:
-    """With replacement whenever n <= sample_num (including equality), as the published loaders do."""
-    if n <= 0:
-        raise ValueError("no candidate pixels to sample from")
-    if n <= sample_num:
-        return rng.choice(n, sample_num)
-    return rng.choice(n, sample_num, replace=False)
-
-
-def backproject_crop(
-    depth_mm: np.ndarray,
-    K: tuple[float, float, float, float],
-    window,
-    choose: np.ndarray,
-) -> np.ndarray:
-    """Camera-frame points (metres, float32) of the chosen pixels of a crop, flattened row-major."""
-    fx, fy, cx, cy = K
-    rmin, _, cmin, cmax = window
-    rows, cols = np.divmod(choose, cmax - cmin)
-    v = rows + rmin
-    u = cols + cmin
-    z = depth_mm[v, u] / 1000.0
-    x = (u - cx) * z / fx
-    y = (v - cy) * z / fy
-    return np.stack([x, y, z], axis=1).astype(np.float32)
-
-
-def crop_resize_rgb(rgb: np.ndarray, window, size: int = 224) -> np.ndarray:
-    rmin, rmax, cmin, cmax = window
-    crop = np.ascontiguousarray(rgb[rmin:rmax, cmin:cmax])
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
-
-
-def normalise_rgb(rgb_uint8: np.ndarray) -> np.ndarray:
-    """ToTensor + ImageNet Normalize: HWC uint8 -> CHW float32."""
-    x = rgb_uint8.astype(np.float32) / 255.0
-    x = (x - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
-
-
-def remap_choose(choose: np.ndarray, window, size: int = 224) -> np.ndarray:
-    """Crop-pixel index -> index in the resized size x size image (floor; row stride = crop height)."""
-    rmin, rmax = window[0], window[1]
-    crop_w = rmax - rmin
-    ratio = size / crop_w
-    col = choose % crop_w
-    row = choose // crop_w
-    return (np.floor(row * ratio) * size + np.floor(col * ratio)).astype(np.int64)
-
-
 def canonicalise_symmetric_rotation(R: np.ndarray) -> np.ndarray:
     """Remove the free rotation about the object y axis (published `sym_ids` handling)."""
     R = np.asarray(R, dtype=np.float64)
@@ -178,27 +110,6 @@ def outlier_mask(
     d2 = (qo**2).sum(1)[:, None] + (model**2).sum(1)[None, :] - 2.0 * qo @ model.T
     dmin = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
     return qo.astype(np.float32), (dmin < threshold).astype(np.float32)
-
-
-def build_instance(
-    rgb_uint8: np.ndarray,
-    depth_mm: np.ndarray,
-    inst_mask: np.ndarray,
-    window,
-    K,
-    sample_num: int,
-    rng: np.random.Generator,
-    img_size: int = 224,
-):
-    """choose / points / resized RGB crop for one instance; None when the crop holds no valid mask pixel."""
-    rmin, rmax, cmin, cmax = window
-    choose = inst_mask[rmin:rmax, cmin:cmax].flatten().nonzero()[0]
-    if len(choose) == 0:
-        return None
-    choose = choose[sample_indices(len(choose), sample_num, rng)]
-    pts = backproject_crop(depth_mm, K, window, choose)
-    rgb = crop_resize_rgb(rgb_uint8, window, img_size)
-    return pts, rgb, choose
 
 
 def worker_rng(seed: int, epoch: int, index: int, attempt: int = 0) -> np.random.Generator:

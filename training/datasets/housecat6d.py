@@ -9,18 +9,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cleanpose_model.preprocess.reference import get_bbox, normalize_rgb, sample_object
+
 from . import augment as aug
 from .common import (
     HOUSECAT_SYM_IDS,
     DatasetError,
-    build_instance,
     canonicalise_symmetric_rotation,
-    get_bbox,
     load_pickle,
-    normalise_rgb,
     read_mask_channel,
     read_rgb,
-    remap_choose,
     require_dir,
     worker_rng,
 )
@@ -67,8 +65,9 @@ class _HouseCatBase(Dataset):
         return self._K[str(Path(rgb_path).parent.parent)]
 
     def _depth(self, path: str) -> np.ndarray:
+        """Depth in metres (float32), the protocol's unit; filled in millimetres as published."""
         depth = load_depth_png(path)
-        return fill_missing(depth, 1000.0, 1) if self.fill_depth else depth.astype(np.float32)
+        return (fill_missing(depth, 1000.0, 1) if self.fill_depth else depth.astype(np.float32)) / 1000.0
 
 
 class HouseCat6DTrainingDataset(_HouseCatBase):
@@ -109,24 +108,24 @@ class HouseCat6DTrainingDataset(_HouseCatBase):
         idx = int(rng.integers(n))
         cat_id = int(gts["class_ids"][idx]) - 1
         window = get_bbox(gts["bboxes"][idx], depth.shape[0], depth.shape[1])
-        inst = (mask == gts["instance_ids"][idx]) & (depth > 0)
-        built = build_instance(
+        # The serving protocol's object step, keeping any object with a valid pixel.
+        obj = sample_object(
             read_rgb(rgb_path),
             depth,
-            inst,
-            window,
             self._intrinsics(rgb_path),
-            self.sample_num,
+            mask == gts["instance_ids"][idx],
+            window,
             rng,
+            self.sample_num,
             self.image_size,
         )
-        if built is None:
+        if obj is None:
             # the published loader asserts here; name the instance so the data can be fixed
             raise DatasetError(
                 f"instance {gts['instance_ids'][idx]} of '{rgb_path}' has no valid depth "
                 "pixel inside its crop window"
             )
-        pts, rgb, choose = built
+        pts, rgb = obj.pts, obj.rgb
         if self.augment:
             pts = aug.add_point_noise(pts, rng)
             rgb = aug.augment_rgb(rgb, rng)
@@ -136,8 +135,8 @@ class HouseCat6DTrainingDataset(_HouseCatBase):
         return _to_tensor_sample(
             {
                 "pts": pts.astype(np.float32),
-                "rgb": normalise_rgb(rgb),
-                "choose": remap_choose(choose, window, self.image_size),
+                "rgb": normalize_rgb(rgb),
+                "choose": obj.choose,
                 "category_label": np.array([cat_id], dtype=np.int64),
                 "translation_label": np.asarray(gts["translations"][idx], dtype=np.float32),
                 "rotation_label": rotation.astype(np.float32),
@@ -178,26 +177,24 @@ class HouseCat6DTestDataset(_HouseCatBase):
             inst = (mask == gts["instance_ids"][j]) & (depth > 0)
             if np.count_nonzero(inst) <= self.min_points:  # full-image test, as published
                 continue
-            window = get_bbox(gts["bboxes"][j], H, W)
-            built = build_instance(
+            obj = sample_object(
                 rgb_full,
                 depth,
-                inst,
-                window,
                 self._intrinsics(rgb_path),
-                self.sample_num,
+                inst,
+                get_bbox(gts["bboxes"][j], H, W),
                 rng,
+                self.sample_num,
                 self.image_size,
             )
-            if built is None:
+            if obj is None:
                 raise DatasetError(
                     f"instance {gts['instance_ids'][j]} of '{rgb_path}' has no mask pixel "
                     "inside its 440-px crop window"
                 )
-            pts, rgb, choose = built
-            pts_l.append(pts)
-            rgb_l.append(normalise_rgb(rgb))
-            choose_l.append(remap_choose(choose, window, self.image_size))
+            pts_l.append(obj.pts)
+            rgb_l.append(normalize_rgb(obj.rgb))
+            choose_l.append(obj.choose)
             cat_l.append(int(gts["class_ids"][j]) - 1)
             keep.append(j)
         keep_a = np.asarray(keep, dtype=np.int64)

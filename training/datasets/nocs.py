@@ -15,22 +15,25 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from cleanpose_model.preprocess.reference import (
+    build_object_inputs_np,
+    get_bbox,
+    normalize_rgb,
+    sample_object,
+)
+
 from . import augment as aug
 from .common import (
     CAMERA_INTRINSICS,
     NOCS_SYM_IDS,
     REAL_INTRINSICS,
     DatasetError,
-    build_instance,
     canonicalise_symmetric_rotation,
-    get_bbox,
     load_pickle,
-    normalise_rgb,
     outlier_mask,
     read_list_file,
     read_mask_channel,
     read_rgb,
-    remap_choose,
     require_dir,
     require_file,
     worker_rng,
@@ -232,14 +235,22 @@ class NOCSTrainingDataset(Dataset):
         idx = int(rng.integers(n))
         cat_id = int(gts["class_ids"][idx]) - 1
         window = get_bbox(gts["bboxes"][idx], depth.shape[0], depth.shape[1])
-        inst = (mask == gts["instance_ids"][idx]) & (depth > 0)
         rgb_full = read_rgb(f"{prefix}_color.png")
-        built = build_instance(
-            rgb_full, depth, inst, window, self.intrinsics, self.sample_num, rng, self.image_size
+        # The serving protocol's object step (depth in metres); a training sample keeps any object with a
+        # valid pixel (min_points=0), None = the caller draws another sample.
+        obj = sample_object(
+            rgb_full,
+            depth / 1000.0,
+            self.intrinsics,
+            mask == gts["instance_ids"][idx],
+            window,
+            rng,
+            self.sample_num,
+            self.image_size,
         )
-        if built is None:
+        if obj is None:
             return None
-        pts, rgb, choose = built
+        pts, rgb = obj.pts, obj.rgb
         if self.augment:
             pts = aug.add_point_noise(pts, rng)
             rgb = aug.augment_rgb(rgb, rng)
@@ -266,8 +277,8 @@ class NOCSTrainingDataset(Dataset):
         )
         return {
             "pts": pts.astype(np.float32),
-            "rgb": normalise_rgb(rgb),
-            "choose": remap_choose(choose, window, self.image_size),
+            "rgb": normalize_rgb(rgb),
+            "choose": obj.choose,
             "category_label": np.array([cat_id], dtype=np.int64),
             "model": model,
             "qo": qo,
@@ -472,30 +483,27 @@ class NOCSTestDataset(Dataset):
         n_det = len(data["pred_class_ids"])
         if n_det and (masks.ndim != 3 or masks.shape[:2] != (H, W) or masks.shape[2] != n_det):
             raise DatasetError(f"'{path}': pred_masks has shape {masks.shape}, expected ({H}, {W}, {n_det})")
-        pts_l, rgb_l, choose_l, cat_l, keep = [], [], [], [], []
-        for j in range(n_det):
-            window = get_bbox(data["pred_bboxes"][j], H, W)
-            inst = (masks[:, :, j] > 0) & (depth > 0)
-            rmin, rmax, cmin, cmax = window
-            if np.count_nonzero(inst[rmin:rmax, cmin:cmax]) <= self.min_points:
-                continue
-            pts, rgb, choose = build_instance(
-                rgb_full, depth, inst, window, self.intrinsics, self.sample_num, rng, self.image_size
-            )
-            pts_l.append(pts)
-            rgb_l.append(normalise_rgb(rgb))
-            choose_l.append(remap_choose(choose, window, self.image_size))
-            cat_l.append(int(data["pred_class_ids"][j]) - 1)
-            keep.append(j)
-        if not keep and not allow_empty:
+        # The test protocol is the serving protocol: every detection through the node's numpy reference.
+        objs = build_object_inputs_np(
+            rgb_full,
+            depth / 1000.0,
+            self.intrinsics,
+            np.moveaxis(masks, 2, 0) if n_det else np.zeros((0, H, W), bool),
+            np.asarray(data["pred_bboxes"]).reshape(-1, 4)[:n_det],
+            np.asarray(data["pred_class_ids"], dtype=np.int64).reshape(-1) - 1,
+            rng=rng,
+            n_points=self.sample_num,
+            min_points=self.min_points,
+            image_size=self.image_size,
+        )
+        if not len(objs) and not allow_empty:
             return None
-        keep_a = np.asarray(keep, dtype=np.int64)
-        s, n = self.image_size, self.sample_num
+        keep_a = objs.kept
         out = {
-            "pts": torch.from_numpy(np.stack(pts_l) if keep else np.zeros((0, n, 3), np.float32)),
-            "rgb": torch.from_numpy(np.stack(rgb_l) if keep else np.zeros((0, 3, s, s), np.float32)),
-            "choose": torch.from_numpy(np.stack(choose_l) if keep else np.zeros((0, n), np.int64)),
-            "category_label": torch.as_tensor(cat_l, dtype=torch.int64),
+            "pts": torch.from_numpy(objs.pts),
+            "rgb": torch.from_numpy(objs.rgb),
+            "choose": torch.from_numpy(objs.choose),
+            "category_label": torch.from_numpy(objs.category),
             "result_name": Path(path).name,
             "image_path": str(data["image_path"]),
             "gt": gt_record(data, keep_a),

@@ -46,15 +46,19 @@ import torch
 from scipy.spatial import cKDTree
 from torch.utils.data import Dataset
 
+from cleanpose_model.preprocess.reference import (
+    backproject,
+    get_bbox,
+    normalize_rgb,
+    remap_choose,
+    resize_crop,
+    sample_indices,
+)
 from cleanpose_training.datasets import augment as aug
 from cleanpose_training.datasets.common import (
     NOCS_CATEGORIES,
     NOCS_SYM_IDS,
     canonicalise_symmetric_rotation,
-    get_bbox,
-    normalise_rgb,
-    remap_choose,
-    sample_indices,
     worker_rng,
 )
 
@@ -142,11 +146,10 @@ class PackedDataset(Dataset):
         pix = self._pix[a:b].astype(np.int64)
         z = self._depth[a:b].astype(np.float32) / 1000.0
         v, u = np.divmod(pix, self.image_width)
-        fx, fy, cx, cy = self.intrinsics
-        pts = np.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], 1).astype(np.float32)
+        pts = backproject(u, v, z, self.intrinsics)
         rmin, rmax, cmin, cmax = (int(x) for x in self.window[i])
         crop_choose = (v - rmin) * (cmax - cmin) + (u - cmin)
-        choose = remap_choose(crop_choose, (rmin, rmax, cmin, cmax), self.image_size)
+        choose = remap_choose(crop_choose, rmax - rmin, self.image_size)
         return rgb, pts, choose
 
     def gt(self, i: int):
@@ -180,7 +183,7 @@ class PackedDataset(Dataset):
         pc_mask = (dmin < self.threshold).astype(np.float32)
         return {
             "pts": torch.from_numpy(pts.astype(np.float32)),
-            "rgb": torch.from_numpy(normalise_rgb(rgb)),
+            "rgb": torch.from_numpy(normalize_rgb(rgb)),
             "choose": torch.from_numpy(choose.astype(np.int64)),
             "category_label": torch.tensor([cat], dtype=torch.int64),
             "translation_label": torch.from_numpy(t),
@@ -320,11 +323,7 @@ def pack_nocs_layout(
                 local = local[np.sort(rng.choice(len(local), max_points, replace=False))]
             rows, cols = np.divmod(local, cmax - cmin)
             v, u = rows + rmin, cols + cmin
-            crop = cv2.resize(
-                np.ascontiguousarray(rgb_full[rmin:rmax, cmin:cmax]),
-                (image_size, image_size),
-                interpolation=cv2.INTER_LINEAR,
-            )
+            crop = resize_crop(rgb_full, window, image_size)
             ok, enc = cv2.imencode(".jpg", crop[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
             if not ok:
                 raise PackError(f"{prefix}: JPEG encoding failed")

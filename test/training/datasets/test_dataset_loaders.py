@@ -6,6 +6,7 @@ import pytest
 import torch
 from nocs_fixture import make_housecat_root, make_nocs_root, make_nocs_test_root, rot_x, rot_y
 
+from cleanpose_model.preprocess.reference import remap_choose
 from cleanpose_training.datasets import (
     DatasetError,
     HouseCat6DTestDataset,
@@ -19,7 +20,7 @@ from cleanpose_training.datasets import (
     safe_pickle,
 )
 from cleanpose_training.datasets.augment import augment_rgb, color_jitter
-from cleanpose_training.datasets.common import canonicalise_symmetric_rotation, outlier_mask, remap_choose
+from cleanpose_training.datasets.common import canonicalise_symmetric_rotation, outlier_mask
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_get_bbox_shifts_into_image():
 def test_remap_choose_floor():
     window = (0, 448, 0, 448)  # ratio 0.5
     choose = np.array([0, 1, 2, 3, 448, 449 + 448])
-    assert remap_choose(choose, window).tolist() == [0, 0, 1, 1, 0, 224]
+    assert remap_choose(choose, window[1] - window[0]).tolist() == [0, 0, 1, 1, 0, 224]
 
 
 # ------------------------------------------------------------------------------------------ depth filling

@@ -1,16 +1,19 @@
-"""GraphedInputBuilder: the fixed-shape (CUDA-graph) version of the batched preprocessing gives the numpy
-reference's objects bit for bit. On the CPU its phases run eagerly; the gpu test replays the graphs."""
+"""cleanpose_model/preprocess/graphed.py: the fixed-shape torch form gives the numpy reference's objects bit
+for bit. On the CPU its phases run eagerly; the gpu tests replay the graphs."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from cleanpose_model.preprocess import build_object_inputs_batched, build_object_inputs_np, mask_to_box
-from cleanpose_model.preprocess_graph import GraphedInputBuilder, window_side
+from cleanpose_model.preprocess.graphed import GraphedInputBuilder, resize_uint8_like_cv2, window_side
+from cleanpose_model.preprocess.reference import build_object_inputs_np, mask_to_box
 
 K_REAL = np.array([[591.0125, 0, 322.525], [0, 590.16775, 244.11084], [0, 0, 1]])
+# Explicit buckets: the defaults come from the inference forms (`default_buckets`), not needed here.
+BUCKETS = (1, 2, 3, 4, 6, 8)
 
 
 def _scene(seed=0, h=480, w=640):
@@ -81,7 +84,9 @@ def _assert_same(got, ref, rgb_exact=True):
     np.testing.assert_array_equal(batch.pts.cpu().numpy(), ref.pts)
     np.testing.assert_array_equal(batch.choose.cpu().numpy(), ref.choose)
     np.testing.assert_array_equal(batch.category.cpu().numpy(), ref.category)
-    if rgb_exact:  # the batched path's integer resize equals this OpenCV build's (test_preprocess.py)
+    if (
+        rgb_exact
+    ):  # the integer resize equals this OpenCV build's (test_resize_model_equals_opencv_inter_linear)
         np.testing.assert_array_equal(batch.rgb.cpu().numpy(), ref.rgb)
 
 
@@ -106,20 +111,30 @@ def _tensors(frame, dev="cpu"):
     return (t[0], t[1], K, t[2], boxes, cats)
 
 
-def test_cpu_phases_equal_numpy_and_batched_paths_on_many_frames():
+def test_resize_model_equals_opencv_inter_linear():
+    """The integer model of cv2.resize INTER_LINEAR uint8 that phase A computes: at most one level anywhere
+    (the documented bound); on OpenCV builds with the vectorised kernel (x86 SSE/AVX, NEON) it is exact,
+    while a float bilinear or the scalar rounding would differ in ~12% of the pixels."""
+    g = np.random.default_rng(0)
+    for side in [*range(40, 441, 40), 37, 224, 225, 480]:
+        img = g.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        ref = cv2.resize(img, (224, 224), interpolation=cv2.INTER_LINEAR).astype(int)
+        diff = np.abs(resize_uint8_like_cv2(img).astype(int) - ref)
+        assert diff.max() <= 1, side
+        assert (diff > 0).mean() < 0.01, side
+
+
+def test_cpu_phases_equal_numpy_reference_on_many_frames():
     """One builder over all frames (buckets and frame sizes change between calls, slots are reused), host
-    arrays and tensors as inputs: each call equals the numpy reference and the batched path."""
-    builder = GraphedInputBuilder("cpu")
+    arrays and tensors as inputs: each call equals the numpy reference."""
+    builder = GraphedInputBuilder("cpu", buckets=BUCKETS)
     frames = _frames()
     for rep in range(2):
         for i, fr in enumerate(frames):
             seed = 10 * i + rep
             ref = build_object_inputs_np(*fr, rng=np.random.default_rng(seed))
             _assert_same(builder(*fr, rng=np.random.default_rng(seed)), ref)
-            got = builder(*_tensors(fr), rng=np.random.default_rng(seed))
-            _assert_same(got, ref)
-            batched = build_object_inputs_batched(*_tensors(fr), rng=np.random.default_rng(seed))
-            assert torch.equal(got[0].rgb, batched[0].rgb) and torch.equal(got[0].pts, batched[0].pts)
+            _assert_same(builder(*_tensors(fr), rng=np.random.default_rng(seed)), ref)
     assert builder.fallbacks == 0
     # slots: (bucket, H, W, ...) of 4 objects at 640x480, 8 objects, 2 objects at 160x120, 1 object
     assert sorted((k[0], k[1], k[2]) for k in builder._slots) == [
@@ -131,7 +146,7 @@ def test_cpu_phases_equal_numpy_and_batched_paths_on_many_frames():
 
 
 def test_expected_drops_and_border_windows():
-    builder = GraphedInputBuilder("cpu")
+    builder = GraphedInputBuilder("cpu", buckets=BUCKETS)
     fr = _frames()
     _, kept, nums, wins = builder(*fr[0], rng=np.random.default_rng(0))
     assert kept.tolist() == [0, 1, 3]  # the 9-pixel object is dropped
@@ -159,7 +174,7 @@ def test_padded_rows_and_stale_buffers_do_not_leak():
 def test_bool_uint8_and_int_masks_give_the_same_objects():
     rgb, depth, masks, boxes = _scene(2)
     ref = build_object_inputs_np(rgb, depth, K_REAL, masks, boxes, [0, 1, 2, 3], rng=np.random.default_rng(4))
-    builder = GraphedInputBuilder("cpu")
+    builder = GraphedInputBuilder("cpu", buckets=BUCKETS)
     for m in (masks, masks.astype(np.uint8) * 255, masks.astype(np.int64) * 256):
         _assert_same(builder(rgb, depth, K_REAL, m, boxes, [0, 1, 2, 3], rng=np.random.default_rng(4)), ref)
         got = builder(
@@ -174,15 +189,21 @@ def test_bool_uint8_and_int_masks_give_the_same_objects():
         _assert_same(got, ref)
 
 
-def test_float64_depth_default_and_legacy_generators():
+def test_depth_dtypes_n_points_default_and_legacy_generators():
     rgb, depth, masks, boxes = _scene(7)
     d64 = depth.astype(np.float64) + 1e-9  # not representable in float32: must not be rounded through it
-    builder = GraphedInputBuilder("cpu")
+    builder = GraphedInputBuilder("cpu", buckets=BUCKETS)
     cats = [0, 1, 2, 3]
-    _assert_same(
-        builder(rgb, d64, K_REAL, masks, boxes, cats),
-        build_object_inputs_np(rgb, d64, K_REAL, masks, boxes, cats),
+    for d in (d64, depth.astype(np.float16)):
+        ref = build_object_inputs_np(rgb, d, K_REAL, masks, boxes, cats)
+        _assert_same(builder(rgb, d, K_REAL, masks, boxes, cats), ref)
+        _assert_same(builder(*_tensors((rgb, d, K_REAL, masks, boxes, cats))), ref)
+    got = builder(rgb, depth, K_REAL, masks, boxes, cats, n_points=256, rng=np.random.default_rng(2))
+    ref = build_object_inputs_np(
+        rgb, depth, K_REAL, masks, boxes, cats, n_points=256, rng=np.random.default_rng(2)
     )
+    _assert_same(got, ref)
+    assert got[0].pts.shape == (3, 256, 3)
     ref = build_object_inputs_np(rgb, depth, K_REAL, masks, boxes, cats, rng=np.random.RandomState(3))
     _assert_same(builder(rgb, depth, K_REAL, masks, boxes, cats, rng=np.random.RandomState(3)), ref)
 
@@ -200,27 +221,30 @@ def test_empty_all_rejected_too_many_objects_and_bad_inputs():
     batch, kept, _, _ = builder(rgb, depth, K_REAL, m, [mask_to_box(x) for x in m], [0, 1], rng)
     assert len(batch) == 0 and kept.shape == (0,) and batch.rgb.shape == (0, 3, 224, 224)
     assert rng.integers(1 << 30) == np.random.default_rng(0).integers(1 << 30)
-    # 4 objects > the largest bucket (2): the batched path, same objects
-    fr = (rgb, depth, K_REAL, masks, boxes, [0, 1, 2, 3])
-    _assert_same(
-        builder(*fr, rng=np.random.default_rng(2)), build_object_inputs_np(*fr, rng=np.random.default_rng(2))
-    )
-    assert builder.fallbacks == 1
+    # 4 and 3 objects > the largest bucket (2): the same phases on 4 rows, same objects
+    for sel in ([0, 1, 2, 3], [3, 0, 1]):
+        fr = (rgb, depth, K_REAL, masks[sel], boxes[sel], np.array([0, 1, 2, 3])[sel])
+        _assert_same(
+            builder(*fr, rng=np.random.default_rng(2)),
+            build_object_inputs_np(*fr, rng=np.random.default_rng(2)),
+        )
+    assert builder.fallbacks == 2 and sorted(k[0] for k in builder._slots) == [2, 4]
     with pytest.raises(ValueError, match="masks but"):
         builder(rgb, depth, K_REAL, masks, boxes[:2], [0, 1, 2, 3])
-    with pytest.raises(ValueError, match="do not match depth"):
+    with pytest.raises(ValueError, match="does not match rgb"):
         builder(rgb[:100], depth, K_REAL, masks, boxes, [0, 1, 2, 3])
     with pytest.raises(ValueError, match="CUDA graphs"):
         GraphedInputBuilder("cpu", graphs=True)
 
 
 @pytest.mark.gpu
-def test_cuda_graphs_equal_eager_batched_and_numpy():
-    """The graphed CUDA path (host arrays and device tensors in) equals the eager phases on CUDA, the batched
-    path and the numpy reference; outputs are copies that later calls do not change."""
+def test_cuda_graphs_equal_eager_and_numpy():
+    """The graphed CUDA path (host arrays and device tensors in) equals the eager phases on CUDA and the
+    numpy reference; outputs are copies that later calls do not change; more objects than the largest
+    bucket run eagerly with the same result."""
     dev = torch.device("cuda")
-    graphed = GraphedInputBuilder(dev)
-    eager = GraphedInputBuilder(dev, graphs=False)
+    graphed = GraphedInputBuilder(dev, buckets=BUCKETS)
+    eager = GraphedInputBuilder(dev, buckets=BUCKETS, graphs=False)
     frames = _frames()
     kept_results = []
     for rep in range(2):
@@ -234,13 +258,7 @@ def test_cuda_graphs_equal_eager_batched_and_numpy():
             ):
                 assert got[0].pts.device.type == "cuda"
                 _assert_same(got, ref)
-            batched = build_object_inputs_batched(*_tensors(fr, dev), rng=np.random.default_rng(seed))
-            got = graphed(*fr, rng=np.random.default_rng(seed))
-            for a, b in zip(
-                (got[0].rgb, got[0].pts, got[0].choose), (batched[0].rgb, batched[0].pts, batched[0].choose)
-            ):
-                assert torch.equal(a, b)
-            kept_results.append((got, ref))
+            kept_results.append((graphed(*fr, rng=np.random.default_rng(seed)), ref))
     for got, ref in kept_results:  # still the values of their own frame
         _assert_same(got, ref)
     assert graphed.fallbacks == 0 and all(s.graph_a is not None for s in graphed._slots.values())
@@ -250,6 +268,12 @@ def test_cuda_graphs_equal_eager_batched_and_numpy():
         got = graphed(*frames[0], rng=np.random.default_rng(0))
     s.synchronize()
     _assert_same(got, build_object_inputs_np(*frames[0], rng=np.random.default_rng(0)))
+    small = GraphedInputBuilder(dev, buckets=(1, 2))
+    fr = frames[2]  # 8 objects: eager on 8 rows
+    _assert_same(
+        small(*fr, rng=np.random.default_rng(3)), build_object_inputs_np(*fr, rng=np.random.default_rng(3))
+    )
+    assert small.fallbacks == 1
 
 
 @pytest.mark.gpu
@@ -274,3 +298,22 @@ def test_pipeline_cuda_build_inputs_uses_one_builder_and_gives_the_numpy_inputs(
         for a, b in zip(got[1:], ref[1:]):
             np.testing.assert_array_equal(a, b)
     assert len(builders) == 1
+
+
+def test_preprocess_bench_short_mode(tmp_path):
+    """bench/preprocess_bench.py on the CPU (CI short mode): its own equality check of the eager form against
+    the numpy reference passes, and the table and JSON carry the rows."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(root / "bench" / "preprocess_bench.py"), "--device", "cpu", "--synthetic"]
+    cmd += ["--runs", "1", "--warmup", "0", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert "| torch eager | cpu |" in out.stdout and "| numpy (CPU) | cpu |" in out.stdout
+    res = json.loads((tmp_path / "preprocess_bench.json").read_text())
+    assert res["check"]["pts_choose_kept_equal"] and res["check"]["rgb_max_diff_grey_levels"] <= 1.0
+    assert res["objects"] == 6 and res["image"] == [480, 640]

@@ -1,54 +1,128 @@
-"""`build_object_inputs_batched` with fixed shapes, so that on CUDA each of its two device phases is one CUDA
-graph replay (issue 8, target 2).
+"""The one torch form of the protocol: `build_object_inputs_np`'s outputs computed on a device with fixed
+shapes, so that on CUDA each of its two device phases is one CUDA graph replay (issue 8, target 2); on the
+CPU (or with graphs=False) the same phase functions run eagerly, which is how the CPU tests check them
+against the numpy reference.
 
-The batched path is ~90 small eager launches plus one host sync; its GPU work is tiny and the Python launch
-overhead dominates (~2.8 ms for 6 objects on an H100, more inside the node where other threads hold the
-GIL). Here the shapes depend only on (object-count bucket, H, W), never on the frame's content:
+Shapes depend only on (object-count bucket, H, W), never on the frame's content:
 
-- the padded window side is S = min(WINDOW_CAP, H, W) for every frame, not the frame's largest side: the
-  flat-index math (row = pos // S) is unchanged, and pixels past an object's own side are invalid as before;
-- the object count is padded up to a bucket of `cleanpose_model.fast.DEFAULT_BUCKETS`; padded rows have side
-  0 (no valid pixel) in phase A and repeat a kept row in phase B, and are cut off at the end.
+- the padded window side is S = min(WINDOW_CAP, H, W) for every frame (no protocol window is larger): the
+  flat-index math (row = pos // S) is unchanged, and pixels past an object's own side are invalid;
+- the object count is padded up to a bucket of the forward's batch buckets (`default_buckets`); padded rows
+  have side 0 (no valid pixel) in phase A and repeat a kept row in phase B, and are cut off at the end. More
+  objects than the largest bucket run the same phases eagerly on a multiple of that bucket.
 
 Per call: (host) windows + resize tables -> the frame and the table copied into static buffers ->
-phase A (validity, counts, ranks, RGB resize + normalisation) -> counts to pinned host memory, wait ->
-(host) the protocol's sampling with the caller's numpy generator, the same calls as every other path ->
-one upload of the sample table -> phase B (kept rows, searchsorted, back-projection, choose remap) -> copies
-of the first m rows. Graphs are captured lazily per (bucket, frame size); more objects than the largest
-bucket fall back to `build_object_inputs_batched`.
+phase A (validity, counts, ranks, RGB resize + normalisation) -> counts to the host (on CUDA through pinned
+memory) -> (host) the protocol's sampling with the caller's numpy generator, the same calls in the same order
+as the reference -> one upload of the sample table -> phase B (kept rows, searchsorted, back-projection,
+choose remap) -> the first m rows.
 
-`phase_a` / `phase_b` are plain functions over fixed-shape tensors: on the CPU (or with graphs=False) the
-builder runs them eagerly, which is how the CPU tests check them against the numpy reference.
+Equality with the reference for the same generator: pts, choose, category, kept, num_points, windows are
+identical (float64 back-projection, float64 floor remap). rgb: the resize is OpenCV's fixed-point uint8
+bilinear done with integer arithmetic (`resize_tables`, `vertical_fixed_point`), followed by the reference's
+float32 normalisation table, so it is bit-identical to the OpenCV path on builds that use the vectorised
+kernel (x86 SSE/AVX, NEON); the documented bound is one grey level before normalisation (1 / 255 / 0.224
+after it), the scalar kernel's deviation.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from cleanpose_model.fast import DEFAULT_BUCKETS
-from cleanpose_model.preprocess import (
-    _NORM_LUT,
+from cleanpose_model.preprocess.reference import (
     DEFAULT_SEED,
     IMAGE_SIZE,
     MIN_POINTS,
     N_POINTS,
+    NORM_LUT,
     WINDOW_CAP,
-    _resize_tables,
-    _vertical_fixed_point,
-    build_object_inputs_batched,
+    check_frame,
     get_bbox,
     sample_indices,
 )
 from cleanpose_model.types import ObjectBatch
 
-# Columns of the int32 meta table before the resize tables (8 rows of image_size each, `_resize_tables`).
+
+def default_buckets() -> tuple[int, ...]:
+    """The forward's batch buckets (the input builder pads to the same object counts). Looked up when a
+    builder is made, not at import: the inference forms import the whole network stack, and their module is
+    being moved from `cleanpose_model.fast` to `cleanpose_model.inference` (either is accepted)."""
+    try:
+        from cleanpose_model.inference import DEFAULT_BUCKETS
+    except ImportError as first:
+        try:
+            from cleanpose_model.fast import DEFAULT_BUCKETS
+        except ImportError:
+            raise first from None
+    return tuple(DEFAULT_BUCKETS)
+
+
+@functools.lru_cache(maxsize=64)
+def resize_tables(side: int, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """(8, image_size) int32 source rows/cols and 11-bit weights of OpenCV's INTER_LINEAR uint8 resize of a
+    side x side image to image_size x image_size: y0, y1, b0, b1, x0, x1, a0, a1 (window coordinates).
+
+    Reproduces OpenCV's `resizeGeneric_` set-up literally: scale = 1 / (dst / src) in double, the source
+    coordinate rounded to float32, the fraction in float32, each weight rounded separately to the nearest
+    short of (1 - f) * 2048 and f * 2048; columns left/right of the image get f = 0 at the clamped column,
+    rows keep their fraction and have both row indices clamped (OpenCV clamps rows when fetching them)."""
+    d = np.arange(image_size, dtype=np.float64)
+    f = ((d + 0.5) * (1.0 / (image_size / side)) - 0.5).astype(np.float32)
+    i0 = np.floor(f).astype(np.int64)
+    frac = (f - i0.astype(np.float32)).astype(np.float32)
+
+    def weights(fr):
+        return (
+            np.rint((np.float32(1.0) - fr) * np.float32(2048.0)).astype(np.int64),
+            np.rint(fr * np.float32(2048.0)).astype(np.int64),
+        )
+
+    y0, y1 = np.clip(i0, 0, side - 1), np.clip(i0 + 1, 0, side - 1)
+    b0, b1 = weights(frac)
+    fx = frac.copy()
+    x0 = i0.copy()
+    outside = (x0 < 0) | (x0 >= side - 1)
+    fx[outside] = 0.0
+    x0 = np.clip(x0, 0, side - 1)
+    x1 = np.minimum(x0 + 1, side - 1)
+    a0, a1 = weights(fx)
+    return np.stack([y0, y1, b0, b1, x0, x1, a0, a1]).astype(np.int32)
+
+
+def resize_uint8_like_cv2(img: np.ndarray, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """Numpy model of what `phase_a` computes for one square uint8 (s, s, C) crop;
+    equal to cv2.resize(img, (image_size, image_size), INTER_LINEAR) (tests check it on this OpenCV)."""
+    y0, y1, b0, b1, x0, x1, a0, a1 = (t.astype(np.int64) for t in resize_tables(img.shape[0], image_size))
+    im = img.astype(np.int64)
+    h0 = im[y0][:, x0] * a0[None, :, None] + im[y0][:, x1] * a1[None, :, None]
+    h1 = im[y1][:, x0] * a0[None, :, None] + im[y1][:, x1] * a1[None, :, None]
+    out = vertical_fixed_point(h0, h1, b0[:, None, None], b1[:, None, None])
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def vertical_fixed_point(h0, h1, b0, b1):
+    """OpenCV's vectorised vertical pass for uint8 (VResizeLinearVec_32s8u, which handles every pixel of a
+    224-wide RGB row on SSE/AVX/NEON): rows of horizontal sums (scale 2048) are shifted right by 4, multiplied
+    by 16-bit weights keeping the high half, summed and rounded with (+2) >> 2. Its scalar tail,
+    (h0 * b0 + h1 * b1 + 2^21) >> 22, differs in about 1 pixel of 8 by one level. Works on numpy arrays and
+    torch tensors alike (int64 or int32: every intermediate stays below 2^27)."""
+    return ((((h0 >> 4) * b0) >> 16) + (((h1 >> 4) * b1) >> 16) + 2) >> 2
+
+
+# Columns of the int32 meta table before the resize tables (8 rows of image_size each, `resize_tables`).
 META_HEAD = 3  # r0, c0, side
-_DEPTH_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-_NP_DEPTH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+def _depth_dtype(dtype) -> torch.dtype:
+    """The static depth buffer's dtype for depth of `dtype` (torch or numpy): float32 stays float32, anything
+    else is held as float64 (exact for float16 and for integers below 2^53), so no depth is rounded."""
+    f32 = dtype == torch.float32 if isinstance(dtype, torch.dtype) else np.dtype(dtype) == np.float32
+    return torch.float32 if f32 else torch.float64
 
 
 def window_side(h: int, w: int) -> int:
@@ -93,7 +167,7 @@ def phase_a(depth_flat, rgb, masks, meta, lut, side_pad: int, image_size: int = 
     aw = torch.stack([tab[:, 6], tab[:, 7]]).to(torch.int32)[:, :, None, :, None]
     taps = rgb[ys[:, None, :, :, None], xs[None, :, :, None, :]].to(torch.int32)  # (2y, 2x, B, D, D, 3)
     hsum = (taps * aw[None]).sum(1)  # horizontal pass, scale 2048
-    res = _vertical_fixed_point(hsum[0], hsum[1], bw[0], bw[1]).clamp_(0, 255)  # (B, D, D, 3)
+    res = vertical_fixed_point(hsum[0], hsum[1], bw[0], bw[1]).clamp_(0, 255)  # (B, D, D, 3)
     off = torch.arange(3, device=dev).view(1, 3, 1, 1) * 256
     rgb_all = lut[res.permute(0, 3, 1, 2).long() + off]
     return counts, ranks, rgb_all
@@ -187,41 +261,42 @@ class _Slot:
 
 
 class GraphedInputBuilder:
-    """Drop-in for `build_object_inputs_batched` on one device: same arguments, same return value
-    (ObjectBatch on the device, kept, num_points, windows), the same pixels and bits for the same generator.
+    """`build_object_inputs_np` on one device: same arguments; returns (ObjectBatch on the device, kept,
+    num_points, windows), the last three host int64 arrays, with the same pixels and bits for the same
+    generator.
 
     rgb / depth / masks may be host numpy arrays (staged with the meta table in one pinned buffer laid out
     like the device one and sent up in three copies that overlap the staging: what the node passes) or
-    tensors on any device (copied into the static buffers). Depth float32 or float64; masks bool, uint8, or
-    anything else compared with 0.
+    tensors on any device (copied into the static buffers). Depth of any real dtype (float32 kept, others held
+    as float64); masks bool, uint8, or anything else compared with 0.
 
     CUDA: graphs are captured lazily per (bucket, H, W, ...) into one shared memory pool (or eagerly with
     `capture`); the returned tensors are copies, valid after later calls. Calls are meant for one thread at
     a time (the static buffers are shared). CPU, or graphs=False: the same phase functions run eagerly."""
 
-    def __init__(self, device, buckets=DEFAULT_BUCKETS, graphs: bool | None = None) -> None:
+    def __init__(self, device, buckets=None, graphs: bool | None = None) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.buckets = tuple(sorted(buckets))
         self.graphs = (self.device.type == "cuda") if graphs is None else bool(graphs)
         if self.graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
+        self.buckets = tuple(sorted(default_buckets() if buckets is None else buckets))
         self._cuda = self.device.type == "cuda"
         self._slots: dict[tuple, _Slot] = {}
         self._pool = None
-        self._lut = torch.from_numpy(_NORM_LUT.reshape(-1).copy()).to(self.device)
+        self._lut = torch.from_numpy(NORM_LUT.reshape(-1).copy()).to(self.device)
         if self._cuda:
             self._copied = torch.cuda.Event()
             self._done: torch.cuda.Event | None = None
-        self.fallbacks = 0  # calls with more objects than the largest bucket
+        self.fallbacks = 0  # calls with more objects than the largest bucket (run eagerly)
 
     def bucket(self, n: int) -> int | None:
         i = bisect.bisect_left(self.buckets, n)
         return self.buckets[i] if i < len(self.buckets) else None
 
     # ------------------------------------------------------------------ buffers and capture
-    def _slot(self, bucket, h, w, depth_dtype, n_points, image_size) -> _Slot:
+    def _slot(self, bucket, h, w, depth_dtype, n_points, image_size, graphs: bool) -> _Slot:
         key = (bucket, h, w, depth_dtype, n_points, image_size)
         slot = self._slots.get(key)
         if slot is not None:
@@ -264,7 +339,7 @@ class GraphedInputBuilder:
         )
         slot.dev = slot.views(dev_buf, depth_dtype)
         slot.host = {k: v.numpy() for k, v in slot.views(host_buf, depth_dtype).items()}
-        if self.graphs:
+        if graphs:
             self._capture(slot)
         self._slots[key] = slot
         return slot
@@ -313,15 +388,12 @@ class GraphedInputBuilder:
         self, sizes, h: int, w: int, depth_dtype=torch.float32, n_points=N_POINTS, image_size=IMAGE_SIZE
     ):
         """Prepare (and on CUDA capture) the buckets of these object counts for H x W frames ahead of time.
-        ``depth_dtype``: a torch or numpy dtype; one the graphs do not take (see ``__call__``) is skipped."""
-        if not isinstance(depth_dtype, torch.dtype):
-            depth_dtype = _NP_DEPTH_DTYPES.get(np.dtype(depth_dtype))
-            if depth_dtype is None:
-                return
+        ``depth_dtype``: the frames' depth dtype, torch or numpy. Counts above the largest bucket are skipped
+        (they run eagerly)."""
         for n in sizes:
             b = self.bucket(n)
             if b is not None:
-                self._slot(b, h, w, depth_dtype, n_points, image_size)
+                self._slot(b, h, w, _depth_dtype(depth_dtype), n_points, image_size, self.graphs)
 
     # ------------------------------------------------------------------ one frame
     def __call__(
@@ -339,27 +411,19 @@ class GraphedInputBuilder:
     ):
         if rng is None:
             rng = np.random.default_rng(DEFAULT_SEED)
-        h, w = depth_m.shape
         boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
         categories = np.asarray(categories, dtype=np.int64).reshape(-1)
+        check_frame(rgb, depth_m, K, masks, boxes, categories)
         n = masks.shape[0]
-        if n != len(boxes) or n != len(categories):
-            raise ValueError(f"{n} masks but {len(boxes)} boxes and {len(categories)} categories")
-        if tuple(rgb.shape) != (h, w, 3) or tuple(masks.shape[1:]) != (h, w):
-            raise ValueError(
-                f"rgb {tuple(rgb.shape)} / masks {tuple(masks.shape)} do not match depth {(h, w)}"
-            )
-        host_in = isinstance(depth_m, np.ndarray)
-        depth_dtype = _NP_DEPTH_DTYPES.get(depth_m.dtype) if host_in else depth_m.dtype
-        bucket = self.bucket(n)
         if n == 0:
             return _empty(self.device, n_points, image_size)
-        if bucket is None or depth_dtype not in _DEPTH_DTYPES:
+        bucket = self.bucket(n)
+        if bucket is None:
+            # More objects than the forward's largest batch: the same phases, eagerly (no graph capture per
+            # count), on a multiple of the largest bucket so that only a few shapes occur.
             self.fallbacks += 1
-            rgb_t, depth_t, masks_t = self._as_tensors(rgb, depth_m, masks)
-            return build_object_inputs_batched(
-                rgb_t, depth_t, K, masks_t, boxes, categories, rng, n_points, min_points, image_size
-            )
+            big = self.buckets[-1]
+            bucket = -(-n // big) * big
         if self._cuda:
             with torch.cuda.device(self.device):
                 return self._frame(
@@ -369,20 +433,14 @@ class GraphedInputBuilder:
             rgb, depth_m, K, masks, boxes, categories, rng, n_points, min_points, image_size, bucket
         )
 
-    def _as_tensors(self, *arrays):
-        return [
-            (torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a).to(self.device)
-            for a in arrays
-        ]
-
     def _frame(
         self, rgb, depth_m, K, masks, boxes, categories, rng, n_points, min_points, image_size, bucket
     ):
         h, w = depth_m.shape
         n = masks.shape[0]
         host_in = isinstance(depth_m, np.ndarray)
-        depth_dtype = _NP_DEPTH_DTYPES[depth_m.dtype] if host_in else depth_m.dtype
-        slot = self._slot(bucket, h, w, depth_dtype, n_points, image_size)
+        graphs = self.graphs and bucket in self.buckets
+        slot = self._slot(bucket, h, w, _depth_dtype(depth_m.dtype), n_points, image_size, graphs)
         hv, dv = slot.host, slot.dev
         stream = torch.cuda.current_stream(self.device) if self._cuda else None
         if self._cuda and self._done is not None:
@@ -397,7 +455,7 @@ class GraphedInputBuilder:
         meta[:n, 1] = wins[:, 2]
         meta[:n, 2] = wins[:, 1] - wins[:, 0]
         for j in range(n):
-            meta[j, META_HEAD:] = _resize_tables(int(meta[j, 2]), image_size).reshape(-1)
+            meta[j, META_HEAD:] = resize_tables(int(meta[j, 2]), image_size).reshape(-1)
         meta[n:] = 0
         Kt = np.asarray(K, dtype=np.float64)
         hv["params"][:] = (Kt[0, 0], Kt[1, 1], Kt[0, 2], Kt[1, 2])
@@ -419,7 +477,7 @@ class GraphedInputBuilder:
                 masks = masks != 0
             dv["masks"][:n].copy_(masks)
 
-        if self.graphs:
+        if slot.graph_a is not None:
             slot.graph_a.replay()
             out_a = slot.out_a
         else:
@@ -452,7 +510,7 @@ class GraphedInputBuilder:
         if self._cuda:
             slot.post_dev.copy_(slot.post_host, non_blocking=True)
 
-        if self.graphs:
+        if slot.graph_a is not None:
             slot.graph_b.replay()
             rgb_o, pts, choose, cat = slot.out_b
             # Copies: the static outputs are overwritten by the next replay.
