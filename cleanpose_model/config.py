@@ -14,21 +14,12 @@ from typing import Any
 
 import yaml
 
-NOCS_CATEGORIES = ["bottle", "bowl", "camera", "can", "laptop", "mug"]
-NOCS_SYMMETRIC = ["bottle", "bowl", "can"]
-HOUSECAT6D_CATEGORIES = [
-    "box",
-    "bottle",
-    "can",
-    "cup",
-    "remote",
-    "teapot",
-    "cutlery",
-    "glass",
-    "shoe",
-    "tube",
-]
-HOUSECAT6D_SYMMETRIC = ["bottle", "can", "glass"]
+from cleanpose_model.categories import NOCS, dataset_with
+
+# The category lists live in cleanpose_model.categories; these names are kept for the config defaults and
+# for code that imports them from here.
+NOCS_CATEGORIES = NOCS.names
+NOCS_SYMMETRIC = NOCS.symmetric_names
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -276,10 +267,10 @@ _NESTED: dict[str, type] = {
 
 
 def config_categories(cfg, cat_num: int) -> list[str]:
-    """The category names of a network: its config's list, else the NOCS list for 6 classes, else indices."""
+    """The category names of a network: its config's list, else those of the dataset with ``cat_num`` classes,
+    else indices."""
     cats = getattr(cfg, "categories", None) if cfg is not None else None
     if cats:
         return list(cats)
-    if cat_num == len(NOCS_CATEGORIES):
-        return list(NOCS_CATEGORIES)
-    return [str(i) for i in range(cat_num)]
+    dataset = dataset_with(cat_num)
+    return list(dataset.names) if dataset is not None else [str(i) for i in range(cat_num)]

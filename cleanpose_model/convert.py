@@ -16,8 +16,8 @@ import sys
 
 import torch
 
+from cleanpose_model.errors import CheckpointError, DeviceUnavailableError
 from cleanpose_model.io import checkpoints
-from cleanpose_model.io.errors import CheckpointError, DeviceUnavailableError
 
 
 def random_batch(n_objects: int, n_points: int, cat_num: int, seed: int = 0, image_size: int = 224):

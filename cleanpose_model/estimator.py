@@ -1,186 +1,57 @@
-"""The model API used by the ROS node, the benchmarks and training evaluation (docs/DESIGN.md, "Model API").
+"""The model API used by the ROS node, the tools and training evaluation (docs/DESIGN.md, "Model API").
 
-est = PoseEstimator.from_checkpoint("model.safetensors", device="cuda", queue_mode="deterministic")
-result = est.predict(ObjectBatch(rgb=..., pts=..., choose=..., category=...))
-result.rotation (B,3,3), result.translation (B,3) m, result.size (B,3) m, result.keypoints (B,K,3)
+    est = load_estimator("model.safetensors", device="cuda", mode="fast")   # any registered family
+    est.inputs       # InputSpec: which ObjectBatch fields, crop size, points per object
+    result = est.predict(ObjectBatch(rgb=..., pts=..., choose=..., category=...))
+    result.rotation (B,3,3), result.translation (B,3) m, result.size (B,3) m, result.keypoints (B,K,3)
+
+Every family implements ``Estimator`` (``cleanpose_model.families.base``) and is registered in
+``cleanpose_model.families.FAMILIES``; a checkpoint's header names its family, so ``load_estimator`` needs
+nothing but the file. ``PoseEstimator`` is the CleanPose/AG-Pose family's estimator.
 """
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
-import torch
-
-from cleanpose_model.config import config_categories
-from cleanpose_model.device import resolve_device
-from cleanpose_model.io.errors import QueueError
-from cleanpose_model.queue import ConfounderQueue
-from cleanpose_model.types import ObjectBatch, PoseResult
+from cleanpose_model.families import FAMILIES, Estimator, FamilyInfo, get_family
+from cleanpose_model.families.cleanpose import PoseEstimator
+from cleanpose_model.io import checkpoints
+from cleanpose_model.types import InputSpec
 
 
-class PoseEstimator:
-    """Runs a ``CleanPoseNet`` (CleanPose or AG-Pose) on batches of objects.
+def checkpoint_family(path: str | os.PathLike, config=None) -> FamilyInfo:
+    """The family that reads ``path``: from our checkpoint's header, or for a published ``.pt/.pth`` (no
+    metadata; only CleanPose/AG-Pose weights are published in that form) from its config's ``variant``."""
+    if str(path).endswith(".safetensors"):
+        return get_family(checkpoints.header_family(checkpoints.read_header(path)))
+    if config is None:
+        # The family's own loader names the missing config and the conversion command.
+        return FAMILIES["cleanpose"]
+    cfg = checkpoints.load_config(config) if isinstance(config, (str, os.PathLike)) else config
+    return get_family(cfg.variant)
 
-    ``queue_mode`` picks the confounder-queue entries for CleanPose (see ``cleanpose_model.queue``):
-    ``"deterministic"`` (default: same input, same pose) or ``"random"`` (the published behaviour, drawn from
-    ``np.random.RandomState(seed)``, cat_num draws per ``predict`` call).
-    """
 
-    def __init__(
-        self,
-        net: torch.nn.Module,
-        cfg=None,
-        queue: ConfounderQueue | torch.Tensor | None = None,
-        *,
-        device="cpu",
-        dtype: torch.dtype = torch.float32,
-        queue_mode: str = "deterministic",
-        seed: int = 0,
-        precision: str = "fp32",
-        cuda_graphs: bool | None = None,
-        compile: bool = False,
-    ):
-        """``precision``: ``"fp32"`` (exact: the parity path) or ``"fast"`` (CUDA only: DINOv2 in fp16
-        autocast, TF32 elsewhere; see ``cleanpose_model.fast``). ``cuda_graphs`` (default: on for CUDA)
-        replays the forward from CUDA graphs, one per batch-size bucket; outputs equal the eager ones.
-        ``compile`` (CUDA graphs only) also runs the network through ``torch.compile`` before capture:
-        ~1.5x faster again on an H200, at the price of tens of seconds of compilation per bucket."""
-        if precision not in ("fp32", "fast"):
-            raise ValueError(f"precision must be 'fp32' or 'fast', got {precision!r}")
-        self.device = resolve_device(device)
-        self.precision = precision if self.device.type == "cuda" else "fp32"
-        self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
-        if self.cuda_graphs and self.device.type != "cuda":
-            raise ValueError("cuda_graphs needs a CUDA device")
-        self._graphed: dict[int, object] = {}
-        self._folded = None  # the eager network with its per-point layers folded (nn/pointwise.py)
-        self.compile = bool(compile)
-        if self.compile and not self.cuda_graphs:
-            raise ValueError("compile needs cuda_graphs (a CUDA device)")
-        self.dtype = dtype
-        self.cfg = cfg if cfg is not None else getattr(net, "cfg", None)
-        self.net = net.to(device=self.device, dtype=dtype).eval()
-        self.uses_queue = getattr(net, "FD_Encoder", None) is not None
-        if isinstance(queue, torch.Tensor):
-            queue = ConfounderQueue(queue, getattr(self.cfg, "select_num", 12))
-        if self.uses_queue and queue is None:
-            raise QueueError("this CleanPose network needs a confounder queue (tensor_list.pkl); none given")
-        self.queue = queue.to(self.device, dtype) if (queue is not None and self.uses_queue) else None
-        if queue_mode not in ("deterministic", "random", "all", "spread"):
-            raise ValueError(f"queue_mode must be 'deterministic' or 'random', got {queue_mode!r}")
-        self.queue_mode = queue_mode
-        self.reseed(seed)
-        cat_num = self.queue.cat_num if self.queue is not None else int(getattr(self.cfg, "cat_num", 6))
-        self.categories = config_categories(self.cfg, cat_num)
+def load_estimator(path: str | os.PathLike, *, device="cpu", mode: str = "exact", **options) -> Estimator:
+    """The estimator of the weights in ``path``, of whichever family wrote them, on ``device`` in ``mode``
+    (``"exact"`` or ``"fast"``); ``options`` go to the family's ``from_checkpoint`` (for CleanPose:
+    ``queue_mode``, ``seed``, ``dtype``, ``cuda_graphs``, ``compile``, and ``config``/``queue_path`` for
+    published files)."""
+    family = checkpoint_family(path, options.get("config"))
+    return family.estimator.from_checkpoint(path, device=device, mode=mode, **options)
 
-    @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | os.PathLike,
-        device="cpu",
-        dtype: torch.dtype = torch.float32,
-        queue_mode: str = "deterministic",
-        seed: int = 0,
-        *,
-        config=None,
-        queue_path=None,
-        dinov2_path=None,
-        **options,
-    ) -> PoseEstimator:
-        """Build from our ``.safetensors`` checkpoint, or from a published ``.pt/.pth`` when ``config`` (name
-        or YAML path) and, for CleanPose, ``queue_path`` are given."""
-        from cleanpose_model.io import checkpoints
 
-        resolve_device(device)
-        if str(path).endswith(".safetensors"):
-            net, cfg, queue = checkpoints.load_checkpoint(path, device=device, dtype=dtype)
-        else:
-            net, cfg, queue = checkpoints.load_published(
-                path, config=config, queue_path=queue_path, dinov2_path=dinov2_path
-            )
-        return cls(net, cfg, queue, device=device, dtype=dtype, queue_mode=queue_mode, seed=seed, **options)
+def build_estimator(family: str, cfg, *, device="cpu", mode: str = "exact", **options) -> Estimator:
+    """An estimator of ``family`` with a freshly initialised network of configuration ``cfg``."""
+    return get_family(family).estimator.from_config(cfg, device=device, mode=mode, **options)
 
-    def reseed(self, seed: int) -> None:
-        """Restart the random queue draws (``queue_mode='random'``) from ``seed``."""
-        self.rng = np.random.RandomState(seed)
 
-    def predict(self, batch: ObjectBatch) -> PoseResult:
-        n = len(batch)
-        if n == 0:
-            return self._empty()
-        b = batch.to(self.device, self.dtype)
-        if int(b.category.min()) < 0 or int(b.category.max()) >= len(self.categories):
-            raise ValueError(
-                f"category ids must be in [0, {len(self.categories) - 1}], got {b.category.tolist()}"
-            )
-        with torch.inference_mode():
-            queue_feats = None
-            if self.queue is not None:
-                queue_feats = self.queue.select(b.category, self.queue_mode, self.rng)
-            out = self._forward(queue_feats)(b.rgb, b.pts, b.choose, b.category, queue_feats=queue_feats)
-        return PoseResult(
-            rotation=out["pred_rotation"],
-            translation=out["pred_translation"],
-            size=out["pred_size"],
-            keypoints=out["pred_kpt_3d"],
-        )
-
-    def _forward(self, queue_feats: torch.Tensor | None):
-        """The eager network, or its graphed replay for this queue width (graphs have fixed shapes)."""
-        if not self.cuda_graphs or self.dtype != torch.float32:
-            if self._folded is None:
-                from cleanpose_model.nn.fused_attention import fuse_for_inference
-                from cleanpose_model.nn.pointwise import fold_for_inference
-
-                self._folded = fuse_for_inference(fold_for_inference(self.net.eval()))
-            return self._folded
-        entries = 0 if queue_feats is None else int(queue_feats.shape[1])
-        if entries not in self._graphed:
-            from cleanpose_model.fast import GraphedForward
-
-            self._graphed[entries] = GraphedForward(
-                self.net, precision=self.precision, queue_entries=entries or None, compile=self.compile
-            )
-        return self._graphed[entries]
-
-    def warmup(self, n_objects: int = 1, n_points: int = 1024) -> None:
-        """Forwards on synthetic inputs (allocator, kernel selection and, with CUDA graphs, the capture of
-        every batch bucket up to ``n_objects``, so no frame pays for a capture); the random-mode RNG state
-        is restored afterwards."""
-        from cleanpose_model.fast import DEFAULT_BUCKETS
-
-        sizes = [n_objects]
-        if self.cuda_graphs:
-            sizes = [b for b in DEFAULT_BUCKETS if b < n_objects] + [n_objects]
-        state = self.rng.get_state()
-        try:
-            for n in sizes:
-                g = torch.Generator().manual_seed(n)
-                pts = torch.rand(n, n_points, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, 0.7])
-                self.predict(
-                    ObjectBatch(
-                        rgb=torch.randn(n, 3, self.image_size, self.image_size, generator=g),
-                        pts=pts,
-                        choose=torch.randint(0, self.image_size**2, (n, n_points), generator=g),
-                        category=torch.arange(n) % len(self.categories),
-                    )
-                )
-        finally:
-            self.rng.set_state(state)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    @property
-    def image_size(self) -> int:
-        return int(getattr(self.cfg, "image_size", 224) or 224)
-
-    def _empty(self) -> PoseResult:
-        kpt = int(getattr(self.cfg, "kpt_num", 96) or 96)
-        z = {"device": self.device, "dtype": self.dtype}
-        return PoseResult(
-            rotation=torch.zeros(0, 3, 3, **z),
-            translation=torch.zeros(0, 3, **z),
-            size=torch.zeros(0, 3, **z),
-            keypoints=torch.zeros(0, kpt, 3, **z),
-        )
+__all__ = [
+    "Estimator",
+    "FamilyInfo",
+    "InputSpec",
+    "PoseEstimator",
+    "build_estimator",
+    "checkpoint_family",
+    "load_estimator",
+]

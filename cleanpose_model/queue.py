@@ -27,12 +27,10 @@ Selection modes
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
-from cleanpose_model.io.errors import QueueError
+from cleanpose_model.errors import QueueError
 
 MODES = ("random", "deterministic", "all", "spread")
 DETERMINISTIC_STRATEGY = "all"
@@ -60,10 +58,12 @@ class ConfounderQueue:
         return cls(feats.float(), select_num)
 
     @classmethod
-    def from_pickle(cls, path: str | os.PathLike, select_num: int = 12) -> ConfounderQueue:
-        from cleanpose_model.io.queue_pickle import load_tensor_list
-
-        return cls.from_tensor_list(load_tensor_list(path), select_num)
+    def random(
+        cls, cat_num: int, length: int, dim: int, seed: int = 0, select_num: int = 12
+    ) -> ConfounderQueue:
+        """Unit-normal features from ``seed`` (a private generator): the queue of an untrained network."""
+        g = torch.Generator().manual_seed(int(seed))
+        return cls(torch.randn(cat_num, length, dim, generator=g), select_num)
 
     @property
     def cat_num(self) -> int:

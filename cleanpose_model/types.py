@@ -1,6 +1,6 @@
-"""What every model family takes and returns: per-object inputs (``ObjectBatch``) and per-object poses
-(``PoseResult``). Plain data, no model code, so that preprocessing, estimators, checkpoints and the ROS runtime can
-all share them without importing each other."""
+"""What every model family takes and returns: per-object inputs (``ObjectBatch``), the declaration of which of
+them a family needs (``InputSpec``) and per-object poses (``PoseResult``). Plain data, no model code, so that
+preprocessing, estimators, checkpoints and the ROS runtime can all share them without importing each other."""
 
 from __future__ import annotations
 
@@ -31,6 +31,28 @@ class ObjectBatch:
             choose=self.choose.to(device=device, dtype=torch.long),
             category=self.category.reshape(-1).to(device=device, dtype=torch.long),
         )
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The per-object inputs an estimator reads: ``fields`` names the ``ObjectBatch`` fields it uses,
+    ``image_size`` is the square crop side of ``rgb`` and ``n_points`` the points per object of ``pts`` and
+    ``choose``. A caller builds its batches to this declaration (one family may need depth points and an RGB
+    crop only, another pixel indices too)."""
+
+    image_size: int
+    n_points: int
+    fields: tuple[str, ...] = ("rgb", "pts", "choose", "category")
+
+    def __post_init__(self) -> None:
+        known = tuple(f.name for f in fields(ObjectBatch))
+        unknown = [f for f in self.fields if f not in known]
+        if unknown or not self.fields:
+            raise ValueError(f"input fields must be a non-empty subset of {known}, got {self.fields}")
+        if self.image_size <= 0 or self.n_points <= 0:
+            raise ValueError(
+                f"image_size and n_points must be positive, got {self.image_size}, {self.n_points}"
+            )
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from cleanpose_model.categories import NOCS
 from cleanpose_ros.replay import (
     BagFrames,
     BagTopicError,
@@ -41,7 +42,7 @@ from cleanpose_ros.replay import (
     prefer_large_data_transport,
 )
 
-SYMMETRIC = {"bottle", "bowl", "can"}
+SYMMETRIC = NOCS.symmetric
 NODE_NAME = "cleanpose_node"
 
 
@@ -676,10 +677,10 @@ class NodeProcess:
 
 
 def make_pipeline(checkpoint: str, device: str):
-    from cleanpose_model.estimator import PoseEstimator
+    from cleanpose_model.estimator import load_estimator
     from cleanpose_ros.pipeline import FramePipeline, PipelineConfig
 
-    return FramePipeline(PoseEstimator.from_checkpoint(checkpoint, device=device), PipelineConfig())
+    return FramePipeline(load_estimator(checkpoint, device=device), PipelineConfig())
 
 
 def decode_frame(bag: BagFrames, fr: Frame):

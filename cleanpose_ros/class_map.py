@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from cleanpose_model.categories import NOCS
+
 # NOCS Mask R-CNN numeric ids (1-based, 0 = background) and the COCO names of the NOCS categories.
-DEFAULT_CLASS_MAP = ["1:bottle", "2:bowl", "3:camera", "4:can", "5:laptop", "6:mug", "cup:mug"]
+DEFAULT_CLASS_MAP = [f"{i}:{name}" for i, name in enumerate(NOCS.names, 1)] + ["cup:mug"]
 
 
 class ClassMapError(ValueError):

@@ -211,19 +211,16 @@ class CleanPoseNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------------------ model
     def _resolve_device(self) -> str:
-        import torch
+        from cleanpose_model.device import resolve_device
 
-        dev = self.p.device
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            self.get_logger().warning(
-                f"device '{dev}' requested but CUDA is not available: running on the CPU"
-            )
-            return "cpu"
-        return dev
+        device, reason = resolve_device(self.p.device, fallback=True)
+        if reason:
+            self.get_logger().warning(reason)
+        return str(device)
 
     def _load_model(self, warm: bool | None = None) -> None:
 
-        from cleanpose_model.estimator import PoseEstimator
+        from cleanpose_model.estimator import load_estimator
 
         path = self.p.checkpoint or default_checkpoint()
         if not path:
@@ -235,11 +232,11 @@ class CleanPoseNode(LifecycleNode):
             raise FileNotFoundError(f"checkpoint '{path}' does not exist")
         self._device = self._resolve_device()
         t0 = time.perf_counter()
-        self.estimator = PoseEstimator.from_checkpoint(
+        self.estimator = load_estimator(
             str(path),
             device=self._device,
             queue_mode=self.p.queue_mode,
-            precision=self.p.precision,
+            mode=self.p.precision,
             cuda_graphs=self.p.cuda_graphs and self._device.startswith("cuda"),
             compile=self.p.torch_compile and self.p.cuda_graphs and self._device.startswith("cuda"),
         )

@@ -2,7 +2,7 @@
 (benchmarks): detections -> class map / score / count filters -> per-object inputs (published protocol)
 -> one batched forward over all objects of all classes -> poses in the camera optical frame.
 
-    pipe = FramePipeline(PoseEstimator.from_checkpoint(...), PipelineConfig())
+    pipe = FramePipeline(load_estimator(...), PipelineConfig())
     result = pipe.process(rgb_uint8, depth_m, K, detections)
     # detections: cleanpose_ros.detections.Detections, or a raw cleanpose_msgs/InstanceSegmentation
 """
@@ -127,11 +127,9 @@ class FramePipeline:
     ) -> FramePipeline:
         import torch
 
-        from cleanpose_model.estimator import PoseEstimator
+        from cleanpose_model.estimator import load_estimator
 
-        est = PoseEstimator.from_checkpoint(
-            path, device=device, dtype=dtype or torch.float32, queue_mode=queue_mode
-        )
+        est = load_estimator(path, device=device, dtype=dtype or torch.float32, queue_mode=queue_mode)
         return cls(est, cfg)
 
     def update_config(self, cfg: PipelineConfig) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from cleanpose_model.device import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -31,13 +33,10 @@ class DistInfo:
 
 
 def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    if requested in ("auto", "", None):
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+    device = resolve_device(requested).device  # the project's one policy: no silent fallback
+    if device.type == "cuda" and device.index is None:
         return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(requested)
+    return device
 
 
 def init(requested_device: str = "auto") -> DistInfo:

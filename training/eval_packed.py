@@ -157,6 +157,7 @@ def markdown_table(result: dict) -> str:
 def main(argv=None) -> int:
     import argparse
 
+    from cleanpose_model.device import resolve_device
     from cleanpose_model.io.checkpoints import load_checkpoint
     from cleanpose_training.datasets.packed import PackedDataset
 
@@ -168,11 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="write the result JSON + markdown table here (directory)")
     a = p.parse_args(argv)
-    device = (
-        "cuda"
-        if a.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if a.device == "auto" else a.device)
-    )
+    device = str(resolve_device(a.device).device)
     net, _cfg, queue = load_checkpoint(a.checkpoint, device=device)
     ds = PackedDataset(a.packed_test, augment=False)
     res = evaluate_packed(net, queue, ds, torch.device(device))

@@ -3,11 +3,15 @@
 Published files are read with ``torch.load(weights_only=True)`` only. Loading into a network is strict
 (model.md §8, as ``gorilla.solver.load_checkpoint(strict=True)``) with the published exceptions: a missing
 ``num_batches_tracked`` is tolerated, and the training-only distillation keys are accepted even when the
-network does not have them. Every failure raises a ``cleanpose_model.io.errors`` type whose message names the
+network does not have them. Every failure raises a ``cleanpose_model.errors`` type whose message names the
 file and lists the offending keys.
 
 Our format is one ``.safetensors`` file: all ``net.state_dict()`` tensors, the confounder queue under the key
-``queue`` (CleanPose), and a JSON header in the safetensors metadata entry ``cleanpose``.
+``queue`` (CleanPose), and a JSON header in the safetensors metadata entry ``cleanpose``. The header's
+``family`` names the model family (``cleanpose_model.families``) that reads the file; files written before
+that entry existed have only ``variant``, whose value is the family name (``header_family``).
+
+This module knows the file format and the published key layout, not the estimators: they import it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Mapping
 
 import torch
 
-from cleanpose_model.io.errors import (
+from cleanpose_model.errors import (
     CheckpointFormatError,
     InvalidCheckpointFile,
     QueueError,
@@ -293,17 +297,19 @@ def save_checkpoint(path, net: torch.nn.Module, cfg, queue=None, metadata: dict 
     if queue is not None:
         tensors[QUEUE_KEY] = queue.detach().to("cpu", torch.float32).clone().contiguous()
     cat_num = tensors[QUEUE_KEY].shape[0] if queue is not None else int(getattr(cfg, "cat_num", 6))
+    variant = _variant_name(net, cfg)
     header = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
-        "variant": _variant_name(net, cfg),
+        "family": variant,  # CleanPoseNet's two variants are the two families cleanpose and agpose
+        "variant": variant,
         "categories": _categories(cfg, cat_num),
         "config": config_to_dict(cfg),
         "source": "",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     for key, value in (metadata or {}).items():
-        if key in ("format", "version", "config"):
+        if key in ("format", "version", "config", "family", "variant"):
             raise ValueError(f"metadata may not override {key!r}")
         header[key] = value
     directory = os.path.dirname(os.path.abspath(path))
@@ -325,6 +331,12 @@ def read_header(path) -> dict:
     return header
 
 
+def header_family(header: Mapping) -> str:
+    """The model family of a checkpoint header: ``family``, or for files written before that entry existed
+    their ``variant`` (``cleanpose``/``agpose``, which are the family names)."""
+    return str(header.get("family") or header["variant"])
+
+
 def _read_safetensors(path, tensors: bool = True):
     from safetensors import safe_open
 
@@ -342,7 +354,7 @@ def _read_safetensors(path, tensors: bool = True):
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            data = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 if tensors else None
+            data = {k: f.get_tensor(k) for k in f.keys()} if tensors else None  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own SafetensorError and plain OSErrors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidCheckpointFile(path, f"truncated or corrupt safetensors file ({first})") from None
@@ -366,9 +378,10 @@ def _read_safetensors(path, tensors: bool = True):
             f"{path}: checkpoint format version {version!r} is not supported (this "
             f"code reads version {FORMAT_VERSION}{hint})"
         )
-    for key in ("variant", "config"):
-        if key not in header:
-            raise CheckpointFormatError(f"{path}: metadata header lacks {key!r}")
+    if "config" not in header:
+        raise CheckpointFormatError(f"{path}: metadata header lacks 'config'")
+    if not (header.get("family") or header.get("variant")):
+        raise CheckpointFormatError(f"{path}: metadata header names no model family ('family' or 'variant')")
     return header, data
 
 
@@ -378,8 +391,14 @@ def load_checkpoint(path, device="cpu", dtype: torch.dtype = torch.float32):
     from cleanpose_model.device import resolve_device
     from cleanpose_model.queue import ConfounderQueue
 
-    dev = resolve_device(device)
+    dev = resolve_device(device).device
     header, tensors = _read_safetensors(path)
+    family = header_family(header)
+    if family not in ("cleanpose", "agpose"):
+        raise WrongVariantError(
+            f"{path} holds a {family!r} model, not a CleanPose/AG-Pose network: load it with "
+            "cleanpose_model.estimator.load_estimator"
+        )
     cfg = config_from_dict(header["config"])
     net = _build_net(cfg)
     queue_t = tensors.pop(QUEUE_KEY, None)
@@ -395,6 +414,7 @@ def load_checkpoint(path, device="cpu", dtype: torch.dtype = torch.float32):
 def load_published(path, config, queue_path=None, dinov2_path=None):
     """Build ``(net, cfg, queue)`` from published files: state_dict, queue pickle (CleanPose) and optionally a
     DINOv2 hub file for a checkpoint saved without its frozen backbone."""
+    from cleanpose_model.io.queue_pickle import load_tensor_list
     from cleanpose_model.queue import ConfounderQueue
 
     if config is None:
@@ -417,7 +437,9 @@ def load_published(path, config, queue_path=None, dinov2_path=None):
                 f"{path} is a CleanPose checkpoint: its confounder queue (tensor_list.pkl, "
                 "saved next to the .pt files) is required; pass --queue / queue_path"
             )
-        queue = ConfounderQueue.from_pickle(queue_path, int(getattr(cfg, "select_num", 12)))
+        queue = ConfounderQueue.from_tensor_list(
+            load_tensor_list(queue_path), int(getattr(cfg, "select_num", 12))
+        )
         cat_num = int(sd[_NOCS_HEAD_KEY].shape[0] // 192) if _NOCS_HEAD_KEY in sd else queue.cat_num
         if queue.cat_num != cat_num:
             raise QueueError(f"queue {queue_path} has {queue.cat_num} categories, the checkpoint {cat_num}")

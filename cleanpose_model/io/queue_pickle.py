@@ -17,7 +17,7 @@ import pickle
 
 import torch
 
-from cleanpose_model.io.errors import QueueError, UnsafePickleError
+from cleanpose_model.errors import QueueError, UnsafePickleError
 
 
 def _load_storage_from_bytes(data: bytes):

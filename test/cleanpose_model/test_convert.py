@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_inference import N_POINTS, tiny_model
+from test_estimator import N_POINTS, tiny_model
 
 from cleanpose_model.convert import main, random_batch
 from cleanpose_model.estimator import PoseEstimator

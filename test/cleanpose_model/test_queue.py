@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cleanpose_model.io.errors import QueueError
+from cleanpose_model.errors import QueueError
 from cleanpose_model.queue import ConfounderQueue
 
 PARITY = Path(__file__).resolve().parents[1] / "data" / "parity" / "cleanpose_parity_v1.npz"

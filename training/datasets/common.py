@@ -13,12 +13,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from cleanpose_model.categories import HOUSECAT6D, NOCS
+
 from . import safe_pickle
 
-NOCS_CATEGORIES = ("bottle", "bowl", "camera", "can", "laptop", "mug")
-HOUSECAT_CATEGORIES = ("box", "bottle", "can", "cup", "remote", "teapot", "cutlery", "glass", "shoe", "tube")
-NOCS_SYM_IDS = (0, 1, 3)
-HOUSECAT_SYM_IDS = (1, 2, 7)
+NOCS_CATEGORIES = NOCS.names
+HOUSECAT_CATEGORIES = HOUSECAT6D.names
+NOCS_SYM_IDS = NOCS.symmetric_ids
+HOUSECAT_SYM_IDS = HOUSECAT6D.symmetric_ids
 
 # (fx, fy, cx, cy)
 REAL_INTRINSICS = (591.0125, 590.16775, 322.525, 244.11084)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cleanpose_model.io.errors import CheckpointError
+from cleanpose_model.errors import CheckpointError
 from cleanpose_training.datasets import safe_pickle
 from cleanpose_training.datasets.common import DatasetError
 
@@ -345,11 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             import torch
 
-            from cleanpose_model.estimator import PoseEstimator
+            from cleanpose_model.estimator import load_estimator
 
             protocol = PROTOCOLS["housecat6d" if args.dataset == "housecat6d" else "nocs"]
             dataset = _test_dataset(args)
-            est = PoseEstimator.from_checkpoint(
+            est = load_estimator(
                 args.checkpoint,
                 device=args.device,
                 dtype=getattr(torch, args.dtype),

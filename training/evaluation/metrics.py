@@ -16,23 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cleanpose_model.categories import EVALUATOR_SYMMETRIC, HOUSECAT6D, NOCS
+
 NOCS_IOU_LABEL = "NOCS IoU (original)"
 CATRE_IOU_LABEL = "CATRE IoU (corrected)"
 
-NOCS_SYNSET = ("BG", "bottle", "bowl", "camera", "can", "laptop", "mug")
-HOUSECAT_SYNSET = (
-    "BG",
-    "box",
-    "bottle",
-    "can",
-    "cup",
-    "remote",
-    "teapot",
-    "cutlery",
-    "glass",
-    "shoe",
-    "tube",
-)
+NOCS_SYNSET = NOCS.synset
+HOUSECAT_SYNSET = HOUSECAT6D.synset
 
 
 @dataclass(frozen=True)
@@ -58,18 +48,18 @@ class Protocol:
 NOCS_PROTOCOL = Protocol(
     "nocs",
     NOCS_SYNSET,
-    frozenset({"bottle", "bowl", "can"}),
-    frozenset({"bottle", "bowl", "can", "glass"}),
+    NOCS.symmetric,
+    EVALUATOR_SYMMETRIC,
     True,
-    frozenset({"bottle", "bowl", "can"}),
+    NOCS.symmetric,
 )
 HOUSECAT_PROTOCOL = Protocol(
     "housecat6d",
     HOUSECAT_SYNSET,
-    frozenset({"bottle", "bowl", "can", "glass"}),
-    frozenset({"bottle", "bowl", "can", "glass"}),
+    EVALUATOR_SYMMETRIC,
+    EVALUATOR_SYMMETRIC,
     False,
-    frozenset({"bottle", "bowl", "can", "glass"}),
+    EVALUATOR_SYMMETRIC,
     shift_thresholds=(2, 5, 10),
 )
 

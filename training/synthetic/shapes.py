@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-CATEGORIES: tuple[str, ...] = ("bottle", "bowl", "camera", "can", "laptop", "mug")
-SYMMETRIC: frozenset[str] = frozenset({"bottle", "bowl", "can"})
+from cleanpose_model.categories import NOCS
+
+CATEGORIES: tuple[str, ...] = NOCS.names
+SYMMETRIC: frozenset[str] = NOCS.symmetric
 
 # Metric box diagonal (m) per category, a uniform range; roughly the REAL275 instances.
 DIAGONAL_RANGE_M: dict[str, tuple[float, float]] = {

@@ -5,42 +5,40 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cleanpose_model.io import checkpoints as ck
-from cleanpose_model.io.errors import (
+from cleanpose_model.config import ModelConfig
+from cleanpose_model.errors import (
     CheckpointFormatError,
     InvalidCheckpointFile,
     StateDictMismatch,
     WrongVariantError,
 )
-
-KEYS_DIR = Path(ck.__file__).resolve().parents[1] / "data"
+from cleanpose_model.io import checkpoints as ck
+from cleanpose_model.net import CleanPoseNet
+from cleanpose_model.parity import official_keys
 
 
 def official(name: str, device="meta") -> dict[str, torch.Tensor]:
     """Tensors of the official key list (shape and dtype only, on the meta device: no memory)."""
-    out = {}
-    for line in (KEYS_DIR / f"official_keys_{name}.txt").read_text().splitlines():
-        key, rest = line.split(" ", 1)
-        shape_s, dtype = rest.rsplit(" ", 1)
-        shape = tuple(int(s) for s in shape_s.strip("()").split(",") if s.strip())
-        out[key] = torch.zeros(shape, dtype=getattr(torch, dtype), device=device)
-    return out
+    return {s.name: torch.zeros(s.shape, dtype=s.dtype, device=device) for s in official_keys(name)}
 
 
 # ---------------------------------------------------------------------------------- strict key checking
 
 
-def test_official_lists_match_themselves():
-    for name in ("cleanpose_nocs", "cleanpose_housecat6d", "agpose_nocs"):
-        sd = official(name)
-        ck.check_state_dict(sd, sd, name)
+@pytest.mark.parametrize("name", ["cleanpose_nocs", "cleanpose_housecat6d", "agpose_nocs"])
+def test_official_key_lists_load_strictly_into_our_network(name):
+    """The published state_dict layout (copies of the official key lists in cleanpose_model/data) loads into
+    our network through the strict checker, and ours into it: no missing, unexpected or reshaped key."""
+    with torch.device("meta"):  # structure only: no weights are allocated or initialised
+        ours = CleanPoseNet(ModelConfig.named(name)).state_dict()
+    ck.check_state_dict(ours, official(name), f"official_keys_{name}.txt")
+    ck.check_state_dict(official(name), ours, f"CleanPoseNet({name})")
 
 
 def test_missing_key_is_listed():
@@ -262,4 +260,19 @@ def test_our_format_errors(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[:-100])
     with pytest.raises(InvalidCheckpointFile, match=f"not a valid checkpoint: {path}: truncated or corrupt"):
+        ck.load_checkpoint(path)
+
+
+def test_header_names_the_family(tmp_path):
+    # New headers carry "family"; headers written before it only "variant", whose value is the family name.
+    assert ck.header_family({"family": "selfsup", "variant": "x"}) == "selfsup"
+    assert ck.header_family({"variant": "agpose"}) == "agpose"
+    path = tmp_path / "m.safetensors"
+    header = {"format": ck.FORMAT_NAME, "version": ck.FORMAT_VERSION, "config": {}}
+    save_file({"a": torch.zeros(2)}, path, metadata={"cleanpose": json.dumps(header)})
+    with pytest.raises(CheckpointFormatError, match=r"names no model family \('family' or 'variant'\)"):
+        ck.read_header(path)
+    save_file({"a": torch.zeros(2)}, path, metadata={"cleanpose": json.dumps(dict(header, family="selfsup"))})
+    assert ck.header_family(ck.read_header(path)) == "selfsup"
+    with pytest.raises(WrongVariantError, match="holds a 'selfsup' model, not a CleanPose/AG-Pose network"):
         ck.load_checkpoint(path)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.serialization
 
-from cleanpose_model.io.errors import QueueError, UnsafePickleError
+from cleanpose_model.errors import QueueError, UnsafePickleError
 from cleanpose_model.io.queue_pickle import load_tensor_list
 
 

@@ -1,7 +1,8 @@
-"""Exception types for loading weights, queues and checkpoints.
+"""Exception types of cleanpose_model: loading weights, queues and checkpoints, and device availability.
 
 Every loader in ``cleanpose_model.io`` turns low-level failures (torch/pickle/safetensors tracebacks) into one
-of these, so a user sees which file is wrong and why, not a stack from deep inside torch.
+of these, so a user sees which file is wrong and why, not a stack from deep inside torch. A leaf module: the
+queue, the device policy and the loaders all raise these without importing each other.
 """
 
 from __future__ import annotations

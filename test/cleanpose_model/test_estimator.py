@@ -1,7 +1,10 @@
-"""PoseEstimator API: determinism, seeded random queue mode, mixed batches, devices, our checkpoint format."""
+"""The estimator interface: every registered family through build -> predict; PoseEstimator (the CleanPose /
+AG-Pose family) determinism, seeded random queue mode, mixed batches, devices, our checkpoint format; family
+dispatch from checkpoint headers (new and old)."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -11,12 +14,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
+from cleanpose_model.categories import NOCS
 from cleanpose_model.config import ModelConfig
 from cleanpose_model.convert import random_batch
-from cleanpose_model.estimator import PoseEstimator
+from cleanpose_model.errors import CheckpointFormatError, DeviceUnavailableError, QueueError
+from cleanpose_model.estimator import (
+    Estimator,
+    PoseEstimator,
+    build_estimator,
+    checkpoint_family,
+    load_estimator,
+)
+from cleanpose_model.families import CLEANPOSE, FAMILIES
 from cleanpose_model.io import checkpoints as ck
-from cleanpose_model.io.errors import CheckpointFormatError, DeviceUnavailableError, QueueError
 from cleanpose_model.net import CleanPoseNet
 from cleanpose_model.nn.fused_attention import fuse_for_inference
 from cleanpose_model.nn.pointwise import fold_for_inference
@@ -24,6 +36,7 @@ from cleanpose_model.queue import ConfounderQueue
 from cleanpose_model.types import ObjectBatch, PoseResult
 
 REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "models" / "demo" / "demo.safetensors"
 N_POINTS = 256
 
 
@@ -62,6 +75,11 @@ def tiny_model(variant: str = "cleanpose", seed: int = 0):
     return net, cfg, queue
 
 
+# One tiny configuration per registered family: a family added to the registry without one fails the
+# conformance test below by name.
+TINY_CONFIGS = {"cleanpose": lambda: tiny_config("cleanpose"), "agpose": lambda: tiny_config("agpose")}
+
+
 @pytest.fixture(scope="module")
 def model():
     return tiny_model()
@@ -74,6 +92,76 @@ def batch():
 
 def _equal(a: PoseResult, b: PoseResult) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(a.as_numpy().values(), b.as_numpy().values()))
+
+
+# ------------------------------------------------------------------------------ the interface, every family
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_builds_and_predicts(name):
+    assert name in TINY_CONFIGS, f"family {name!r} has no tiny test configuration"
+    cfg = TINY_CONFIGS[name]()
+    rng_before = torch.random.get_rng_state()
+    est = build_estimator(name, cfg, device="cpu", mode="fast", seed=1)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # fresh weights from a private seed
+    assert isinstance(est, Estimator) and est.family is FAMILIES[name]
+    assert est.device == torch.device("cpu") and est.mode == "exact"  # a CPU estimator runs exact
+    assert est.categories == list(cfg.categories)
+    spec = est.inputs
+    assert set(spec.fields) <= {"rgb", "pts", "choose", "category"}
+    n = 3
+    b = random_batch(n, spec.n_points, len(est.categories), seed=4, image_size=spec.image_size)
+    out = est.predict(b)
+    k = out.keypoints.shape[1]
+    assert out.rotation.shape == (n, 3, 3) and out.translation.shape == (n, 3) and out.size.shape == (n, 3)
+    assert out.keypoints.shape == (n, k, 3) and k > 0
+    assert all(torch.isfinite(t).all() for t in (out.rotation, out.translation, out.size, out.keypoints))
+    rt = out.rotation.transpose(1, 2) @ out.rotation
+    torch.testing.assert_close(rt, torch.eye(3).expand(n, 3, 3), atol=1e-5, rtol=0)
+    again = build_estimator(name, cfg, device="cpu", mode="exact", seed=1).predict(b)
+    assert _equal(out, again)  # same seed, same network
+    empty = est.predict(random_batch(0, spec.n_points, len(est.categories), image_size=spec.image_size))
+    assert len(empty) == 0 and empty.keypoints.shape == (0, k, 3)
+
+
+def _rewrite_header(src: Path, dst: Path, **changes) -> Path:
+    """A copy of ``src`` with header entries changed (``None`` drops an entry), e.g. an older header."""
+    header = ck.read_header(src)
+    for key, value in changes.items():
+        if value is None:
+            header.pop(key, None)
+        else:
+            header[key] = value
+    save_file(load_file(src), dst, metadata={ck.METADATA_KEY: json.dumps(header)})
+    return dst
+
+
+@pytest.mark.parametrize("variant", ["cleanpose", "agpose"])
+def test_load_estimator_reads_the_family_from_new_and_old_headers(variant, batch, tmp_path):
+    net, cfg, queue = tiny_model(variant)
+    path = tmp_path / "new.safetensors"
+    assert ck.save_checkpoint(path, net, cfg, queue)["family"] == variant
+    est = load_estimator(path, device="cpu", mode="exact")
+    assert checkpoint_family(path) is FAMILIES[variant] and est.family is FAMILIES[variant]
+    old = _rewrite_header(path, tmp_path / "old.safetensors", family=None)  # as written before "family"
+    assert "family" not in ck.read_header(old) and checkpoint_family(old) is FAMILIES[variant]
+    assert _equal(load_estimator(old, device="cpu", mode="exact").predict(batch), est.predict(batch))
+    other = _rewrite_header(path, tmp_path / "other.safetensors", family="selfsup")
+    with pytest.raises(
+        KeyError, match=r"unknown model family 'selfsup'; registered: \['agpose', 'cleanpose'\]"
+    ):
+        load_estimator(other)
+
+
+def test_demo_checkpoint_loads_unchanged():
+    header = ck.read_header(DEMO)
+    assert "family" not in header and header["variant"] == "cleanpose"  # written before the family entry
+    est = load_estimator(DEMO, device="cpu", mode="exact")
+    assert isinstance(est, PoseEstimator) and est.family is CLEANPOSE
+    assert est.categories == list(NOCS.names) and est.inputs.image_size == 224 and est.inputs.n_points == 1024
+
+
+# --------------------------------------------------------------------------- PoseEstimator (CleanPose family)
 
 
 def test_result_shapes_and_categories(model, batch):
@@ -234,5 +322,7 @@ def test_from_published_files_with_config(model, batch, tmp_path):
     yaml_path.write_text(yaml.safe_dump(cfg.to_dict()))
     est = PoseEstimator.from_checkpoint(pt, config=str(yaml_path), queue_path=pkl)
     assert _equal(est.predict(batch), PoseEstimator(net, cfg, queue).predict(batch))
+    # a published file has no header: its family is its config's
+    assert load_estimator(pt, config=str(yaml_path), queue_path=pkl).family is CLEANPOSE
     with pytest.raises(QueueError, match=r"confounder queue .* is required"):
         PoseEstimator.from_checkpoint(pt, config=str(yaml_path))
