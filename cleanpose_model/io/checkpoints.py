@@ -10,6 +10,8 @@ Our format is one ``.safetensors`` file: all ``net.state_dict()`` tensors, the c
 ``queue`` (CleanPose), and a JSON header in the safetensors metadata entry ``cleanpose``. The header's
 ``family`` names the model family (``cleanpose_model.families``) that reads the file; files written before
 that entry existed have only ``variant``, whose value is the family name (``header_family``).
+``write_checkpoint`` / ``read_checkpoint`` are the format for any family; ``save_checkpoint`` /
+``load_checkpoint`` put a CleanPose / AG-Pose network (and its queue) through it.
 
 This module knows the file format and the published key layout, not the estimators: they import it.
 """
@@ -54,6 +56,27 @@ def _listing(items, limit: int = _LIST_LIMIT) -> str:
     items = list(items)
     shown = ", ".join(str(i) for i in items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _shape_mismatches(expected: Mapping, sd: Mapping) -> list[tuple[str, tuple, tuple]]:
+    """(key, expected shape, got shape) for every key of both whose shapes differ."""
+    return [
+        (k, tuple(expected[k].shape), tuple(sd[k].shape))
+        for k in sd
+        if k in expected and expected[k].shape != sd[k].shape
+    ]
+
+
+def _key_report(missing, unexpected, shapes) -> list[str]:
+    """The message lines of a key mismatch, each list counted and shortened."""
+    lines = []
+    if missing:
+        lines.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+    if unexpected:
+        lines.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+    if shapes:
+        lines.append(f"shape mismatches ({len(shapes)}, as (key, expected, got)): {_listing(shapes)}")
+    return lines
 
 
 def _torch_load(path) -> object:
@@ -149,22 +172,13 @@ def check_state_dict(
         if k not in sd and not k.endswith("num_batches_tracked") and not k.startswith(allow_missing_prefixes)
     ]
     unexpected = [k for k in sd if k not in expected and not _is_distill_key(k)]
-    shapes = [
-        (k, tuple(expected[k].shape), tuple(sd[k].shape))
-        for k in sd
-        if k in expected and expected[k].shape != sd[k].shape
-    ]
+    shapes = _shape_mismatches(expected, sd)
     if problem is None and not (missing or unexpected or shapes):
         return
     lines = [f"state_dict from {source} does not match the network:"]
     if problem:
         lines.append(problem)
-    if missing:
-        lines.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-    if unexpected:
-        lines.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-    if shapes:
-        lines.append(f"shape mismatches ({len(shapes)}, as (key, expected, got)): {_listing(shapes)}")
+    lines += _key_report(missing, unexpected, shapes)
     cls = WrongVariantError if problem else StateDictMismatch
     raise cls("\n  ".join(lines), missing, unexpected, shapes)
 
@@ -202,11 +216,7 @@ def load_dinov2_weights(net: torch.nn.Module, path, prefix: str = "rgb_extractor
         )
     missing = [k for k in expected if k not in sd and not k.endswith("mask_token")]
     unexpected = [k for k in sd if k not in expected]
-    shapes = [
-        (k, tuple(expected[k].shape), tuple(sd[k].shape))
-        for k in sd
-        if k in expected and expected[k].shape != sd[k].shape
-    ]
+    shapes = _shape_mismatches(expected, sd)
     if missing or unexpected or shapes:
         lines = [f"DINOv2 weights {path} do not match the backbone '{prefix[:-1]}':"]
         got, want = sd.get(prefix + "cls_token"), expected.get(prefix + "cls_token")
@@ -215,12 +225,7 @@ def load_dinov2_weights(net: torch.nn.Module, path, prefix: str = "rgb_extractor
                 f"embedding width {got.shape[-1]} != {want.shape[-1]}: not the ViT-S/14 "
                 "(dinov2_vits14) weights"
             )
-        if missing:
-            lines.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-        if unexpected:
-            lines.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-        if shapes:
-            lines.append(f"shape mismatches ({len(shapes)}, as (key, expected, got)): {_listing(shapes)}")
+        lines += _key_report(missing, unexpected, shapes)
         raise StateDictMismatch("\n  ".join(lines), missing, unexpected, shapes)
     net.load_state_dict(sd, strict=False)
     return net
@@ -282,11 +287,8 @@ def _build_net(cfg) -> torch.nn.Module:
 
 def save_checkpoint(path, net: torch.nn.Module, cfg, queue=None, metadata: dict | None = None) -> dict:
     """Write ``net`` (+ queue) as one safetensors file, atomically. Returns the JSON header written."""
-    from safetensors.torch import save_file
-
     from cleanpose_model.queue import ConfounderQueue
 
-    path = os.fspath(path)
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in net.state_dict().items()}
     if QUEUE_KEY in tensors:
         raise CheckpointFormatError(f"the network has a tensor named {QUEUE_KEY!r}; the format reserves it")
@@ -298,20 +300,33 @@ def save_checkpoint(path, net: torch.nn.Module, cfg, queue=None, metadata: dict 
         tensors[QUEUE_KEY] = queue.detach().to("cpu", torch.float32).clone().contiguous()
     cat_num = tensors[QUEUE_KEY].shape[0] if queue is not None else int(getattr(cfg, "cat_num", 6))
     variant = _variant_name(net, cfg)
+    # CleanPoseNet's two variants are the two families cleanpose and agpose.
+    header = {"family": variant, "variant": variant, "categories": _categories(cfg, cat_num)}
+    clash = [k for k in ("family", "variant") if k in (metadata or {})]
+    if clash:
+        raise ValueError(f"metadata may not override {clash[0]!r}")
+    return write_checkpoint(path, tensors, config_to_dict(cfg), dict(header, **(metadata or {})))
+
+
+def write_checkpoint(path, tensors: Mapping[str, torch.Tensor], config: dict, header: Mapping) -> dict:
+    """Write ``tensors`` as one safetensors file in our format, atomically, for any model family: ``header``
+    must name the ``family``; ``config`` is the family's config as a dict. Returns the JSON header written."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    if not header.get("family"):
+        raise ValueError("the header must name the model family ('family')")
+    reserved = [k for k in ("format", "version", "config") if k in header]
+    if reserved:
+        raise ValueError(f"metadata may not override {reserved[0]!r}")
     header = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
-        "family": variant,  # CleanPoseNet's two variants are the two families cleanpose and agpose
-        "variant": variant,
-        "categories": _categories(cfg, cat_num),
-        "config": config_to_dict(cfg),
+        "config": config,
         "source": "",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **header,
     }
-    for key, value in (metadata or {}).items():
-        if key in ("format", "version", "config", "family", "variant"):
-            raise ValueError(f"metadata may not override {key!r}")
-        header[key] = value
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".safetensors", dir=directory)
     os.close(fd)
@@ -327,7 +342,7 @@ def save_checkpoint(path, net: torch.nn.Module, cfg, queue=None, metadata: dict 
 
 def read_header(path) -> dict:
     """The JSON header of our checkpoint, validated (format name and version)."""
-    header, _ = _read_safetensors(path, tensors=False)
+    header, _ = read_checkpoint(path, tensors=False)
     return header
 
 
@@ -337,7 +352,9 @@ def header_family(header: Mapping) -> str:
     return str(header.get("family") or header["variant"])
 
 
-def _read_safetensors(path, tensors: bool = True):
+def read_checkpoint(path, tensors: bool = True) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """``(header, tensors)`` of our checkpoint, any model family; the header validated (format, version, a
+    family named), ``tensors`` None when not asked for."""
     from safetensors import safe_open
 
     path = os.fspath(path)
@@ -392,7 +409,7 @@ def load_checkpoint(path, device="cpu", dtype: torch.dtype = torch.float32):
     from cleanpose_model.queue import ConfounderQueue
 
     dev = resolve_device(device).device
-    header, tensors = _read_safetensors(path)
+    header, tensors = read_checkpoint(path)
     family = header_family(header)
     if family not in ("cleanpose", "agpose"):
         raise WrongVariantError(

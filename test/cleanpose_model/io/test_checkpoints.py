@@ -276,3 +276,21 @@ def test_header_names_the_family(tmp_path):
     assert ck.header_family(ck.read_header(path)) == "selfsup"
     with pytest.raises(WrongVariantError, match="holds a 'selfsup' model, not a CleanPose/AG-Pose network"):
         ck.load_checkpoint(path)
+
+
+def test_any_family_writes_and_reads_the_format(tmp_path):
+    path = tmp_path / "other.safetensors"
+    tensors = {"encoder.weight": torch.arange(6.0).reshape(2, 3)}
+    header = ck.write_checkpoint(path, tensors, {"width": 3}, {"family": "selfsup", "source": "test"})
+    assert header["format"] == ck.FORMAT_NAME and header["version"] == ck.FORMAT_VERSION
+    read, loaded = ck.read_checkpoint(path)
+    assert read == header and ck.header_family(read) == "selfsup" and read["config"] == {"width": 3}
+    assert torch.equal(loaded["encoder.weight"], tensors["encoder.weight"])
+    assert ck.read_checkpoint(path, tensors=False)[1] is None
+    with pytest.raises(ValueError, match="must name the model family"):
+        ck.write_checkpoint(path, tensors, {}, {"source": "test"})
+    with pytest.raises(ValueError, match="may not override 'version'"):
+        ck.write_checkpoint(path, tensors, {}, {"family": "selfsup", "version": 2})
+    net = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="may not override 'family'"):
+        ck.save_checkpoint(tmp_path / "n.safetensors", net, None, metadata={"family": "selfsup"})
