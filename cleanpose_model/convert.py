@@ -36,10 +36,10 @@ def random_batch(n_objects: int, n_points: int, cat_num: int, seed: int = 0, ima
 
 def verify(net, cfg, queue, out_path: str, n_objects: int = 2) -> float:
     """Max abs output difference between ``net`` and the reloaded ``out_path`` (0.0 when identical)."""
-    from cleanpose_model.estimator import PoseEstimator
+    from cleanpose_model.estimator import PoseEstimator, load_estimator
 
     ref = PoseEstimator(net, cfg, queue)
-    new = PoseEstimator.from_checkpoint(out_path)
+    new = load_estimator(out_path)  # as every user loads it: the family read from the written header
     batch = random_batch(n_objects, cfg.n_points, cfg.cat_num, image_size=cfg.image_size)
     a, b = ref.predict(batch), new.predict(batch)
     return max(
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     n_params = sum(p.numel() for p in net.state_dict().values() if p.is_floating_point())
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB)")
-    print(f"  variant     {header['variant']}")
+    print(f"  family      {header['family']}")
     print(f"  categories  {', '.join(header['categories'])}")
     print(f"  tensors     {len(net.state_dict())} ({n_params:,} float values)")
     print(f"  queue       {tuple(queue.features.shape) if queue is not None else 'none (AG-Pose)'}")

@@ -36,7 +36,7 @@ def test_roundtrip_published_parity_files(tmp_path, capsys):
         == 0
     )
     printed = capsys.readouterr().out
-    assert "variant     cleanpose" in printed and "queue       (6, 80, 256)" in printed
+    assert "family      cleanpose" in printed and "queue       (6, 80, 256)" in printed
     assert ck.read_header(out)["source"]["checkpoint"] == "epoch_30.pt"
 
     net, _, queue = ck.load_checkpoint(out)
