@@ -45,11 +45,12 @@ def render_frames(n: int, objects: int, width: int, height: int, seed: int = 0) 
     """Rendered synthetic frames (training/synthetic) with exactly `objects` visible instances: scenes are
     drawn with a few more objects than needed, extra ones are dropped and, if a view shows too few, visible
     ones are repeated under new ids."""
+    from cleanpose_model.categories import NOCS
     from cleanpose_training.synthetic.__main__ import bag_frames, scene_rngs
     from cleanpose_training.synthetic.scene import Camera
 
     rng = scene_rngs(seed, "bag", 1)[0]
-    cats = ("bottle", "bowl", "camera", "can", "laptop", "mug")
+    cats = NOCS.names
     cam = Camera.real275(width, height)
     frames = list(bag_frames(rng, n, (objects + 1, objects + 2), cats, cam, 30.0, shadows=False))
     out = []

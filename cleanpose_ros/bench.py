@@ -477,7 +477,7 @@ def nocs_map(frame_pairs) -> dict[str, Any]:
         from cleanpose_training.evaluation import metrics
     except ImportError as e:
         return {"skipped": f"cleanpose_training.evaluation.metrics not importable ({e})"}
-    cats = ["bottle", "bowl", "camera", "can", "laptop", "mug"]
+    cats = list(NOCS.names)
     records = []
     for _fi, gt_msg, pred_msg in frame_pairs:
         gts = objects_of(gt_msg)
