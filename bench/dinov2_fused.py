@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from launch_floor import count_kernels  # noqa: E402
 from stage_times import time_fn  # noqa: E402
 
+from cleanpose_model.device import resolve_device  # noqa: E402
 from cleanpose_model.fast import _AutocastBackbone  # noqa: E402
 from cleanpose_model.nn.fused_dinov2 import FastDinoV2  # noqa: E402
 from cleanpose_model.parity import build_parity_net  # noqa: E402
@@ -60,14 +61,14 @@ def gelu_epilogue(dev: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 6])
     ap.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/bench/dinov2_fused")))
     args = ap.parse_args(argv)
-    dev = torch.device(args.device)
+    dev = resolve_device(args.device).device
     cuda = dev.type == "cuda"
     dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
     if args.quick:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch_floor import count_kernels
 from stage_times import time_fn
 
+from cleanpose_model.device import resolve_device
 from cleanpose_model.fast import _tf32
 from cleanpose_model.nn.fused_attention import fuse_for_inference
 from cleanpose_model.nn.pointwise import fold_for_inference
@@ -90,13 +91,13 @@ def gather_bit_equal(dev: torch.device) -> bool | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 6])
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="CI: 1 object, few runs")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/bench/glue_kernels")))
     args = ap.parse_args(argv)
-    dev = torch.device(args.device)
+    dev = resolve_device(args.device).device
     if args.quick:
         args.objects, args.runs = [1], 3
     args.out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from stage_times import make_inputs, time_fn  # noqa: E402
 
+from cleanpose_model.device import resolve_device  # noqa: E402
 from cleanpose_model.fast import GraphedForward, _AutocastBackbone  # noqa: E402
 from cleanpose_model.net import centre_points  # noqa: E402
 from cleanpose_model.nn.fused_attention import fuse_for_inference  # noqa: E402
@@ -113,14 +114,14 @@ def stage_counts(n: int, fnet, runner, dev: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 6])
     ap.add_argument("--chain", type=int, default=400)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--quick", action="store_true", help="CI: 1 object")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/bench/launch_floor")))
     args = ap.parse_args(argv)
-    dev = torch.device(args.device)
+    dev = resolve_device(args.device).device
     if args.quick:
         args.objects = [1]
     cuda = dev.type == "cuda"

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from cleanpose_model.config import ModelConfig
+from cleanpose_model.device import resolve_device
 from cleanpose_model.net import CleanPoseNet
 
 
@@ -66,7 +67,7 @@ def time_forward(net: CleanPoseNet, inputs, device: torch.device, warmup: int, r
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--config", default="cleanpose_nocs", help="shipped config name or YAML path")
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 6])
     ap.add_argument("--warmup", type=int, default=3)
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
-    device = torch.device(args.device)
+    device = resolve_device(args.device).device
     if args.config.endswith(".yaml"):
         cfg = ModelConfig.from_yaml(args.config)
     else:

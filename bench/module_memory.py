@@ -324,9 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child is not None:
         print(json.dumps(sequential(usage, "cuda", only=args.child)))
         return 0
-    import torch
+    from cleanpose_model.device import resolve_device
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device).device.type  # "auto" (or no --device): CUDA when present
     report = {**_versions(), "run_device": device, "rows": sequential(usage, device)}
     # torch sets LAZY itself at CUDA init when the variable is unset, so both values are logged.
     report["CUDA_MODULE_LOADING_after_init"] = os.environ.get("CUDA_MODULE_LOADING")

@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 
 from cleanpose_model import parity
+from cleanpose_model.device import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--out", type=Path, required=True, help="JSON output path")
     ap.add_argument("--vectors", type=Path, default=REPO / "test" / "data" / "parity")
     ap.add_argument("--tf32", action="store_true", help="leave TF32 on (measures its error; not parity)")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
-    device = torch.device(args.device)
+    device = resolve_device(args.device).device
     result: dict = {
         "device": args.device,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cleanpose_model.device import resolve_device
 from cleanpose_model.parity import build_parity_net, load_vectors, queue_sample
 from cleanpose_model.preprocess import GraphedInputBuilder, build_object_inputs_np
 
@@ -331,7 +332,7 @@ def table(rows, cols) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/bench/perf")))
     ap.add_argument("--frames", type=Path, default=ROOT / ".carry" / "perf_frames.npz")
     ap.add_argument("--quick", action="store_true", help="CI mode: few runs, 1-2 objects")
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = memory_probe(args.memory_probe, args.memory_mode, not args.memory_one_stream)
         print(json.dumps(probe))
         return 0
-    dev = torch.device(args.device)
+    dev = resolve_device(args.device).device
     args.out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cleanpose_model.device import resolve_device
 from cleanpose_model.preprocess import IMAGENET_STD, GraphedInputBuilder, build_object_inputs_np, mask_to_box
 
 
@@ -112,7 +113,7 @@ def check_equal(fr: dict, gpu: list, dev: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument(
         "--frames",
         type=Path,
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
+    dev = resolve_device(args.device).device
     if args.synthetic or not args.frames.exists():
         if not args.synthetic:
             print(f"{args.frames} not found: using synthetic frames", file=sys.stderr)

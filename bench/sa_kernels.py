@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from stage_times import make_inputs, time_fn  # noqa: E402
 
+from cleanpose_model.device import resolve_device  # noqa: E402
 from cleanpose_model.fast import _tf32  # noqa: E402
 from cleanpose_model.net import centre_points  # noqa: E402
 from cleanpose_model.nn.fused_pointnet2 import fuse_pointnet2  # noqa: E402
@@ -93,14 +94,14 @@ def timed(fn, dev, runs) -> float | str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 6])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--no-sweep", action="store_true", help="only the default launch shapes")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/bench/sa_kernels")))
     args = ap.parse_args(argv)
-    dev = torch.device(args.device)
+    dev = resolve_device(args.device).device
     if args.quick:
         args.runs, args.objects, args.no_sweep = 1, [1], True
     args.out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from cleanpose_model.device import resolve_device
 from cleanpose_model.fast import GraphedForward, _tf32
 from cleanpose_model.net import centre_points
 from cleanpose_model.nn.attention import ATTENTION_IMPLS, set_attention_impl
@@ -145,7 +146,7 @@ def stages(net, inputs, autocast_dtype):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 6])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--attention", nargs="+", default=list(ATTENTION_IMPLS), choices=ATTENTION_IMPLS)
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/bench/stages")))
     args = ap.parse_args(argv)
-    dev = torch.device(args.device)
+    dev = resolve_device(args.device).device
     if args.quick:
         args.runs, args.objects = 1, [1]
     args.out.mkdir(parents=True, exist_ok=True)
