@@ -126,9 +126,10 @@ class PoseEstimator(Estimator):
         """A network with fresh weights (initialised from ``seed``; the global torch RNG is left as it was)
         and, for CleanPose without a given ``queue``, a unit-normal confounder queue, as training starts."""
         cfg = checkpoints.load_config(cfg) if isinstance(cfg, (str, os.PathLike)) else cfg
+        family = CLEANPOSE if cfg.use_front_door else AGPOSE
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = CleanPoseNet(cfg)
+            net = family.build_net(cfg)
         if queue is None and cfg.use_front_door:
             queue = ConfounderQueue.random(
                 cfg.cat_num, cfg.front_door.queue_length, cfg.d_model, seed, cfg.select_num
