@@ -19,7 +19,7 @@ from cleanpose_model.nn.gafa import GAFA
 from cleanpose_model.nn.heads import NOCSPredictor, PoseSizeEstimator, Reconstructor
 from cleanpose_model.nn.keypoints import IAKD
 from cleanpose_model.nn.pointnet2_msg import PointNet2MSG
-from cleanpose_model.ops import gather_triton
+from cleanpose_model.ops.gather import bilinear_gather_torch
 
 Augmentation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -32,10 +32,6 @@ def centre_points(pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class CleanPoseNet(nn.Module):
-    # Set on the inference copy by fuse_for_inference (nn/fused_heads.py): in the fast mode the sparse RGB
-    # gather below runs as one product and one kernel (ops/gather_triton.py).
-    fused_rgb_gather = False
-
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -87,11 +83,8 @@ class CleanPoseNet(nn.Module):
             up = F.interpolate(fmap, size=(size, size), mode="bilinear", align_corners=False)
             feat = self.feature_mlp(up.reshape(bsz, dim, size * size))
             return torch.gather(feat, 2, choose.unsqueeze(1).expand(-1, feat.shape[1], -1))
-        conv = self.feature_mlp[0]
-        if self.fused_rgb_gather and gather_triton.use_kernel(patch_tokens, conv.weight):
-            return gather_triton.project_and_gather(patch_tokens, conv.weight, conv.bias, choose, size)
         feat = self.feature_mlp(fmap.reshape(bsz, dim, grid * grid))  # (B, C, P)
-        return gather_triton.bilinear_gather_torch(feat, choose, grid, size)
+        return bilinear_gather_torch(feat, choose, grid, size)
 
     def distill_features(self, pts_local: torch.Tensor) -> torch.Tensor:
         """Student side of the ULIP distillation (training.md §4.1) -> (B, distill.feat_dim)."""
@@ -146,9 +139,6 @@ class CleanPoseNet(nn.Module):
         compute_recon: bool = False,
         augmentation: Augmentation | None = None,
         generator: torch.Generator | None = None,
-        *,
-        tokens: torch.Tensor | None = None,
-        pts_local: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Inputs: rgb (B,3,S,S) normalised crop, pts (B,N,3) camera-frame metres, choose (B,N)
         int64 pixel indices into the crop, category (B,) 0-based ids, queue_feats (B,select_num,d)
@@ -161,10 +151,6 @@ class CleanPoseNet(nn.Module):
         (augmented) frame. In train mode the centred points are augmented with `augmentation` = (dR (B,3,3),
         dt (B,1,3), ds (B,1)) or a draw from `generator`, predictions are mapped back to the camera
         frame, and the reconstruction, centroid, queue-update and distillation features are added.
-
-        ``tokens`` (= rgb_extractor(rgb)) and ``pts_local`` (= pts_extractor(pts - its mean), eval only)
-        may be passed in when already computed: the two backbones are independent, and the CUDA-graph
-        runner computes them concurrently on two streams.
         """
         category = category.reshape(-1).long()
         choose = choose.long()
@@ -173,8 +159,7 @@ class CleanPoseNet(nn.Module):
         inter: dict[str, torch.Tensor] = {}
 
         pts_c, centroid = centre_points(pts)
-        if tokens is None:
-            tokens = self.rgb_extractor(rgb)
+        tokens = self.rgb_extractor(rgb)
         rgb_local = self.rgb_features(tokens[:, 1:], choose)
 
         if training:
@@ -188,10 +173,7 @@ class CleanPoseNet(nn.Module):
             d_s = d_s.reshape(-1, 1)
             pts_c = ((pts_c - d_t) / d_s.unsqueeze(-1)) @ d_rot
 
-        if pts_local is None:
-            pts_local = self.pts_extractor(pts_c)
-        elif training:
-            raise ValueError("pts_local cannot be given in train mode (the points are augmented first)")
+        pts_local = self.pts_extractor(pts_c)
         feats = torch.cat([pts_local, rgb_local], dim=1)
         kp = self.IAKD(feats, pts_c)
         kpt_3d, kpt_feat = kp["kpt_3d"], kp["kpt_feature"]

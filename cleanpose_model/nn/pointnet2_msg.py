@@ -25,9 +25,6 @@ class _BatchNorm2dWrapper(nn.Module):
 
 
 class _ConvBnRelu2d(nn.Module):
-    # forward applies the children in their listed order: nn/pointwise.py may fold them into one product.
-    FOLDS_AS_SEQUENCE = True
-
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel_size=1, bias=False)
@@ -156,9 +153,7 @@ class PointNet2MSG(nn.Module):
             new_xyz, g = sa.sample(l_xyz[-1])
             l_xyz.append(new_xyz)
             groups.append(g)
-        interp = [
-            FeaturePropagation.interpolation(l_xyz[i], l_xyz[i + 1]) for i in range(len(self.FP_modules))
-        ]
+        interp = [fp.interpolation(l_xyz[i], l_xyz[i + 1]) for i, fp in enumerate(self.FP_modules)]
         return {"xyz": l_xyz, "groups": groups, "interp": interp}
 
     def forward(

@@ -13,18 +13,10 @@ different rounding can flip an FPS choice or a ball-membership test.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
-
-from cleanpose_model.ops.pointnet2_triton import (
-    HAVE_TRITON,
-    ball_query2_triton,
-    fps_triton,
-    three_nn_triton,
-)
 
 # Kernel constants (sampling_gpu.cu / ball_query_gpu.cu / interpolate_gpu.cu).
 _FPS_MAX_THREADS = 512
@@ -61,24 +53,8 @@ def fps_tie_order(n: int, device: torch.device | str | None = None) -> torch.Ten
     return torch.argsort(key)
 
 
-@functools.lru_cache(maxsize=16)
-def fps_tie_rank(n: int, device: torch.device) -> torch.Tensor:
-    """int32 (N,): each point's place in `fps_tie_order` (lower = preferred on ties). A constant per
-    (N, device), kept so the Triton FPS reads one small table instead of re-deriving it with ~30
-    kernels each call (inside a CUDA graph they would replay every frame)."""
-    rank = torch.empty(n, dtype=torch.int32)
-    rank[fps_tie_order(n)] = torch.arange(n, dtype=torch.int32)
-    return rank.to(device)
-
-
-def _use_triton_fps(xyz: torch.Tensor) -> bool:
-    return xyz.is_cuda and HAVE_TRITON and xyz.shape[1] <= 65536
-
-
 def sample_centres(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
-    """xyz (B, N, 3) -> the furthest-point-sampled points (B, npoint, 3) (one kernel on CUDA)."""
-    if _use_triton_fps(xyz):
-        return fps_triton(xyz.float(), fps_tie_rank(xyz.shape[1], xyz.device), npoint)[1]
+    """xyz (B, N, 3) -> the furthest-point-sampled points (B, npoint, 3)."""
     return gather_points(xyz, furthest_point_sample(xyz, npoint))
 
 
@@ -93,9 +69,6 @@ def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
     if xyz.dim() != 3 or xyz.shape[-1] != 3:
         raise ValueError(f"xyz must be (B, N, 3), got {tuple(xyz.shape)}")
     bsz, n, _ = xyz.shape
-    if _use_triton_fps(xyz):
-        # Same selection rule in one kernel launch instead of ~5 launches per iteration.
-        return fps_triton(xyz.float(), fps_tie_rank(n, xyz.device), npoint)[0]
     order = fps_tie_order(n, xyz.device)
     # (B, 3, N) in tie-priority order, so argmax's first-occurrence rule is the kernel's rule.
     pts = xyz.index_select(1, order).transpose(1, 2).contiguous()
@@ -178,16 +151,8 @@ def ball_query(radius: float, nsample: int, xyz: torch.Tensor, new_xyz: torch.Te
 def ball_query_multi(
     new_xyz: torch.Tensor, xyz: torch.Tensor, radii: list[float], nsamples: list[int]
 ) -> list[torch.Tensor]:
-    """One ball query per (radius, nsample) around the same centres -> list of int64 (B, M, nsample).
-
-    On CUDA with Triton a pair of radii (every MSG level) runs as one fused kernel; otherwise one
-    distance matrix serves every radius. The kernel with 8-centre tiles is faster than the tensor ops
-    at every level on an H100 (fast forward 4.73 -> 4.21 ms at 6 objects) and needs none of their
-    (B, M, N) temporaries (the 6-object graph pool is ~80 MB smaller).
-    """
-    pow2 = all(ns > 0 and ns & (ns - 1) == 0 for ns in nsamples)
-    if new_xyz.is_cuda and HAVE_TRITON and len(radii) == 2 and pow2:
-        return list(ball_query2_triton(new_xyz, xyz, (radii[0], radii[1]), (nsamples[0], nsamples[1])))
+    """One ball query per (radius, nsample) around the same centres -> list of int64 (B, M, nsample);
+    one distance matrix serves every radius."""
     d2 = pairwise_sq_dist(new_xyz, xyz)
     return [ball_query_from_sq_dist(d2, r, ns) for r, ns in zip(radii, nsamples, strict=True)]
 
@@ -199,8 +164,6 @@ def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, 
     ascending; an equal later candidate never displaces an earlier one (strict updates),
     which is what repeated first-occurrence argmin gives.
     """
-    if unknown.is_cuda and HAVE_TRITON and 3 <= known.shape[1] <= 4096:
-        return three_nn_triton(unknown, known)
     d = pairwise_sq_dist(unknown, known)
     dists, idxs = [], []
     for j in range(3):

@@ -1,4 +1,4 @@
-"""The one-kernel attention core equals the torch form (ops/attention_triton.py).
+"""The one-kernel attention core (ops/triton/attention.py) equals the torch form (ops/attention.py).
 
 GPU tests; they also run on the CPU through Triton's interpreter
 (`TRITON_INTERPRET=1 pytest -m gpu test/cleanpose_model/ops`) where Triton is installed.
@@ -8,7 +8,8 @@ import pytest
 import torch
 from triton_env import DEVICE, needs_triton
 
-from cleanpose_model.ops import attention_triton as A
+from cleanpose_model.ops.attention import attention_math
+from cleanpose_model.ops.triton import attention as A
 
 pytestmark = [pytest.mark.gpu, needs_triton]
 
@@ -24,13 +25,8 @@ def _qkv(bsz: int, lq: int, s: int, c: int, seed: int, dtype=torch.float32):
 def test_fp32_matches_math(bsz, lq, s):
     q, kv = _qkv(bsz, lq, s, 256, seed=lq + s)
     k, v = kv[..., :256], kv[..., 256:]  # strided slices of one product, read in place
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        got = A.attention_triton(q, k, v, heads=4)
-        ref = A.attention_math(q.double(), k.double(), v.double(), heads=4)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+    got = A.attention_triton(q, k, v, heads=4, precision="ieee")
+    ref = attention_math(q.double(), k.double(), v.double(), heads=4)
     assert got.shape == (bsz, lq, 256) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-5)
 
@@ -38,21 +34,16 @@ def test_fp32_matches_math(bsz, lq, s):
 def test_tf32_within_tf32_rounding():
     q, kv = _qkv(2, 96, 300, 256, seed=1)
     k, v = kv[..., :256], kv[..., 256:]
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        got = A.attention_triton(q, k, v, heads=4)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-    ref = A.attention_math(q.double(), k.double(), v.double(), heads=4)
+    got = A.attention_triton(q, k, v, heads=4, precision="tf32")
+    ref = attention_math(q.double(), k.double(), v.double(), heads=4)
     err = (got.double() - ref).abs().max().item()
     assert err < 2e-2, err  # TF32 keeps 10 mantissa bits; scores of magnitude ~30 before the softmax
 
 
 def test_fp16_inputs_give_fp16_output():
     q, kv = _qkv(2, 96, 96, 256, seed=2, dtype=torch.float16)
-    got = A.attention_triton(q, kv[..., :256], kv[..., 256:], heads=4)
-    ref = A.attention_math(q.double(), kv[..., :256].double(), kv[..., 256:].double(), heads=4)
+    got = A.attention_triton(q, kv[..., :256], kv[..., 256:], heads=4, precision="ieee")
+    ref = attention_math(q.double(), kv[..., :256].double(), kv[..., 256:].double(), heads=4)
     assert got.dtype == torch.float16
     assert (got.double() - ref).abs().max().item() < 2e-2
 
@@ -60,6 +51,8 @@ def test_fp16_inputs_give_fp16_output():
 def test_rejects_bad_layouts():
     q, kv = _qkv(1, 8, 8, 256, seed=3)
     with pytest.raises(ValueError, match="head dim"):
-        A.attention_triton(q[..., :252], kv[..., :252], kv[..., 256:508], heads=4)
+        A.attention_triton(q[..., :252], kv[..., :252], kv[..., 256:508], heads=4, precision="ieee")
     with pytest.raises(ValueError, match="unit stride"):
-        A.attention_triton(kv[..., ::2], kv[..., :256], kv[..., 256:], heads=4)
+        A.attention_triton(kv[..., ::2], kv[..., :256], kv[..., 256:], heads=4, precision="ieee")
+    with pytest.raises(ValueError, match="precision"):
+        A.attention_triton(q, kv[..., :256], kv[..., 256:], heads=4, precision="fp32")

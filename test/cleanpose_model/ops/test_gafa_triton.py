@@ -1,4 +1,5 @@
-"""GAFA's fused kernels equal their torch references (ops/gafa_triton.py).
+"""GAFA's kernels (ops/triton/gafa.py) equal their torch references (ops/gafa.py), in full fp32 products
+("ieee": held to fp32 tolerances against float64).
 
 GPU tests; they also run on the CPU through Triton's interpreter
 (`TRITON_INTERPRET=1 pytest -m gpu test/cleanpose_model/ops`) where Triton is installed.
@@ -6,52 +7,32 @@ GPU tests; they also run on the CPU through Triton's interpreter
 
 import pytest
 import torch
-from triton_env import DEVICE, INTERPRET, needs_triton
+from triton_env import DEVICE, needs_triton
 
-from cleanpose_model.ops import gafa_triton as G
+from cleanpose_model.ops import gafa as R
+from cleanpose_model.ops.triton import gafa as G
 
 pytestmark = [pytest.mark.gpu, needs_triton]
-
-
-@pytest.fixture(autouse=True)
-def _fp32_products():
-    # The kernels run in the fast mode (TF32 allowed); the "ieee" variant is the one a test can hold to
-    # fp32 tolerances, so the kernels are called with TF32 allowed and made to use full fp32 here.
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    orig = G._precision
-    G._precision = lambda: "ieee"
-    yield
-    G._precision = orig
-    torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def _r(*shape, gen, scale=1.0):
     return (torch.randn(*shape, generator=gen) * scale).to(DEVICE)
 
 
-def _on_kernel_device(monkeypatch):
-    # Under the interpreter the tensors live on the CPU: let the kernels take them.
-    if INTERPRET and DEVICE == "cpu":
-        monkeypatch.setattr(G, "_use_kernel", lambda *t: True)
-
-
 @pytest.mark.parametrize("bsz,k", [(1, 96), (3, 96), (2, 20)])
-def test_pairwise_mlp_mean(monkeypatch, bsz, k):
-    _on_kernel_device(monkeypatch)
+def test_pairwise_mlp_mean(bsz, k):
     g = torch.Generator().manual_seed(k + bsz)
     x = _r(bsz, k, 3, gen=g, scale=0.1)
     w1, b1 = _r(64, 3, gen=g, scale=3.0), _r(64, gen=g, scale=0.1)
     w2t, b2 = _r(64, 256, gen=g, scale=0.2), _r(256, gen=g, scale=0.1)
-    got = G.pairwise_mlp_mean(x, w1, b1, w2t, b2)
-    ref = G.pairwise_mlp_mean_torch(x.double(), w1.double(), b1.double(), w2t.double(), b2.double())
+    got = G.pairwise_mlp_mean_triton(x, w1, b1, w2t, b2, "ieee")
+    ref = R.pairwise_mlp_mean_torch(x.double(), w1.double(), b1.double(), w2t.double(), b2.double())
     assert got.shape == (bsz, k, 256)
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("bsz,knn", [(1, 16), (2, 32)])
-def test_neighbour_aggregate(monkeypatch, bsz, knn):
-    _on_kernel_device(monkeypatch)
+def test_neighbour_aggregate(bsz, knn):
     g = torch.Generator().manual_seed(knn)
     n_kpt, n_pts, c = 24, 200, 256
     kpt = _r(bsz, n_kpt, 3, gen=g, scale=0.1)
@@ -69,8 +50,8 @@ def test_neighbour_aggregate(monkeypatch, bsz, knn):
         _r(c, c, gen=g, scale=0.06),
         _r(c, gen=g, scale=0.1),
     )
-    got = G.neighbour_aggregate(kpt, knn_xyz, idx, proj, q, pre, weights, tau=5.0)
-    ref = G.neighbour_aggregate_torch(
+    got = G.neighbour_aggregate_triton(kpt, knn_xyz, idx, proj, q, pre, weights, 5.0, "ieee")
+    ref = R.neighbour_aggregate_torch(
         kpt.double(),
         knn_xyz.double(),
         idx,

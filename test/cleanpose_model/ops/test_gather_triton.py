@@ -1,5 +1,5 @@
-"""The one-kernel RGB gather (ops/gather_triton.py) equals the torch form, and the torch form is the
-network's own.
+"""The one-kernel RGB gather (ops/triton/gather.py) equals the torch form (ops/gather.py), and the torch
+form is the network's own.
 
 The kernel tests are GPU tests; they also run on the CPU through Triton's interpreter
 (`TRITON_INTERPRET=1 pytest -m gpu test/cleanpose_model/ops`) where Triton is installed.
@@ -7,10 +7,11 @@ The kernel tests are GPU tests; they also run on the CPU through Triton's interp
 
 import pytest
 import torch
-from triton_env import DEVICE, INTERPRET, needs_triton
+from triton_env import DEVICE, needs_triton
 
 from cleanpose_model import parity
-from cleanpose_model.ops import gather_triton as G
+from cleanpose_model.ops.gather import bilinear_gather_torch
+from cleanpose_model.ops.triton import gather as G
 
 SIZE, GRID = 224, 16
 
@@ -31,22 +32,15 @@ def net():
 
 
 def test_reference_is_the_network_form(net):
-    """bilinear_gather_torch is the net's sparse gather (the fused switch off, the default): bit for bit."""
+    """bilinear_gather_torch is the net's sparse gather: bit for bit."""
     g = torch.Generator().manual_seed(1)
     tokens = torch.randn(2, GRID * GRID, 384, generator=g).to(DEVICE)
     choose = _choose(2, 700, seed=2).to(DEVICE)
     with torch.no_grad():
         got = net.rgb_features(tokens, choose)
         feat = net.feature_mlp(tokens.transpose(1, 2))
-        ref = G.bilinear_gather_torch(feat, choose, GRID, SIZE)
-    assert not net.fused_rgb_gather
+        ref = bilinear_gather_torch(feat, choose, GRID, SIZE)
     assert torch.equal(got, ref)
-
-
-def _on_kernel_device(monkeypatch):
-    # Under the interpreter the tensors live on the CPU: let the kernel path take them.
-    if INTERPRET and DEVICE == "cpu":
-        monkeypatch.setattr(G, "use_kernel", lambda *t: True)  # the net calls it through the module
 
 
 @pytest.mark.parametrize(
@@ -62,7 +56,7 @@ def test_kernel_equals_reference_bit_for_bit(bsz, n_ch, n_pts, channels_last):
         feat = torch.randn(bsz, n_ch, GRID * GRID, generator=g).to(DEVICE)
     choose = _choose(bsz, n_pts, seed=n_pts).to(DEVICE)
     got = G.bilinear_gather_triton(feat, choose, GRID, SIZE)
-    ref = G.bilinear_gather_torch(feat, choose, GRID, SIZE)
+    ref = bilinear_gather_torch(feat, choose, GRID, SIZE)
     assert got.shape == (bsz, n_ch, n_pts)
     # The same float32 operations in the same order, no FMA contraction: equal, not merely close.
     assert torch.equal(got, ref), (got - ref).abs().max().item()
@@ -76,38 +70,5 @@ def test_kernel_bias_passes_through():
     bias = torch.randn(128, generator=g).to(DEVICE)
     choose = _choose(2, 300, seed=3).to(DEVICE)
     got = G.bilinear_gather_triton(feat, choose, GRID, SIZE, bias=bias)
-    ref = G.bilinear_gather_torch(feat + bias[:, None], choose, GRID, SIZE)
+    ref = bilinear_gather_torch(feat + bias[:, None], choose, GRID, SIZE)
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.gpu
-@needs_triton
-def test_network_switch_matches(net, monkeypatch):
-    """The net's fused switch (product + kernel, as fuse_for_inference sets it) against the default form in
-    float64, on DINOv2-shaped tokens read in place after the class token."""
-    _on_kernel_device(monkeypatch)
-    g = torch.Generator().manual_seed(4)
-    tokens = torch.randn(3, 1 + GRID * GRID, 384, generator=g).to(DEVICE)
-    choose = _choose(3, 1024, seed=5).to(DEVICE)
-    conv = net.feature_mlp[0]
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        with torch.inference_mode():
-            net.fused_rgb_gather = True
-            try:
-                assert G.use_kernel(tokens, conv.weight)
-                got = net.rgb_features(tokens[:, 1:], choose)
-            finally:
-                del net.fused_rgb_gather  # back to the class default
-            w, b = conv.weight.double().flatten(1), conv.bias.double()
-            feat = (tokens[:, 1:].double() @ w.T + b).transpose(1, 2)
-            ref = G.bilinear_gather_torch(feat, choose, GRID, SIZE)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-    assert got.shape == ref.shape == (3, 128, 1024) and got.dtype == torch.float32
-    assert ref.abs().max() > 1.0
-    # fp32 (the interpreter): reassociated sums of 384 products; TF32 on a GPU keeps 10 mantissa bits
-    # (measured against float64 with TF32-rounded inputs: 1.3e-3 at most).
-    tol = 1e-5 if DEVICE == "cpu" else 5e-3
-    torch.testing.assert_close(got.double(), ref, rtol=0, atol=tol)

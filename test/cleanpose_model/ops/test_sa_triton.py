@@ -1,4 +1,4 @@
-"""PointNet++ SA / FP kernels equal their torch references (ops/sa_triton.py).
+"""PointNet++ SA / FP kernels (ops/triton/sa.py) equal their torch references (ops/sa.py).
 
 GPU tests; they also run on the CPU through Triton's interpreter
 (`TRITON_INTERPRET=1 pytest -m gpu test/cleanpose_model/ops`) where Triton is installed.
@@ -10,22 +10,19 @@ import pytest
 import torch
 from triton_env import DEVICE, needs_triton
 
-from cleanpose_model.ops import sa_triton as S
+from cleanpose_model.inference.graphs import tf32_products
+from cleanpose_model.ops import sa as R
+from cleanpose_model.ops.triton import sa as S
 
 pytestmark = [pytest.mark.gpu, needs_triton]
 
 
 @pytest.fixture
 def precision(request):
-    """Runs the kernels' products in ``request.param``; cuBLAS (the split FP mode's later layers) follows it,
-    so the "ieee" case holds the whole chain to fp32."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = request.param == "tf32"
-    orig = S._precision
-    S._precision = lambda: request.param
-    yield request.param
-    S._precision = orig
-    torch.backends.cuda.matmul.allow_tf32 = old
+    """The kernels' product precision; cuBLAS (the split FP mode's later layers) follows it, as in the mode
+    that binds it, so the "ieee" case holds the whole chain to fp32."""
+    with tf32_products(request.param == "tf32"):
+        yield request.param
 
 
 def _layers(widths, gen, scale=1.0):
@@ -72,8 +69,8 @@ def test_set_abstraction(precision, case):
         feats = f.transpose(1, 2) if point_major else f.transpose(1, 2).contiguous()
     layers = [_layers((3 + c_in, *widths), g) for _ in nsamples]
     w = S.pack_sa_weights(layers, c_in)
-    got = S.set_abstraction(xyz, new_xyz, groups, feats, w, S.Launch(rows, 4, 1))
-    ref = S.set_abstraction_torch(
+    got = S.set_abstraction(xyz, new_xyz, groups, feats, w, precision, S.Launch(rows, 4, 1))
+    ref = R.set_abstraction_torch(
         xyz.double(),
         new_xyz.double(),
         groups,
@@ -91,7 +88,9 @@ def test_set_abstraction_rejects_bad_nsample():
     layers = [_layers((3, 16, 16, 16), g)]
     w = S.pack_sa_weights(layers, 0)
     with pytest.raises(ValueError, match="power of two"):
-        S.set_abstraction(xyz, xyz[:, :4].contiguous(), [torch.zeros(1, 4, 12, dtype=torch.long)], None, w)
+        S.set_abstraction(
+            xyz, xyz[:, :4].contiguous(), [torch.zeros(1, 4, 12, dtype=torch.long)], None, w, "ieee"
+        )
 
 
 FP_CASES = [
@@ -117,9 +116,17 @@ def test_feature_propagation(precision, case):
     layers = _layers((c_known + c_skip, *widths), g)
     w = S.pack_fp_weights(layers[:2], c_known, c_skip)
     got = S.feature_propagation(
-        known, idx, weight, skip, w, later_layers=layers[1:], mode=mode, channels_last=channels_last
+        known,
+        idx,
+        weight,
+        skip,
+        w,
+        precision,
+        later_layers=layers[1:],
+        mode=mode,
+        channels_last=channels_last,
     )
-    ref = S.feature_propagation_torch(
+    ref = R.feature_propagation_torch(
         known.double(), idx, weight.double(), None if skip is None else skip.double(), _double(layers)
     )
     assert got.shape == (bsz, widths[-1], n)

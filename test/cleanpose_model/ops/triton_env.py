@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from cleanpose_model.ops.pointnet2_triton import HAVE_TRITON
+from cleanpose_model.ops.triton import HAVE_TRITON
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
