@@ -13,15 +13,9 @@ ARGS ?=
 setup:
 	bash scripts/setup.sh
 
-# The main job on the embedded default (demo checkpoint + synthetic rosbag). Until cleanpose_ros/demo.py exists,
-# this runs what exists end to end: the DDS round trip of the cleanpose_msgs interfaces.
+# The main job on the embedded default (demo checkpoint + synthetic rosbag): the node replayed a recorded bag.
 demo: setup
-	$(ENV) && if [ -f cleanpose_ros/demo.py ]; then \
-		python -m cleanpose_ros.demo $(ARGS); \
-	else \
-		echo "[demo] cleanpose_ros/demo.py is not there yet; running the interface round trip over DDS instead"; \
-		$(TEST_ENV) $(PYTEST) -q test/msg/test_roundtrip_dds.py; \
-	fi
+	$(ENV) && python -m cleanpose_tools.demo $(ARGS)
 
 # The CI set: everything except slow and GPU tests. pytest exits 5 when nothing was collected, which fails too.
 test: setup

@@ -1,5 +1,6 @@
-"""ament_python package cleanpose_ros: installs cleanpose_model, cleanpose_ros and cleanpose_training (folder
-training/), the console entry points, and launch/config/rviz as ROS data files (share/cleanpose_ros/...).
+"""ament_python package cleanpose_ros: installs cleanpose_model, cleanpose_ros (the node runtime), cleanpose_tools
+(demo, rosbag replay, replay benchmark) and cleanpose_training (folder training/), the console entry points, and
+launch/config/rviz as ROS data files (share/cleanpose_ros/...).
 
 Works both under `colcon build` (ament_python) and `pip install -e .` (scripts/setup.sh). It must not import
 the project packages: they pull in torch / rclpy, which a build step should not need.
@@ -17,7 +18,7 @@ setup(
     version="0.1.0",
     # The on-disk folder training/ installs under the namespaced import name cleanpose_training, so that no
     # top-level module called "training" lands in site-packages.
-    packages=find_packages(include=["cleanpose_model*", "cleanpose_ros*"])
+    packages=find_packages(include=["cleanpose_model*", "cleanpose_ros*", "cleanpose_tools*"])
     + [
         "cleanpose_training" + p[len("training") :] for p in find_packages(include=["training", "training.*"])
     ],
@@ -45,8 +46,8 @@ setup(
     entry_points={
         "console_scripts": [
             "cleanpose_node = cleanpose_ros.node:main",
-            "cleanpose-bench = cleanpose_ros.bench:main",
-            "cleanpose-demo = cleanpose_ros.demo:main",
+            "cleanpose-bench = cleanpose_tools.bench:main",
+            "cleanpose-demo = cleanpose_tools.demo:main",
             "cleanpose-convert = cleanpose_model.convert:main",
             "cleanpose-synth = cleanpose_training.synthetic.__main__:main",
             "cleanpose-train = cleanpose_training.train:main",

@@ -134,7 +134,7 @@ def make_frames(frames_file: str, distinct: int, objects: int, width: int, heigh
     from node_overhead import frame_messages, load_or_render
     from rclpy.serialization import serialize_message
 
-    from cleanpose_ros.replay import BagFrames, Frame
+    from cleanpose_tools.replay import BagFrames, Frame
 
     msgs = frame_messages(load_or_render(frames_file, distinct, objects, width, height))
     frames = []
@@ -188,7 +188,7 @@ def stage_means(diag: dict) -> dict[str, float]:
 
 
 def measure(kind: str, args, bag, out: Path) -> list[dict]:
-    from cleanpose_ros.replay import Replayer
+    from cleanpose_tools.replay import Replayer
 
     proc = start_node(kind, args, out / f"node_{kind}.log")
     rep = None
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="outputs/dds_path")
     args = ap.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    from cleanpose_ros.replay import prefer_large_data_transport
+    from cleanpose_tools.replay import prefer_large_data_transport
 
     prefer_large_data_transport()  # this process and the node it starts: the package's profile
     if args.serve:

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from cleanpose_ros.bench import stage_means_of, stage_table
+from cleanpose_tools.bench import stage_means_of, stage_table
 
 
 def _f(v, nd=1) -> str:

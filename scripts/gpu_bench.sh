@@ -107,7 +107,7 @@ run() {
     echo "[gpu_bench] ROS ready ($((SECONDS - t0)) s)"
     for n in ${GPU_BENCH_OBJECTS:-1 3 6}; do
         echo "[gpu_bench] ===== $n object(s) per frame ($((SECONDS - t0)) s)"
-        "$py" -m cleanpose_ros.bench "$work/gpu6" --objects-per-frame "$n" --device cuda \
+        "$py" -m cleanpose_tools.bench "$work/gpu6" --objects-per-frame "$n" --device cuda \
             --rates "${GPU_BENCH_RATES:-30,max}" --iterations "${GPU_BENCH_ITERATIONS:-3}" \
             --out "$work/obj$n" ${GPU_BENCH_ARGS:-} || { tail -n 40 "$work/obj$n/node.log"; exit 1; }
         cp "$work/obj$n/bench.json" "$out/obj$n.json"

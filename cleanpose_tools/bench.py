@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from cleanpose_model.categories import NOCS
-from cleanpose_ros.replay import (
+from cleanpose_tools.replay import (
     BagFrames,
     BagTopicError,
     Frame,
@@ -574,7 +574,7 @@ def _result_record(gts: list[Obj], preds: list[Obj], cats: list[str]) -> dict[st
 def default_checkpoint() -> tuple[Path, bool]:
     """(checkpoint path, trained?): the shipped demo checkpoint, else a seeded random-weight one built from
     cleanpose_model/configs/demo.yaml (cached under outputs/), so the pipeline runs before training landed."""
-    from cleanpose_ros.replay import REPO_ROOT
+    from cleanpose_tools.replay import REPO_ROOT
 
     demo = REPO_ROOT / "models" / "demo"
     for pat in ("*.safetensors", "*.pth"):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cleanpose_ros import demo
+from cleanpose_tools import demo
 
 
 @pytest.mark.ros

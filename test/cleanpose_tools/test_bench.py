@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from test_replay import write_tiny_bag
 
-from cleanpose_ros import bench
-from cleanpose_ros.replay import RunResult, SendRecord, TopicConfig, load_frames
+from cleanpose_tools import bench
+from cleanpose_tools.replay import RunResult, SendRecord, TopicConfig, load_frames
 
 
 def test_latency_and_jitter_stats():

@@ -1,5 +1,5 @@
 """Bag reading (both storage formats, missing topics, no ground truth) and the DDS replay loop of
-cleanpose_ros.replay, against a tiny hand-written bag and an echo node standing in for the cleanpose node."""
+cleanpose_tools.replay, against a tiny hand-written bag and an echo node standing in for the cleanpose node."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cleanpose_ros.replay import (
+from cleanpose_tools.replay import (
     BagTopicError,
     TopicConfig,
     cdr_restamp,
@@ -178,7 +178,7 @@ def test_dds_replay_echo_node(tmp_path, ros_overlay, rclpy_context):
     from cleanpose_msgs.msg import InstanceSegmentation, ObjectPose, ObjectPoseArray
     from rclpy.executors import SingleThreadedExecutor
 
-    from cleanpose_ros.replay import Replayer
+    from cleanpose_tools.replay import Replayer
 
     bag = load_frames(write_tiny_bag(tmp_path / "bag", frames=6))
     echo = rclpy.create_node("cleanpose_node", context=rclpy_context)
@@ -225,7 +225,7 @@ def test_dds_replay_echo_node(tmp_path, ros_overlay, rclpy_context):
 
 
 def test_max_objects_truncates_detections_and_gt(tmp_path):
-    from cleanpose_ros.replay import deserialize_rclpy
+    from cleanpose_tools.replay import deserialize_rclpy
 
     bag = load_frames(write_tiny_bag(tmp_path / "bag", frames=3), max_objects=2)
     assert [f.n_objects for f in bag.frames] == [1, 2, 2]

@@ -1,4 +1,4 @@
-"""The main job (`make demo`, `python -m cleanpose_ros.demo`, `cleanpose-demo`): the node without a camera.
+"""The main job (`make demo`, `python -m cleanpose_tools.demo`, `cleanpose-demo`): the node without a camera.
 
 Generates a short synthetic rosbag2 sequence with ground truth (or takes --bag), starts the cleanpose node
 with the demo checkpoint as its own process, replays the bag into it over DDS, and prints what came out: per
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cleanpose_ros.bench import (
+from cleanpose_tools.bench import (
     NODE_NAME,
     NodeProcess,
     _jsonable,
@@ -31,7 +31,7 @@ from cleanpose_ros.bench import (
     node_command,
     score_frames,
 )
-from cleanpose_ros.replay import Replayer, TopicConfig, load_frames, stamp_ns_of
+from cleanpose_tools.replay import Replayer, TopicConfig, load_frames, stamp_ns_of
 
 UNTRAINED_BANNER = (
     "!! UNTRAINED MODEL: no trained demo checkpoint (models/demo/) was found, so the node runs a network\n"
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cleanpose_ros.replay import prefer_large_data_transport
+    from cleanpose_tools.replay import prefer_large_data_transport
 
     prefer_large_data_transport()
     if args.short:
