@@ -1,0 +1,181 @@
+"""Suite ``forward``: the estimator's forward (``PoseEstimator.predict``) per mode and object count.
+
+Each source tree runs in its own worker process (``benchmarks/worker.py`` with ``PYTHONPATH=<tree>``): the
+current checkout and, with ``--baseline-root DIR``, an older checkout in the same run. Both workers build the
+parity-rule weights of their tree (checked equal) and read the same inputs from one fixture file; the
+parent alternates between them (order flipped every row and round) and the table shows both trees and
+the ratio current / baseline, with the largest difference of their poses.
+
+    python -m benchmarks forward --objects 1 6 16 --iterations 100 --out docs/results/h200
+    python -m benchmarks forward --baseline-root /tmp/before --rounds 3     # before/after, one run
+    python -m benchmarks forward --quick --out /tmp/b                       # CPU short mode
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks import harness
+from benchmarks.fixtures import REPO, write_forward_fixture
+
+WORKER = Path(__file__).resolve().parent / "worker.py"
+MODES = ("exact", "fast")
+
+
+class TreeProcess:
+    """A worker process whose ``cleanpose_model`` comes from ``root``."""
+
+    def __init__(self, name: str, root: Path, fixture: Path, device: str, variant: str) -> None:
+        self.name, self.root = name, Path(root).resolve()
+        if not (self.root / "cleanpose_model" / "__init__.py").is_file():
+            raise SystemExit(
+                f"{self.root} holds no cleanpose_model package (--baseline-root: a checkout's root)"
+            )
+        env = {**os.environ, "PYTHONPATH": str(self.root), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER)],
+            env=env,
+            cwd=self.root,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.info = self.request(op="setup", fixture=str(fixture), device=device, variant=variant)
+        tree = Path(self.info["tree"]).resolve()
+        # The import must come from the tree asked for, not from an installed copy of the project.
+        if self.root not in tree.parents:
+            self.close()
+            raise RuntimeError(f"{name}: cleanpose_model was imported from {tree}, not from {self.root}")
+
+    def request(self, **req) -> dict:
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("@@bench "):
+                reply = json.loads(line[len("@@bench ") :])
+                if "error" in reply:
+                    raise RuntimeError(f"{self.name} worker ({self.root}) failed on {req}:\n{reply['error']}")
+                return reply
+            sys.stdout.write(f"[{self.name}] {line}")
+        raise RuntimeError(f"{self.name} worker ({self.root}) exited with {self.proc.wait()} during {req}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(RuntimeError):  # it died already: nothing to ask
+                self.request(op="quit")
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def tree_roots(baseline_root: Path | None) -> list[tuple[str, Path]]:
+    roots = [("current", REPO)]
+    if baseline_root is not None:
+        roots.append(("baseline", Path(baseline_root).resolve()))
+    return roots
+
+
+def check_same_weights(procs: list[TreeProcess]) -> None:
+    sums = {p.name: p.info["weights_checksum"] for p in procs}
+    if len(set(sums.values())) > 1:
+        raise RuntimeError(f"the trees built different parity weights: {sums}")
+
+
+def max_pose_difference(a: dict, b: dict) -> float:
+    """Largest absolute difference between two trees' rotation / translation / size outputs."""
+    return max(abs(x - y) for k in a for ra, rb in zip(a[k], b[k]) for x, y in zip(ra, rb))
+
+
+def modes_for(device: str, modes: list[str], report: harness.Report) -> list[str]:
+    if device.startswith("cuda"):
+        return modes
+    if "fast" in modes:
+        report.note("fast mode runs the exact network on the CPU: only 'exact' is measured there")
+    return ["exact"]
+
+
+def add_tree_arguments(ap) -> None:
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--variant", default="cleanpose", choices=("cleanpose", "agpose"))
+    ap.add_argument(
+        "--baseline-root",
+        type=Path,
+        default=None,
+        help="root of a second checkout (e.g. an older commit) measured in the same run; rows 'baseline'",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = harness.common_parser("forward", __doc__.splitlines()[0])
+    add_tree_arguments(ap)
+    ap.add_argument(
+        "--rounds", type=int, default=None, help="passes over all rows (default 3 with a baseline, else 1)"
+    )
+    ap.add_argument("--compile", action="store_true", help="torch.compile before CUDA graph capture (CUDA)")
+    args = harness.finish_args(ap.parse_args(argv), objects=[1, 6, 16], quick_objects=[1, 2])
+    from cleanpose_model.device import resolve_device
+
+    device = str(resolve_device(args.device).device)
+    rounds = args.rounds or (3 if args.baseline_root else 1)
+    report = harness.Report("forward", args, device)
+    modes = modes_for(device, args.modes, report)
+    samples: dict[tuple[str, str, int], list[float]] = {}
+    outputs: dict[tuple[str, str, int], dict] = {}
+    with tempfile.TemporaryDirectory(prefix="cleanpose_bench_") as tmp:
+        fixture = write_forward_fixture(Path(tmp) / "forward_inputs.pt", args.objects)
+        procs: list[TreeProcess] = []
+        try:
+            for name, root in tree_roots(args.baseline_root):
+                procs.append(TreeProcess(name, root, fixture, device, args.variant))
+            check_same_weights(procs)
+            report.data["trees"] = {p.name: {"root": str(p.root), **p.info} for p in procs}
+            step = 0
+            for _ in range(rounds):
+                for mode in modes:
+                    for n in args.objects:
+                        # Alternate which tree goes first, so neither always runs on a just-warmed GPU.
+                        order = procs if step % 2 == 0 else procs[::-1]
+                        step += 1
+                        for p in order:
+                            r = p.request(
+                                op="time",
+                                mode=mode,
+                                objects=n,
+                                warmup=args.warmup,
+                                iterations=args.iterations,
+                                compile=args.compile,
+                            )
+                            samples.setdefault((p.name, mode, n), []).extend(r["samples_ms"])
+                            outputs[(p.name, mode, n)] = r["outputs"]
+        finally:
+            for p in procs:
+                p.close()
+    for (tree, mode, n), s in samples.items():
+        report.add(tree=tree, mode=mode, objects=n, **harness.summarize(s), per_object_ms=None)
+    for r in report.rows:
+        r["per_object_ms"] = r["median_ms"] / r["objects"] if r["objects"] else None
+    report.rows.sort(key=lambda r: (r["mode"], r["objects"], r["tree"]))
+    title = f"Forward (predict), {report.data['machine'].get('gpu', device)}, {args.variant}"
+    report.print_rows(
+        ["tree", "mode", "objects", "median_ms", "p5_ms", "p95_ms", "per_object_ms", "n"], title
+    )
+    if args.baseline_root:
+        for c in report.compare(key=("mode", "objects"), between="tree", base="baseline", other="current"):
+            key = (c["mode"], c["objects"])
+            c["max_pose_diff"] = max_pose_difference(outputs[("current", *key)], outputs[("baseline", *key)])
+        report.print_comparisons(("mode", "objects"), "Current tree vs baseline tree")
+    report.write(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""One source tree's estimator in its own process, for the forward and memory suites.
+
+Started as a script (``python benchmarks/worker.py``) with ``PYTHONPATH=<tree root>``, so ``cleanpose_model``
+is that tree's: the current checkout or an older one (``--baseline-root``). Besides that tree it imports
+only torch and the sibling ``harness`` module (this file's folder is ``sys.path[0]`` when run as a script).
+
+Protocol: one JSON request per stdin line, one reply per request on stdout as a line starting with
+``@@bench `` (other output of the libraries may share stdout). Requests:
+    {"op": "setup", "fixture": PATH, "device": "cuda", "variant": "cleanpose"}
+    {"op": "time", "mode": "exact"|"fast", "objects": N, "warmup": W, "iterations": K, "compile": false}
+    {"op": "memory", "mode": "exact"|"fast", "objects": N}     (N = 0: weights only, nothing run)
+    {"op": "quit"}
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import resource
+import sys
+import traceback
+
+import harness
+import torch
+
+REPLY = "@@bench "
+
+
+def estimator_api():
+    """(PoseEstimator, ObjectBatch, module name): the split API (``cleanpose_model.estimator`` +
+    ``cleanpose_model.types``) or, in trees before the split (commit fd36f34),
+    ``cleanpose_model.inference``."""
+    try:
+        from cleanpose_model.estimator import PoseEstimator
+        from cleanpose_model.types import ObjectBatch
+
+        return PoseEstimator, ObjectBatch, "cleanpose_model.estimator"
+    except ImportError:
+        from cleanpose_model.inference import ObjectBatch, PoseEstimator
+
+        return PoseEstimator, ObjectBatch, "cleanpose_model.inference"
+
+
+def mode_options(cls, mode: str) -> dict:
+    """The estimator's keyword for ``mode``: ``mode="exact"|"fast"`` in the current API, ``precision=
+    "fp32"|"fast"`` in the older one."""
+    params = inspect.signature(cls.__init__).parameters
+    if "mode" in params:
+        return {"mode": mode}
+    return {"precision": {"exact": "fp32", "fast": "fast"}[mode]}
+
+
+def weights_checksum(net: torch.nn.Module) -> str:
+    """A fingerprint of the state dict (names, shapes, float64 sums), equal in two trees iff they built
+    the same weights (up to a coincidence no benchmark meets)."""
+    sd = net.state_dict()
+    total = sum(float(t.double().sum()) + float(t.double().abs().sum()) for t in sd.values())
+    return f"{len(sd)}:{sum(t.numel() for t in sd.values())}:{total:.9e}"
+
+
+class Worker:
+    def __init__(self, fixture: str, device: str, variant: str) -> None:
+        import cleanpose_model
+        from cleanpose_model.parity import build_parity_net
+
+        self.cls, self.batch_cls, self.api = estimator_api()
+        self.device = torch.device(device)
+        self.fixture = torch.load(fixture, weights_only=True)
+        self.net = build_parity_net(variant, "cpu")
+        self.checksum = weights_checksum(self.net)
+        self.queue = self.fixture["queue"] if variant == "cleanpose" else None
+        self.tree = cleanpose_model.__file__
+        self._estimators: dict[tuple[str, bool], object] = {}
+
+    def info(self) -> dict:
+        return {
+            "tree": self.tree,
+            "api": self.api,
+            "weights_checksum": self.checksum,
+            "torch": torch.__version__,
+        }
+
+    def estimator(self, mode: str, compile: bool = False):
+        """One estimator per (mode, compile), each on its own copy of the network: an inference form may
+        prepare (fold, fuse) the module it is given, and the other mode must start from the reference."""
+        key = (mode, compile)
+        if key not in self._estimators:
+            net = copy.deepcopy(self.net)
+            options = {"cuda_graphs": True, "compile": compile} if self.device.type == "cuda" else {}
+            self._estimators[key] = self.cls(
+                net, net.cfg, self.queue, device=self.device, **options, **mode_options(self.cls, mode)
+            )
+        return self._estimators[key]
+
+    def batch(self, n: int):
+        t = {k: self.fixture[f"{n}/{k}"].to(self.device) for k in ("rgb", "pts", "choose", "category")}
+        return self.batch_cls(rgb=t["rgb"], pts=t["pts"], choose=t["choose"], category=t["category"])
+
+    def time(self, mode: str, objects: int, warmup: int, iterations: int, compile: bool = False) -> dict:
+        est, batch = self.estimator(mode, compile), self.batch(objects)
+        last = {}
+
+        def call():
+            last["out"] = est.predict(batch)
+
+        samples = harness.time_call(call, self.device, warmup=warmup, iterations=iterations)
+        out = last["out"]
+        return {
+            "samples_ms": samples,
+            "outputs": {
+                k: getattr(out, k).detach().float().cpu().reshape(objects, -1).tolist()
+                for k in ("rotation", "translation", "size")
+            },
+        }
+
+    def memory(self, mode: str, objects: int) -> dict:
+        """Memory of this process after building the estimator and, for objects > 0, one forward (with CUDA
+        graphs: their capture for every bucket up to ``objects``)."""
+        est = self.estimator(mode)
+        if objects > 0:
+            with torch.inference_mode():
+                est.predict(self.batch(objects))
+        harness.synchronize(self.device)
+        row = {"rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            row.update(
+                {
+                    "peak_allocated_mb": torch.cuda.max_memory_allocated(self.device) / 2**20,
+                    "reserved_mb": torch.cuda.memory_reserved(self.device) / 2**20,
+                    "device_used_mb": (total - free) / 2**20,
+                }
+            )
+        return row
+
+
+def serve() -> int:
+    worker = None
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        op = req.pop("op")
+        try:
+            if op == "quit":
+                reply = {"ok": True}
+            elif op == "setup":
+                worker = Worker(**req)
+                reply = worker.info()
+            elif worker is None:
+                raise RuntimeError(f"{op!r} before 'setup'")
+            elif op == "time":
+                reply = worker.time(**req)
+            elif op == "memory":
+                reply = worker.memory(**req)
+            else:
+                raise ValueError(f"unknown op {op!r}")
+        except Exception:
+            reply = {"error": traceback.format_exc()}
+        print(REPLY + json.dumps(reply), flush=True)
+        if op == "quit":
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(serve())
