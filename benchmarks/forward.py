@@ -160,14 +160,29 @@ def main(argv: list[str] | None = None) -> int:
             for p in procs:
                 p.close()
     for (tree, mode, n), s in samples.items():
-        report.add(tree=tree, mode=mode, objects=n, **harness.summarize(s), per_object_ms=None)
+        report.add(tree=tree, mode=mode, objects=n, **harness.summarize(s))
     for r in report.rows:
         r["per_object_ms"] = r["median_ms"] / r["objects"] if r["objects"] else None
+        exact = outputs.get((r["tree"], "exact", r["objects"]))
+        if r["mode"] != "exact" and exact is not None:
+            # How far the mode's poses are from the exact ones on the same inputs (rotation entries, metres).
+            r["max_pose_diff_vs_exact"] = max_pose_difference(
+                outputs[(r["tree"], r["mode"], r["objects"])], exact
+            )
     report.rows.sort(key=lambda r: (r["mode"], r["objects"], r["tree"]))
     title = f"Forward (predict), {report.data['machine'].get('gpu', device)}, {args.variant}"
-    report.print_rows(
-        ["tree", "mode", "objects", "median_ms", "p5_ms", "p95_ms", "per_object_ms", "n"], title
-    )
+    cols = [
+        "tree",
+        "mode",
+        "objects",
+        "median_ms",
+        "p5_ms",
+        "p95_ms",
+        "per_object_ms",
+        "n",
+        "max_pose_diff_vs_exact",
+    ]
+    report.print_rows(cols, title)
     if args.baseline_root:
         for c in report.compare(key=("mode", "objects"), between="tree", base="baseline", other="current"):
             key = (c["mode"], c["objects"])

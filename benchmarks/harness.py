@@ -59,18 +59,20 @@ def time_call(fn: Callable[[], object], device, *, warmup: int, iterations: int)
 
 
 def summarize(samples_ms: Iterable[float]) -> dict[str, float | int]:
-    """median / p5 / p95 / mean / min of millisecond samples, and their count."""
+    """median / p5 / p95 / p99 / mean / min / max of millisecond samples, and their count."""
     a = np.asarray(list(samples_ms), dtype=np.float64)
     if a.size == 0:
         raise ValueError("no samples to summarise")
-    p5, p50, p95 = np.percentile(a, [5, 50, 95])
+    p5, p50, p95, p99 = np.percentile(a, [5, 50, 95, 99])
     return {
         "n": int(a.size),
         "median_ms": float(p50),
         "p5_ms": float(p5),
         "p95_ms": float(p95),
+        "p99_ms": float(p99),
         "mean_ms": float(a.mean()),
         "min_ms": float(a.min()),
+        "max_ms": float(a.max()),
     }
 
 
@@ -228,15 +230,17 @@ class Report:
     def print_rows(self, columns: list[str], title: str) -> None:
         print(f"\n## {title}\n\n{self.table(self.rows, columns)}", flush=True)
 
-    def print_comparisons(self, key: tuple[str, ...], title: str) -> None:
-        if not self.comparisons:
+    def print_comparisons(
+        self, key: tuple[str, ...], title: str, comparisons: list[dict] | None = None
+    ) -> None:
+        """Print ``comparisons`` (default: all of this run's) as a table."""
+        comparisons = self.comparisons if comparisons is None else comparisons
+        if not comparisons:
             return
-        c0 = self.comparisons[0]
+        c0 = comparisons[0]
         cols = [*key, f"{c0['base']}_{c0['value']}", f"{c0['other']}_{c0['value']}", "ratio"]
         cols += [c for c in c0 if c not in cols and c not in ("between", "base", "other", "value")]
-        print(
-            f"\n## {title} ({c0['other']} / {c0['base']}, same run)\n\n{self.table(self.comparisons, cols)}"
-        )
+        print(f"\n## {title} ({c0['other']} / {c0['base']}, same run)\n\n{self.table(comparisons, cols)}")
 
     def write(self, out_dir: Path) -> Path:
         out_dir = Path(out_dir)

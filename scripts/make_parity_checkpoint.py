@@ -1,9 +1,10 @@
 """Write a full-size CleanPose checkpoint (our format) with the parity-rule weights and a random queue.
 
-Timing does not depend on the weight values, so this stands in for the published checkpoint (which
-cannot be downloaded here) when benchmarking the full-size network through the node.
+Timing does not depend on the weight values, so this stands in for the published checkpoint (not shipped
+with the project) when benchmarking the full-size network through the node
+(``python -m benchmarks node --estimator model --checkpoint OUT``, ``scripts/gpu_bench.sh``).
 
-    python bench/make_parity_checkpoint.py --out /tmp/cleanpose_parity.safetensors
+    python scripts/make_parity_checkpoint.py OUT.safetensors [--variant cleanpose|agpose]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cleanpose_model.parity import build_parity_net
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("out", type=Path, help="checkpoint to write (.safetensors)")
     ap.add_argument("--variant", default="cleanpose", choices=("cleanpose", "agpose"))
     args = ap.parse_args(argv)
     net = build_parity_net(args.variant, "cpu")

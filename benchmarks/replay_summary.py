@@ -1,6 +1,6 @@
 """Merge cleanpose-bench JSON files (one per objects-per-frame setting) into one Markdown table.
 
-python -m bench.gpu_summary outputs/gpu_bench/obj*.json
+python -m benchmarks.replay_summary outputs/gpu_bench/obj*.json
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def summary(paths: list[Path]) -> str:
 def main(argv: list[str] | None = None) -> int:
     paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])]
     if not paths:
-        print("usage: python -m bench.gpu_summary BENCH.json ...", file=sys.stderr)
+        print("usage: python -m benchmarks.replay_summary BENCH.json ...", file=sys.stderr)
         return 2
     print(summary(paths))
     return 0

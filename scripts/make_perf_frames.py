@@ -1,9 +1,10 @@
-"""Render a few 640x480 synthetic frames with 6 objects each for bench/perf.py.
+"""Render a few 640x480 synthetic frames with 6 objects each: the frames file of the benchmark suites
+(``python -m benchmarks preprocess|node --frames OUT``).
 
-The GPU machine has no Open3D, so the frames are rendered here and carried there as one
+Rendering needs Open3D (the training extras); a machine without it takes the file rendered elsewhere: one
 compressed npz (rgb, depth in metres, K, masks, boxes, categories, GT poses).
 
-    python bench/make_perf_frames.py --frames 8 --out .carry/perf_frames.npz
+    python scripts/make_perf_frames.py OUT.npz [--frames 8] [--objects 6] [--seed 7]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--objects", type=int, default=6)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=Path(".carry/perf_frames.npz"))
+    ap.add_argument("out", type=Path, help="frames file to write (.npz)")
     args = ap.parse_args(argv)
     cam = Camera.real275()
     rng = scene_rngs(args.seed, "perf", 1)[0]

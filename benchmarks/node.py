@@ -1,0 +1,314 @@
+"""Suite ``node``: the ROS node's time per frame outside (and with) the model.
+
+Parts (``--parts``):
+- ``frame``: the real ``CleanPoseNode`` in this process, configured and active, its frame path
+  (``_process``: conversions, mask parsing, pipeline, output messages, publication, statistics) called
+  directly on rclpy messages; per-stage times from the node's own stage clock (what its diagnostics
+  average), plus the executor's CDR take of the inputs ("deserialize"). Scenarios: ``none`` (nobody
+  subscribed to the outputs) and ``all`` (a subscriber on every output, so each message is serialised).
+- ``dds``: publish -> node -> ``~/poses`` received over DDS with the node in its own process
+  (``benchmarks/node_dds.py``), per node kind and send rate: latency percentiles and the node's stage means
+  from its /diagnostics; ``echo`` (a bare rclpy node answering each detections message) is the transport
+  floor, and the comparison table gives node / echo latency of this run.
+
+The model is a stub (``--estimator stub``: poses at once, isolating the node's Python) or a checkpoint
+(``--estimator model``, default the shipped demo checkpoint, or --checkpoint). Frames: ``--frames FILE``
+(``scripts/make_perf_frames.py``) or generated ones of --height x --width, one row group per --objects count.
+
+    python -m benchmarks node --parts frame dds --objects 6 --out docs/results/h200
+    python -m benchmarks node --parts dds --estimator model --device cuda --checkpoint full.safetensors
+    python -m benchmarks node --quick --out /tmp/b
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import harness
+from benchmarks.fixtures import frame_with_objects, load_frames
+
+NODE_NAME = "cleanpose_bench_node"
+STAMP0_NS = 1_700_000_000_000_000_000
+MODEL_STAGES = ("build_inputs", "forward")  # cleanpose_model's share (preprocess + network)
+
+
+# ------------------------------------------------------------------------------------------------ frames
+
+
+def make_frames(args, objects: int) -> list[dict[str, np.ndarray]]:
+    """``args.distinct`` frames of ``objects`` instances (file frames, or generated with distinct seeds)."""
+    from benchmarks.fixtures import synthetic_frame
+
+    if args.frames:
+        files = load_frames(args.frames)
+        return [frame_with_objects([f], objects, 0, 0) for f in files[: args.distinct]]
+    return [synthetic_frame(objects, args.height, args.width, seed=i) for i in range(args.distinct)]
+
+
+def frame_messages(frames) -> list[tuple]:
+    """(image, depth, detections, info) rclpy messages per frame, as the node's callbacks receive them."""
+    from builtin_interfaces.msg import Time
+    from cleanpose_msgs.msg import InstanceSegmentation
+    from sensor_msgs.msg import CameraInfo
+    from std_msgs.msg import Header
+    from vision_msgs.msg import Detection2D, ObjectHypothesisWithPose
+
+    from cleanpose_model.categories import NOCS
+    from cleanpose_ros.conversions import numpy_to_image
+
+    msgs = []
+    for i, f in enumerate(frames):
+        ns = STAMP0_NS + i * 33_333_333
+        hdr = Header(stamp=Time(sec=ns // 10**9, nanosec=ns % 10**9), frame_id="camera_color_optical_frame")
+        depth_mm = np.round(f["depth_m"] * 1000.0).astype(np.uint16)
+        det = InstanceSegmentation(header=hdr, format=InstanceSegmentation.FORMAT_MASKS)
+        for j, c in enumerate(f["categories"]):
+            d = Detection2D(header=hdr, id=str(j))
+            hyp = ObjectHypothesisWithPose()
+            hyp.hypothesis.class_id = NOCS.names[int(c)]
+            hyp.hypothesis.score = 0.9
+            d.results.append(hyp)
+            det.detections.append(d)
+            det.masks.append(numpy_to_image(f["masks"][j].astype(np.uint8) * 255, "mono8", hdr))
+        h, w = f["rgb"].shape[:2]
+        info = CameraInfo(header=hdr, width=w, height=h, distortion_model="plumb_bob")
+        info.d = [0.0] * 5
+        info.k = [float(v) for v in np.asarray(f["K"], np.float64).reshape(-1)]
+        msgs.append(
+            (numpy_to_image(f["rgb"], "rgb8", hdr), numpy_to_image(depth_mm, "16UC1", hdr), det, info)
+        )
+    return msgs
+
+
+class StubEstimator:
+    """The real estimator's interface without its forward: rotation identity, translation the mean of the
+    object's points, size 10 cm (poses land on the objects, so the overlays draw what they would draw)."""
+
+    def __init__(self, real):
+        self.categories = real.categories
+        self.device = real.device
+        self.dtype = real.dtype
+        self.inputs = getattr(real, "inputs", None)
+
+    def predict(self, batch):
+        import torch
+
+        from cleanpose_model.types import PoseResult
+
+        b, dev = batch.pts.shape[0], batch.pts.device
+        return PoseResult(
+            rotation=torch.eye(3, device=dev).expand(b, 3, 3).contiguous(),
+            translation=batch.pts.mean(1),
+            size=torch.full((b, 3), 0.1, device=dev),
+            keypoints=torch.zeros(b, 96, 3, device=dev),
+        )
+
+
+def node_parameters(args, **extra):
+    """The parameter overrides of the measured node."""
+    from rclpy.parameter import Parameter
+
+    values = {
+        "device": args.device,
+        "warmup": args.device.startswith("cuda"),  # CUDA: graphs captured before anything is timed
+        "autostart": False,
+        **extra,
+    }
+    if args.checkpoint:
+        values["checkpoint"] = str(args.checkpoint)
+    return [Parameter(k, value=v) for k, v in values.items()]
+
+
+# --------------------------------------------------------------------------------------------- part "frame"
+
+
+def time_deserialize(msgs, n: int) -> list[float]:
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    raw = [[(serialize_message(m), type(m)) for m in fr[:3]] for fr in msgs]
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        for data, t in raw[i % len(raw)]:
+            deserialize_message(data, t)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def output_subscriber(context, node_name: str):
+    """A node subscribed to every output of ``node_name`` (never spun: the DDS reader keeps the newest)."""
+    import rclpy
+    from cleanpose_msgs.msg import ObjectPoseArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from tf2_msgs.msg import TFMessage
+    from vision_msgs.msg import Detection3DArray
+    from visualization_msgs.msg import MarkerArray
+
+    sub = rclpy.create_node("cleanpose_bench_listener", context=context)
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    for t, topic in (
+        (ObjectPoseArray, "poses"),
+        (Detection3DArray, "detections_3d"),
+        (MarkerArray, "markers"),
+        (Image, "debug_image"),
+    ):
+        sub.create_subscription(t, f"/{node_name}/{topic}", lambda m: None, qos)
+    sub.create_subscription(TFMessage, "/tf", lambda m: None, qos)
+    return sub
+
+
+# The node's frame path and output publishers: in its worker / outputs parts (cleanpose_ros/worker.py,
+# outputs.py), or on the node itself in the single-module layout before that split.
+def frame_path(node):
+    worker = getattr(node, "worker", None)
+    return worker.process if worker is not None else node._process
+
+
+def output_publishers(node) -> dict:
+    outputs = getattr(node, "outputs", None)
+    return outputs.publishers if outputs is not None else node._pubs
+
+
+def wait_matched(node, want: bool, timeout: float = 20.0) -> dict[str, int]:
+    """Wait until every output publisher of ``node`` has (want) or has no (not want) subscriber."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = {k: p.get_subscription_count() for k, p in output_publishers(node).items()}
+        if all((c > 0) == want for c in counts.values()) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.05)
+
+
+def run_frames(node, msgs, n: int, warmup: int) -> tuple[dict[str, list[float]], list[float]]:
+    """The node's frame path on ``n`` frames (after ``warmup``), cycling through ``msgs``."""
+    per_stage: dict[str, list[float]] = {}
+    total = []
+    process = frame_path(node)
+    for i in range(warmup + n):
+        img, dep, det, info = msgs[i % len(msgs)]
+        node._on_info(info)
+        before = node.last_stage_ms  # replaced by a new dict for every frame that produced outputs
+        t0 = time.perf_counter()
+        process(img, dep, det, time.monotonic())
+        ms = (time.perf_counter() - t0) * 1e3
+        if node.last_stage_ms is before or not node.last_stage_ms:
+            raise RuntimeError(f"frame {i} produced no outputs (see the node's log)")
+        if i < warmup:
+            continue
+        total.append(ms)
+        for k, v in node.last_stage_ms.items():
+            per_stage.setdefault(k, []).append(v)
+    return per_stage, total
+
+
+def frame_part(args, report: harness.Report, objects: int) -> None:
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from cleanpose_ros.node import CleanPoseNode
+
+    msgs = frame_messages(make_frames(args, objects))
+    ctx = Context()
+    rclpy.init(context=ctx)
+    node = sub = None
+    try:
+        params = node_parameters(args, publish_debug_image=args.debug_image, diagnostics_period=60.0)
+        node = CleanPoseNode(NODE_NAME, context=ctx, parameter_overrides=params)
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise RuntimeError("the node failed to configure (see its log)")
+        node.trigger_activate()
+        if args.estimator == "stub":
+            node.pipeline.estimator = StubEstimator(node.pipeline.estimator)
+        deser = harness.summarize(time_deserialize(msgs, max(args.iterations, 3)))
+        for scen in args.scenarios:
+            if scen == "all" and sub is None:
+                sub = output_subscriber(ctx, NODE_NAME)
+            if scen == "none" and sub is not None:
+                sub.destroy_node()
+                sub = None
+            matched = wait_matched(node, scen == "all")
+            per_stage, total = run_frames(node, msgs, args.iterations, args.warmup)
+            model = np.sum([per_stage.get(k, [0.0] * len(total)) for k in MODEL_STAGES], axis=0)
+            common = {"part": "frame", "objects": objects, "scenario": scen}
+            report.add(**common, stage="deserialize (executor)", **deser)
+            for k, v in per_stage.items():
+                report.add(**common, stage=k, **harness.summarize(v))
+            report.add(**common, stage="total", **harness.summarize(total), subscriptions=matched)
+            report.add(**common, stage="non_model", **harness.summarize(np.asarray(total) - model))
+    finally:
+        if sub is not None:
+            sub.destroy_node()
+        if node is not None:
+            node.trigger_deactivate()
+            node._teardown()
+            node.destroy_node()
+        ctx.try_shutdown()
+
+
+# ------------------------------------------------------------------------------------------------ suite
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = harness.common_parser("node", __doc__.splitlines()[0])
+    ap.add_argument("--parts", nargs="+", default=["frame", "dds"], choices=("frame", "dds"))
+    ap.add_argument("--estimator", choices=("stub", "model"), default="stub")
+    ap.add_argument(
+        "--checkpoint", type=Path, default=None, help="the model's checkpoint (default: the demo)"
+    )
+    ap.add_argument("--frames", type=Path, default=None, help="frames file of scripts/make_perf_frames.py")
+    ap.add_argument("--distinct", type=int, default=4, help="frames to cycle through")
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--scenarios", nargs="+", default=["none", "all"], choices=("none", "all"))
+    ap.add_argument("--no-debug-image", dest="debug_image", action="store_false", help="frame part")
+    ap.add_argument(
+        "--nodes", nargs="+", default=["echo", "stub"], choices=("echo", "stub", "model"), help="dds"
+    )
+    ap.add_argument("--rates", default="30,max", help="dds part: comma list of Hz and/or 'max' (closed loop)")
+    ap.add_argument(
+        "--start-timeout", type=float, default=120.0, help="dds part: seconds for the node to start"
+    )
+    args = harness.finish_args(ap.parse_args(argv), objects=[6], quick_objects=[3])
+    if args.quick:
+        args.height, args.width, args.distinct = 120, 160, 2
+        args.iterations = 6 if "frame" in args.parts else args.iterations
+    if args.device == "auto":
+        from cleanpose_model.device import resolve_device
+
+        args.device = str(resolve_device("auto").device)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    from benchmarks import node_dds
+
+    report = harness.Report("node", args, args.device if args.device.startswith("cuda") else "cpu")
+    for n in args.objects:
+        if "frame" in args.parts:
+            frame_part(args, report, n)
+        if "dds" in args.parts:
+            node_dds.dds_part(args, report, n)
+    frame_rows = [r for r in report.rows if r["part"] == "frame"]
+    if frame_rows:
+        print(f"\n## Node frame path, estimator {args.estimator} on {args.device} (ms)\n")
+        print(
+            report.table(frame_rows, ["objects", "scenario", "stage", "median_ms", "p95_ms", "max_ms", "n"])
+        )
+        cmp = report.compare(key=("objects", "stage"), between="scenario", base="none", other="all")
+        report.print_comparisons(("objects", "stage"), "Frame path, outputs subscribed vs not", cmp)
+    dds_rows = [r for r in report.rows if r["part"] == "dds"]
+    if dds_rows:
+        print(f"\n## publish -> ~/poses over DDS, device {args.device} (latency ms)\n")
+        print(report.table(dds_rows, node_dds.COLUMNS))
+        for kind in ("stub", "model"):
+            cmp = report.compare(key=("objects", "rate"), between="node", base="echo", other=kind)
+            report.print_comparisons(("objects", "rate"), f"DDS latency, {kind} node vs echo floor", cmp)
+    report.write(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
