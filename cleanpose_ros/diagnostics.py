@@ -195,3 +195,26 @@ class DiagnosticsPublisher:
         if self._pub is not None:
             self._node.destroy_publisher(self._pub)
         self._timer = self._pub = None
+
+
+def node_status(
+    stats: NodeStats, device: str, active: bool, sync_pending: int
+) -> tuple[int, str, dict[str, float | int | str]]:
+    """(level, message, values) of the node's /diagnostics status."""
+    s = stats.snapshot()
+    s.update(gpu_memory(device))
+    s["rss_mb"] = f"{rss_mb():.1f}"
+    s["device"] = device
+    s["sync_pending"] = sync_pending
+    s["state"] = "active" if active else "inactive"
+    level, msg = DiagnosticStatus.OK, "ok"
+    if not active:
+        msg = "inactive"
+    elif s["inputs"] and float(s["drop_ratio"]) > 0.5:
+        level, msg = (
+            DiagnosticStatus.WARN,
+            "more than half of the input sets are dropped (model slower than input)",
+        )
+    elif s["skipped_bad_input"]:
+        msg = f"{s['skipped_bad_input']} input sets skipped as invalid (see log)"
+    return level, msg, s

@@ -1,17 +1,28 @@
-"""Every node parameter in one typed dataclass: default, description, range, and whether it is read-only
-(needs a restart: lifecycle cleanup + configure) or changeable at run time through the parameter service.
-`config/cleanpose.yaml` carries the same defaults (a test checks they agree)."""
+"""Every node parameter in one typed dataclass: default, description, range, and whether it is read at
+configure or changeable at run time. This dataclass is the one source of the node's defaults:
+`config/cleanpose.yaml` is generated from it (`python -m cleanpose_ros.params --yaml > config/cleanpose.yaml`;
+a test fails when the file differs) and the launch file passes that file without repeating any value.
+
+Configure-time parameters ("read-only" in the sense of "not applied while running") are read in on_configure.
+They can be set at any time; a new value takes effect at the next configure (lifecycle cleanup + configure),
+which is why their ROS descriptors are not marked read_only (a read_only ROS parameter can never be set after
+start-up, so cleanup + configure could not apply a change). Run-time parameters apply to the next frame.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import argparse
+import json
+import sys
+import textwrap
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from cleanpose_ros.class_map import DEFAULT_CLASS_MAP
 
 
-def _p(default, desc: str, *, read_only: bool = False, range=None, choices=None, **kw):
-    meta = {"desc": desc, "read_only": read_only, "range": range, "choices": choices}
+def _p(default, desc: str, *, at_configure: bool = False, range=None, choices=None, **kw):
+    meta = {"desc": desc, "at_configure": at_configure, "range": range, "choices": choices}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -24,18 +35,18 @@ class NodeParams:
         "",
         "Checkpoint path (.safetensors, our format). Empty: the demo checkpoint "
         "models/demo/ of this package.",
-        read_only=True,
+        at_configure=True,
     )
     device: str = _p(
         "cuda",
         "Torch device: 'cuda', 'cuda:N' or 'cpu'. Falls back to cpu with a warning when CUDA is unavailable.",
-        read_only=True,
+        at_configure=True,
     )
     precision: str = _p(
         "fast",
         "'fp32': exact (the published network's numbers); 'fast': DINOv2 in fp16 + TF32 on CUDA "
         "(poses within ~0.5 deg / 1 mm of fp32, measured by bench/perf.py). CPU always runs fp32.",
-        read_only=True,
+        at_configure=True,
         choices=("fp32", "fast"),
     )
     torch_compile: bool = _p(
@@ -43,63 +54,64 @@ class NodeParams:
         "Run DINOv2 and the network head through torch.compile before the CUDA-graph capture (H100: 3.5 -> "
         "3.1 ms for 1 object, 6.6 -> 5.4 ms for 6 in fast mode; adds about a minute per batch bucket "
         "when the bucket is first used). CUDA only.",
-        read_only=True,
+        at_configure=True,
     )
     cuda_graphs: bool = _p(
         True,
         "Replay the forward from CUDA graphs (same outputs, far fewer launches). CUDA only.",
-        read_only=True,
+        at_configure=True,
     )
     queue_mode: str = _p(
         "deterministic",
         "CleanPose confounder-queue selection: 'deterministic' (same input, "
         "same pose) or 'random' (published behaviour).",
-        read_only=True,
+        at_configure=True,
         choices=("deterministic", "random"),
     )
     warmup: bool = _p(
         True,
         "Run forwards at configure (and capture the CUDA graphs for up to 8 objects) so the first frames are "
         "not slow.",
-        read_only=True,
+        at_configure=True,
     )
     # --- inputs / sync (restart needed) ---
     sync_slop: float = _p(
         0.05,
         "Approximate-time sync: max stamp spread (s) of image, depth and detections.",
-        read_only=True,
+        at_configure=True,
         range=(0.0, 10.0),
     )
     sync_queue_size: int = _p(
-        10, "Approximate-time sync queue length per input.", read_only=True, range=(1, 1000)
+        10, "Approximate-time sync queue length per input.", at_configure=True, range=(1, 1000)
     )
     input_reliability: str = _p(
         "best_effort",
         "Input QoS reliability. The default with input_depth 5 is the "
         "sensor-data profile; 'reliable' for reliable-only publishers.",
-        read_only=True,
+        at_configure=True,
         choices=("best_effort", "reliable"),
     )
-    input_depth: int = _p(5, "Input QoS history depth.", read_only=True, range=(1, 1000))
+    input_depth: int = _p(5, "Input QoS history depth.", at_configure=True, range=(1, 1000))
     box_source: str = _p(
         "mask",
         "Crop box of each detection: 'mask' (mask extent, as the NOCS pipeline) or "
         "'detection' (Detection2D bbox, mask extent when empty).",
-        read_only=True,
+        at_configure=True,
         choices=("mask", "detection"),
     )
     autostart: bool = _p(
         True,
-        "Configure and activate on start-up (plain launches without a lifecycle manager).",
-        read_only=True,
+        "Configure and activate on start-up (plain launches without a lifecycle manager); read once, "
+        "at start-up.",
+        at_configure=True,
     )
     free_gpu_on_deactivate: bool = _p(
         False,
-        "On deactivate, move the model to the CPU and release cached GPU memory (it moves back on activate).",
-        read_only=True,
+        "On deactivate, release the model and the cached GPU memory (the model is loaded again on activate).",
+        at_configure=True,
     )
     diagnostics_period: float = _p(
-        1.0, "Seconds between /diagnostics messages.", read_only=True, range=(0.1, 60.0)
+        1.0, "Seconds between /diagnostics messages.", at_configure=True, range=(0.1, 60.0)
     )
     # --- processing (run time) ---
     score_threshold: float = _p(0.0, "Detections below this score are ignored.", range=(0.0, 1.0))
@@ -161,13 +173,12 @@ class NodeParams:
 
 
 def descriptor(name: str):
-    """rcl_interfaces ParameterDescriptor for a NodeParams field (ranges, read_only, description)."""
+    """rcl_interfaces ParameterDescriptor for a NodeParams field (ranges, choices, description)."""
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-    m = NodeParams.meta(name)
-    desc = m["desc"] + (f" One of {list(m['choices'])}." if m["choices"] else "")
-    d = ParameterDescriptor(name=name, description=desc, read_only=m["read_only"])
+    d = ParameterDescriptor(name=name, description=_describe(name))
     default = getattr(NodeParams(), name)
+    m = NodeParams.meta(name)
     if m["range"] is not None:
         lo, hi = m["range"]
         if isinstance(default, float):
@@ -177,15 +188,27 @@ def descriptor(name: str):
     return d
 
 
-def declare(node) -> NodeParams:
-    """Declare all parameters on `node` (values from overrides / params file) and return them typed."""
+def _describe(name: str) -> str:
+    """One description for the ROS descriptor and the YAML comment: [configure] tag, range, choices, text."""
+    m = NodeParams.meta(name)
+    parts = ["[configure]"] if m["at_configure"] else []
+    if m["range"] is not None:
+        parts.append(f"range [{m['range'][0]}, {m['range'][1]}]")
+    if m["choices"]:
+        parts.append(f"one of: {', '.join(m['choices'])}.")
+    return " ".join([*parts, m["desc"]])
+
+
+def declare(node) -> None:
+    """Declare every parameter on `node` (the node's __init__); values come from overrides / params file and
+    are read with from_node() at configure."""
     defaults = NodeParams()
     for name in NodeParams.names():
         node.declare_parameter(name, getattr(defaults, name), descriptor(name))
-    return from_node(node)
 
 
 def from_node(node) -> NodeParams:
+    """The node's current parameter values, typed."""
     p = NodeParams()
     for name in NodeParams.names():
         v = node.get_parameter(name).value
@@ -193,3 +216,97 @@ def from_node(node) -> NodeParams:
             v = list(v) if v is not None else []
         setattr(p, name, v)
     return p
+
+
+def with_changes(p: NodeParams, changes) -> NodeParams:
+    """A copy of `p` with the rclpy Parameters in `changes` applied (unknown names are ignored)."""
+    new = replace(p, class_map=list(p.class_map))
+    for prm in changes:
+        if prm.name in NodeParams.names():
+            v = prm.value
+            setattr(new, prm.name, list(v) if isinstance(getattr(new, prm.name), list) else v)
+    return new
+
+
+def configure_time_changes(running: NodeParams, new: NodeParams, names) -> list[str]:
+    """Those of `names` that are configure-time parameters with a value in `new` other than `running`'s."""
+    return [
+        n
+        for n in names
+        if n in NodeParams.names()
+        and NodeParams.meta(n)["at_configure"]
+        and getattr(new, n) != getattr(running, n)
+    ]
+
+
+def run_time_update(running: NodeParams, new: NodeParams) -> NodeParams:
+    """`running` with the run-time parameters of `new` (configure-time ones stay as configured)."""
+    out = replace(running, class_map=list(running.class_map))
+    for n in NodeParams.names():
+        if not NodeParams.meta(n)["at_configure"]:
+            setattr(out, n, getattr(new, n))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ params file
+# Headings of the generated params file: the field that starts each group.
+_SECTIONS = {
+    "checkpoint": "model",
+    "sync_slop": "inputs and synchronization",
+    "score_threshold": "processing",
+    "publish_tf": "outputs",
+}
+_YAML_HEADER = """\
+# cleanpose_node parameters (ROS 2 params file). Every parameter, its default and meaning.
+# GENERATED from cleanpose_ros/params.py (the one source of the defaults); do not edit by hand:
+#   python -m cleanpose_ros.params --yaml > config/cleanpose.yaml
+# [configure] = read at configure: a change takes effect at the next lifecycle cleanup + configure;
+# the others apply to the next frame: ros2 param set /cleanpose_node <name> <value>
+# Use: ros2 launch cleanpose_ros cleanpose.launch.py params_file:=<a copy of this file>
+#
+# Topics (relative names: remap them, or push the node into a namespace):
+#   in   image         sensor_msgs/Image          colour image, rgb8 / bgr8 / rgba8 / bgra8
+#   in   depth         sensor_msgs/Image          depth registered to the colour camera, 16UC1 mm or 32FC1 m
+#   in   camera_info   sensor_msgs/CameraInfo     intrinsics K of the colour camera (latest one is used)
+#   in   detections    cleanpose_msgs/InstanceSegmentation   instance masks + classes + scores
+#   out  ~/poses          cleanpose_msgs/ObjectPoseArray       header = the colour image's (or target_frame)
+#   out  ~/detections_3d  vision_msgs/Detection3DArray         pose in bbox.center and results[0].pose.pose
+#   out  ~/markers        visualization_msgs/MarkerArray       DELETEALL, then box + label (+ axes) per object
+#   out  ~/debug_image    sensor_msgs/Image rgb8               projected boxes and axes (publish_debug_image)
+#   out  /tf              object frames <tf_prefix><class>_<instance id> under the image frame (publish_tf)
+#   out  /diagnostics     input/output rate, latency, drops, skipped inputs, GPU memory, RSS
+/**:
+  ros__parameters:
+"""
+
+
+def _yaml_value(v) -> str:
+    # JSON scalars and lists are valid YAML flow values and read back as the same Python values.
+    return json.dumps(v)
+
+
+def to_yaml(width: int = 110) -> str:
+    """The params file: every parameter with its default and its description as a comment."""
+    lines = [_YAML_HEADER.rstrip("\n")]
+    defaults = NodeParams()
+    for name in NodeParams.names():
+        if name in _SECTIONS:
+            lines.append(f"    # ---- {_SECTIONS[name]} ----")
+        lines += textwrap.wrap(_describe(name), width, initial_indent="    # ", subsequent_indent="    # ")
+        lines.append(f"    {name}: {_yaml_value(getattr(defaults, name))}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cleanpose_ros.params", description=__doc__.split("\n")[0])
+    ap.add_argument("--yaml", action="store_true", help="print the params file generated from the defaults")
+    args = ap.parse_args(argv)
+    if not args.yaml:
+        ap.print_help()
+        return 2
+    sys.stdout.write(to_yaml())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -140,8 +140,13 @@ def test_runtime_parameters_are_validated(graph, frames):
     assert client.set_params(min_depth=0.0)[0].successful
     res = client.set_params(class_map=["cup:teapot"])
     assert not res[0].successful and "teapot" in res[0].reason
-    res = client.set_params(device="cuda")
-    assert not res[0].successful  # read-only: needs a restart
+    assert not client.set_params(device="gpu")[0].successful  # configure-time values are validated too
+    # A configure-time parameter is accepted but waits for the next configure (the log says so).
+    assert client.set_params(device="cuda")[0].successful
+    client.wait(
+        lambda: "device set: takes effect at the next configure" in node.log(), 10, "the log line", node
+    )
+    assert client.set_params(device="cpu")[0].successful
     # A valid change takes effect on the next frame: every detection (score 0.9) is now below threshold.
     assert client.set_params(score_threshold=0.95)[0].successful
     ns = 1_700_000_001_000_000_000
@@ -219,3 +224,45 @@ def test_target_frame_transforms_outputs(graph, frames):
                 np.testing.assert_allclose(Rw, T[:3, :3] @ Rc, atol=1e-5)
     finally:
         client.set_params(target_frame="")
+
+
+def test_cleanup_configure_applies_changed_configure_time_parameters(graph):
+    """Parameters are read in on_configure: a configure-time change (input QoS reliability) is not in effect
+    while the node runs and is in effect after cleanup + configure, seen on the graph as the QoS of the
+    node's live subscription."""
+    from lifecycle_msgs.msg import Transition
+    from rclpy.qos import ReliabilityPolicy
+
+    client, node = graph
+
+    def image_reliability():
+        infos = client.node.get_subscriptions_info_by_topic("/image")
+        mine = [i for i in infos if i.node_name == client.node_name]
+        return mine[0].qos_profile.reliability if len(mine) == 1 else None
+
+    def reconfigure():
+        for t in (
+            Transition.TRANSITION_DEACTIVATE,
+            Transition.TRANSITION_CLEANUP,
+            Transition.TRANSITION_CONFIGURE,
+            Transition.TRANSITION_ACTIVATE,
+        ):
+            assert client.change_state(t), t
+        assert client.get_state() == "active"
+
+    assert image_reliability() == ReliabilityPolicy.RELIABLE  # running_graph's setting
+    assert client.set_params(input_reliability="best_effort")[0].successful
+    try:
+        import time
+
+        time.sleep(0.5)
+        assert image_reliability() == ReliabilityPolicy.RELIABLE  # not applied while running
+        reconfigure()
+        client.wait(
+            lambda: image_reliability() == ReliabilityPolicy.BEST_EFFORT, 20, "best-effort input", node
+        )
+    finally:
+        client.set_params(input_reliability="reliable")
+        reconfigure()
+        client.wait_connected(20, node)
+    assert image_reliability() == ReliabilityPolicy.RELIABLE

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import yaml
-from ros_harness import REPO, detections_msg, image_msg, info_msg
+from ros_harness import detections_msg, image_msg, info_msg
 
 from cleanpose_ros import conversions as conv
 from cleanpose_ros.class_map import ClassMap, ClassMapError
 from cleanpose_ros.detections import DetectionError, parse_instance_segmentation
-from cleanpose_ros.params import NodeParams
 from cleanpose_ros.sync import _ApproxSync
 
 NOCS = ["bottle", "bowl", "camera", "can", "laptop", "mug"]
@@ -208,18 +206,6 @@ def test_class_map():
         ClassMap(NOCS, ["cup:teapot"])
     with pytest.raises(ClassMapError, match="form"):
         ClassMap(NOCS, ["cup"])
-
-
-def test_params_yaml_matches_dataclass_and_validates():
-    doc = yaml.safe_load((REPO / "config" / "cleanpose.yaml").read_text())["/**"]["ros__parameters"]
-    defaults = NodeParams()
-    assert set(doc) == set(NodeParams.names())
-    for k, v in doc.items():
-        assert v == getattr(defaults, k), k
-    defaults.validate()
-    bad = NodeParams(min_depth=2.0, max_depth=1.0)
-    with pytest.raises(ValueError, match="min_depth"):
-        bad.validate()
 
 
 def test_marker_structure():
