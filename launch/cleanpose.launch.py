@@ -1,9 +1,13 @@
 """ros2 launch cleanpose_ros cleanpose.launch.py [namespace:=...] [image:=...] [depth:=...]
     [camera_info:=...] [detections:=...] [checkpoint:=...] [device:=cuda|cpu] [params_file:=...]
-    [use_rviz:=true] [log_level:=info] [autostart:=true]
+    [use_rviz:=true] [log_level:=info] [autostart:=true|false]
 
-Starts cleanpose_node as a lifecycle node. With autostart (default) it configures and activates itself;
-with autostart:=false a lifecycle manager (or `ros2 lifecycle set`) drives it.
+Starts cleanpose_node as a lifecycle node. With autostart (the params file's default) it configures and
+activates itself; with autostart:=false a lifecycle manager (or `ros2 lifecycle set`) drives it.
+
+Node parameter values come from the params file (config/cleanpose.yaml, generated from
+cleanpose_ros/params.py, the one source of defaults); this file repeats none of them and overrides only what
+the user gives on the command line.
 """
 
 import os
@@ -20,8 +24,10 @@ def _nodes(context):
     def arg(name):
         return LaunchConfiguration(name).perform(context)
 
-    overrides = {"autostart": arg("autostart").lower() in ("1", "true", "yes")}
     # Only given values override the params file (an empty launch argument keeps the file's value).
+    overrides = {}
+    if arg("autostart"):
+        overrides["autostart"] = arg("autostart").lower() in ("1", "true", "yes")
     if arg("checkpoint"):
         overrides["checkpoint"] = arg("checkpoint")
     if arg("device"):
@@ -97,8 +103,9 @@ def generate_launch_description():
         DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),
         DeclareLaunchArgument(
             "autostart",
-            default_value="true",
-            description="Configure + activate on start (false: leave it to a lifecycle manager)",
+            default_value="",
+            description="true: configure + activate on start; false: leave it to a lifecycle manager; "
+            "empty: params file",
         ),
         DeclareLaunchArgument(
             "fastdds_builtin_transports",

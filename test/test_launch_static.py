@@ -52,6 +52,15 @@ def console_scripts() -> dict[str, str]:
     raise AssertionError("setup.py has no console_scripts entry points")
 
 
+def package_dirs() -> dict[str, str]:
+    """setup.py's package_dir mapping (import name -> folder), read with ast."""
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "package_dir":
+            return ast.literal_eval(node.value)
+    return {}
+
+
 def design_executables() -> dict[str, str]:
     """The `name` -> `module:function` pairs of docs/DESIGN.md's "Executables" section."""
     text = (REPO_ROOT / "docs" / "DESIGN.md").read_text()
@@ -214,8 +223,6 @@ def node_topics() -> set[str]:
     create_lifecycle_publisher / create_subscription, and (Type, "name") pairs (synchronized inputs)."""
     topics: set[str] = set()
     for module in NODE_MODULES:
-        if module.name in {"replay.py", "bench.py", "demo.py"}:  # the replay side of demo/bench, not the node
-            continue
         tree = ast.parse(module.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and _call_name(node) in {
@@ -291,7 +298,8 @@ def test_entry_point_modules_define_main() -> None:
     missing = []
     for script, target in console_scripts().items():
         module, func = target.split(":")
-        rel = Path(*module.split("."))
+        top, *rest = module.split(".")
+        rel = Path(package_dirs().get(top, top), *rest)
         file = REPO_ROOT / rel.with_suffix(".py")
         if not file.is_file():
             file = REPO_ROOT / rel / "__init__.py"
@@ -352,6 +360,32 @@ def test_config_parameters_are_declared() -> None:
                 flat = [f"{name}.{sub}" for sub in value] if isinstance(value, dict) else [name]
                 unknown += [p for p in flat if p not in declared and p.split(".")[0] not in declared]
             assert not unknown, f"{path.name}: parameters the node does not declare: {unknown}"
+
+
+def test_launch_repeats_no_parameter_default() -> None:
+    """cleanpose_ros/params.py is the one source of node defaults (config/cleanpose.yaml is generated from
+    it): a launch argument named after a node parameter defaults to empty (= the params file's value), no
+    parameter value is written into a launch file as a literal, and our nodes get the params file."""
+    _skip_without(LAUNCH_FILES, "launch/*.py")
+    names = declared_parameters()
+    for path in LAUNCH_FILES:
+        launch = LaunchFile(path)
+        repeated = {k: v for k, v in launch.defaults.items() if k in names and v != ""}
+        assert repeated == {}, f"{path.name}: launch arguments repeat node defaults {repeated}"
+        literals = [
+            key.value
+            for d in ast.walk(launch.tree)
+            if isinstance(d, ast.Dict)
+            for key, value in zip(d.keys, d.values)
+            if isinstance(key, ast.Constant) and key.value in names and isinstance(value, ast.Constant)
+        ]
+        assert literals == [], f"{path.name}: literal parameter values {literals}"
+        for call in launch._calls(*NODE_CLASSES):
+            if launch.evaluate(_kw(call, "package")) == PACKAGE:
+                given = _kw(call, "parameters")
+                assert given is not None and "params_file" in ast.unparse(given), (
+                    f"{path.name}: a {PACKAGE} node without the params_file argument in its parameters"
+                )
 
 
 def test_rviz_topics_are_node_topics() -> None:

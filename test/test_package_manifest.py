@@ -17,8 +17,14 @@ import pytest
 from catkin_pkg.package import parse_package
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The Python packages setup.py installs (bench/ and test/ are not installed, so their imports do not count).
-INSTALLED_PACKAGES = ["cleanpose_ros", "cleanpose_model", "training"]
+# The Python packages setup.py installs, import name -> folder (benchmarks/, scripts/ and test/ are not
+# installed, so their imports do not count).
+INSTALLED_PACKAGES = {
+    "cleanpose_model": "cleanpose_model",
+    "cleanpose_ros": "cleanpose_ros",
+    "cleanpose_tools": "cleanpose_tools",
+    "cleanpose_training": "training",
+}
 FIRST_PARTY = set(INSTALLED_PACKAGES)
 
 # import name -> rosdep key (ROS package name for ROS packages)
@@ -155,7 +161,7 @@ def test_interface_package_xml_is_valid(manifest: str) -> None:
 
 
 def test_every_imported_module_is_declared(package) -> None:
-    found = imported_modules([REPO_ROOT / p for p in INSTALLED_PACKAGES])
+    found = imported_modules([REPO_ROOT / p for p in INSTALLED_PACKAGES.values()])
     assert found, "the import scan found nothing; are the package paths right?"
     problems = undeclared(found, _runtime_keys(package))
     assert not problems, "undeclared runtime dependencies:\n  " + "\n  ".join(problems)
@@ -164,7 +170,7 @@ def test_every_imported_module_is_declared(package) -> None:
 def test_python_libraries_are_in_requirements() -> None:
     req_text = (REPO_ROOT / "requirements" / "base.txt").read_text().lower()
     required = {re.split(r"[<>=!~\[;\s]", line.strip())[0] for line in req_text.splitlines()}
-    found = third_party(imported_modules([REPO_ROOT / p for p in INSTALLED_PACKAGES]))
+    found = third_party(imported_modules([REPO_ROOT / p for p in INSTALLED_PACKAGES.values()]))
     missing = [
         f"{m} -> {MODULE_TO_PIP[m]}" for m in found if m in MODULE_TO_PIP and MODULE_TO_PIP[m] not in required
     ]
