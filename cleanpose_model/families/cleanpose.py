@@ -19,9 +19,6 @@ from cleanpose_model.net import CleanPoseNet
 from cleanpose_model.queue import ConfounderQueue
 from cleanpose_model.types import InputSpec, ObjectBatch, PoseResult
 
-# The estimator mode -> the precision name of the graphed forward.
-_PRECISION = {"exact": "fp32", "fast": "fast"}
-
 
 class PoseEstimator(Estimator):
     """Runs a ``CleanPoseNet`` (CleanPose or AG-Pose) on batches of objects.
@@ -53,12 +50,10 @@ class PoseEstimator(Estimator):
         mode = check_mode(mode)
         self.device = resolve_device(device).device
         self.mode = mode if self.device.type == "cuda" else "exact"
-        self.precision = _PRECISION[self.mode]
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs needs a CUDA device")
-        self._graphed: dict[int, object] = {}
-        self._folded = None  # the eager network with its per-point layers folded (nn/pointwise.py)
+        self._graphed: dict[int, object] = {}  # queue width -> the bound inference network
         self.compile = bool(compile)
         if self.compile and not self.cuda_graphs:
             raise ValueError("compile needs cuda_graphs (a CUDA device)")
@@ -174,28 +169,22 @@ class PoseEstimator(Estimator):
         )
 
     def _forward(self, queue_feats: torch.Tensor | None):
-        """The eager network, or its graphed replay for this queue width (graphs have fixed shapes)."""
-        if not self.cuda_graphs or self.dtype != torch.float32:
-            if self._folded is None:
-                from cleanpose_model.nn.fused_attention import fuse_for_inference
-                from cleanpose_model.nn.pointwise import fold_for_inference
+        """The network bound to this estimator's mode (cleanpose_model.inference.build_inference); with CUDA
+        graphs one per queue width (graphs have fixed shapes)."""
+        from cleanpose_model.inference import InferenceMode, build_inference
 
-                self._folded = fuse_for_inference(fold_for_inference(self.net.eval()))
-            return self._folded
-        entries = 0 if queue_feats is None else int(queue_feats.shape[1])
+        graphs = self.cuda_graphs and self.dtype == torch.float32
+        entries = 0 if queue_feats is None or not graphs else int(queue_feats.shape[1])
         if entries not in self._graphed:
-            from cleanpose_model.fast import GraphedForward
-
-            self._graphed[entries] = GraphedForward(
-                self.net, precision=self.precision, queue_entries=entries or None, compile=self.compile
-            )
+            mode = InferenceMode(self.mode, cuda_graphs=graphs, compile=self.compile and graphs)
+            self._graphed[entries] = build_inference(self.net, mode, queue_entries=entries or None)
         return self._graphed[entries]
 
     def warmup(self, n_objects: int = 1, n_points: int = 1024) -> None:
         """Forwards on synthetic inputs (allocator, kernel selection and, with CUDA graphs, the capture of
         every batch bucket up to ``n_objects``, so no frame pays for a capture); the random-mode RNG state
         is restored afterwards."""
-        from cleanpose_model.fast import DEFAULT_BUCKETS
+        from cleanpose_model.inference import DEFAULT_BUCKETS
 
         sizes = [n_objects]
         if self.cuda_graphs:

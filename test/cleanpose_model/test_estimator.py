@@ -28,10 +28,9 @@ from cleanpose_model.estimator import (
     load_estimator,
 )
 from cleanpose_model.families import CLEANPOSE, FAMILIES
+from cleanpose_model.inference import InferenceMode, build_inference
 from cleanpose_model.io import checkpoints as ck
 from cleanpose_model.net import CleanPoseNet
-from cleanpose_model.nn.fused_attention import fuse_for_inference
-from cleanpose_model.nn.pointwise import fold_for_inference
 from cleanpose_model.queue import ConfounderQueue
 from cleanpose_model.types import ObjectBatch, PoseResult
 
@@ -196,10 +195,10 @@ def test_random_mode_reproduces_with_seed(model, batch):
     idx = ConfounderQueue(queue).indices("random", np.random.RandomState(5))
     feats = ConfounderQueue(queue).gather(batch.category, idx)
     with torch.no_grad():
-        # The estimator runs the folded network with the fused inference layers (nn/pointwise.py,
-        # nn/fused_attention.py): bit-equal to it, rounding-close to net.
-        ref = fuse_for_inference(fold_for_inference(net))(
-            batch.rgb, batch.pts, batch.choose, batch.category, queue_feats=feats
+        # The estimator runs the network bound to the exact mode (cleanpose_model.inference): bit-equal to
+        # it, rounding-close to net.
+        ref = build_inference(net, InferenceMode("exact"))(
+            batch.rgb, batch.pts, batch.choose, batch.category, feats
         )
         eager = net(batch.rgb, batch.pts, batch.choose, batch.category, queue_feats=feats)
     assert torch.equal(ref["pred_rotation"], first[0].rotation)
