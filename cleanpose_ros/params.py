@@ -45,7 +45,7 @@ class NodeParams:
     precision: str = _p(
         "fast",
         "'fp32': exact (the published network's numbers); 'fast': DINOv2 in fp16 + TF32 on CUDA "
-        "(poses within ~0.5 deg / 1 mm of fp32, measured by bench/perf.py). CPU always runs fp32.",
+        "(poses within ~0.5 deg / 1 mm of fp32, measured by benchmarks/forward.py). CPU always runs fp32.",
         at_configure=True,
         choices=("fp32", "fast"),
     )
@@ -297,14 +297,27 @@ def to_yaml(width: int = 110) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_markdown() -> str:
+    """The README's parameter table (a test keeps README.md equal to it)."""
+    rows = ["| parameter | default | changes apply | meaning |", "|---|---|---|---|"]
+    defaults = NodeParams()
+    for name in NodeParams.names():
+        m = NodeParams.meta(name)
+        when = "next configure" if m["at_configure"] else "next frame"
+        extra = f" One of {', '.join(m['choices'])}." if m["choices"] else ""
+        extra += f" Range [{m['range'][0]}, {m['range'][1]}]." if m["range"] is not None else ""
+        desc = (m["desc"] + extra).replace("|", "\\|")
+        rows.append(f"| `{name}` | `{_yaml_value(getattr(defaults, name))}` | {when} | {desc} |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cleanpose_ros.params", description=__doc__.split("\n")[0])
-    ap.add_argument("--yaml", action="store_true", help="print the params file generated from the defaults")
+    out = ap.add_mutually_exclusive_group(required=True)
+    out.add_argument("--yaml", action="store_true", help="print the params file (config/cleanpose.yaml)")
+    out.add_argument("--markdown", action="store_true", help="print the README's parameter table")
     args = ap.parse_args(argv)
-    if not args.yaml:
-        ap.print_help()
-        return 2
-    sys.stdout.write(to_yaml())
+    sys.stdout.write(to_yaml() if args.yaml else to_markdown())
     return 0
 
 

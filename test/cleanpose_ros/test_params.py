@@ -83,3 +83,13 @@ def test_changes_split_into_run_time_and_configure_time():
     assert params.configure_time_changes(running, new, ["device", "score_threshold", "nope"]) == ["device"]
     # a configure-time parameter set back to the value in effect is no pending change
     assert params.configure_time_changes(running, running, ["device"]) == []
+
+
+def test_readme_parameter_table_is_the_generated_one():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Parameters", 1)[1].split("\n### ", 1)[0]
+    table = "".join(line + "\n" for line in section.splitlines() if line.startswith("|"))
+    assert table == params.to_markdown(), (
+        "README.md's parameter table differs from cleanpose_ros/params.py: replace it with the output of "
+        "`python -m cleanpose_ros.params --markdown`"
+    )
