@@ -8,9 +8,10 @@ share one code path. Defaults reproduce the published CleanPose NOCS network.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -210,22 +211,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return _build(cls, data, "model")
+        return dataclass_from_dict(cls, data, "model")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ModelConfig:
-        path = Path(path)
-        with path.open("r", encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: top level must be a mapping")
-        # Allow the model block to sit under a `model:` key in larger config files.
-        if "model" in data and isinstance(data["model"], dict):
-            data = data["model"]
-        try:
-            return cls.from_dict(data)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+        # The model block may sit under a `model:` key in larger config files.
+        return dataclass_from_yaml(cls, path, section="model")
 
     @classmethod
     def named(cls, name: str) -> ModelConfig:
@@ -237,33 +228,43 @@ class ModelConfig:
         return cls.from_yaml(path)
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+T = TypeVar("T")
+
+
+def dataclass_from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
+    """``cls(**data)`` with nested dataclass fields built from nested mappings, and a key the dataclass does
+    not have raised as ``ValueError`` naming where it sits (``where``, e.g. ``"model.dino"``) and what is
+    allowed: a misspelt key in a config must not silently fall back to a default."""
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}")
+        raise ValueError(f"{where}: unknown keys {unknown}; expected {sorted(names)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
-        sub = _NESTED.get(name) if cls is ModelConfig else None
-        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub is not None else value
+        sub = hints.get(name)
+        nested = isinstance(sub, type) and dataclasses.is_dataclass(sub)
+        kwargs[name] = dataclass_from_dict(sub, value, f"{where}.{name}") if nested else value
     return cls(**kwargs)
 
 
-_NESTED: dict[str, type] = {
-    "dino": DinoConfig,
-    "pointnet2": PointNet2Config,
-    "attention": AttentionConfig,
-    "keypoints": KeypointConfig,
-    "gafa": GafaConfig,
-    "nocs": NocsConfig,
-    "front_door": FrontDoorConfig,
-    "reconstructor": ReconstructorConfig,
-    "estimator": EstimatorConfig,
-    "distill": DistillConfig,
-    "augmentation": AugmentationConfig,
-}
+def dataclass_from_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:
+    """:func:`dataclass_from_dict` of a YAML file (of its ``section`` mapping when the file has one); errors
+    name the file."""
+    path = Path(path)
+    with path.open("r", encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level must be a mapping")
+    if section is not None and isinstance(data.get(section), dict):
+        data = data[section]
+    try:
+        return dataclass_from_dict(cls, data, section or cls.__name__)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def config_categories(cfg, cat_num: int) -> list[str]:

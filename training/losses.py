@@ -15,26 +15,18 @@ camera frame;
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from cleanpose_model.config import dataclass_from_dict
 
 # Euclidean norms of exact zeros (a keypoint on a point, the diagonal of the diversity matrix) have an
 # undefined
 # gradient; taking sqrt of max(d², tiny) keeps the value within 1e-10 of the exact norm and the gradient
 # finite.
 _TINY_SQ = 1e-20
-
-DEFAULT_WEIGHTS = {
-    "pose": 0.3,
-    "nocs": 2.0,
-    "cd": 2.0,
-    "diversity": 10.0,
-    "recon": 15.0,
-    "delta": 1.0,
-    "distillation": 0.01,
-}
 
 
 def _safe_norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -127,6 +119,9 @@ def as_points_last(x: torch.Tensor, n_hint: int | None = None) -> torch.Tensor:
 
 @dataclass
 class LossWeights:
+    """Weight of each term (the published values) plus the two loss settings: ``th``, the diversity
+    margin, and ``obj_aware``, whether the reconstruction ignores points outside the object mask."""
+
     pose: float = 0.3
     nocs: float = 2.0
     cd: float = 2.0
@@ -136,20 +131,15 @@ class LossWeights:
     distillation: float = 0.01
     th: float = 0.01
     obj_aware: bool = True
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> LossWeights:
-        d = dict(d or {})
-        known = {k: d.pop(k) for k in list(d) if k in cls.__dataclass_fields__ and k != "extra"}
-        if d:
-            raise ValueError(
-                f"unknown loss config keys {sorted(d)}; expected {sorted(DEFAULT_WEIGHTS)} + th, obj_aware"
-            )
-        return cls(**known)
+        return dataclass_from_dict(cls, d, "loss")
 
 
 TERMS = ("pose", "nocs", "cd", "diversity", "recon", "delta", "distillation")
+# The published weight of every term (the LossWeights defaults), by name.
+DEFAULT_WEIGHTS = {t: getattr(LossWeights(), t) for t in TERMS}
 
 
 def sub_batch_terms(out: dict, batch: dict, w: LossWeights, teacher_feat=None) -> dict[str, torch.Tensor]:

@@ -24,6 +24,8 @@ import logging
 
 import torch
 
+from cleanpose_training.batching import EpochKeyed, IterationBatchSampler, collate
+
 log = logging.getLogger("cleanpose.train")
 
 
@@ -46,8 +48,6 @@ def ulip_queue(
     encoder, sources, cat_num: int, length: int, seed: int, max_samples: int = 200_000, device="cpu"
 ) -> torch.Tensor:
     """Fill each category with the first ``length`` encoder features in sample order (training.md §5.1)."""
-    from cleanpose_training.trainer import EpochKeyed, IterationBatchSampler, collate
-
     encoder = encoder.to(device).eval()
     lists: list[list[torch.Tensor]] = [[] for _ in range(cat_num)]
     gen = torch.Generator().manual_seed(int(seed) + 0x51)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -42,9 +43,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
+from cleanpose_model.config import dataclass_from_dict
 from cleanpose_training import distributed as D
+from cleanpose_training.batching import IterationBatchSampler, iteration_loader, loader_workers
 from cleanpose_training.losses import TERMS, CleanPoseLoss, LossWeights
 
 log = logging.getLogger("cleanpose.train")
@@ -132,32 +135,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        sub = {
-            "schedule": ScheduleConfig,
-            "queue": QueueConfig,
-            "distillation": DistillationConfig,
-            "trainer": TrainerConfig,
-        }
-        kwargs = {}
-        for k, v in d.items():
-            if k not in cls.__dataclass_fields__:
-                raise ValueError(
-                    f"unknown top-level config key {k!r}; expected {sorted(cls.__dataclass_fields__)}"
-                )
-            if k in sub:
-                allowed = sub[k].__dataclass_fields__
-                bad = sorted(set(v or {}) - set(allowed))
-                if bad:
-                    raise ValueError(f"unknown key(s) {bad} in '{k}'; expected {sorted(allowed)}")
-                kwargs[k] = sub[k](**(v or {}))
-            else:
-                kwargs[k] = v
-        return cls(**kwargs)
+        return dataclass_from_dict(cls, d, "config")
 
     def to_dict(self) -> dict:
-        import dataclasses
-
         return dataclasses.asdict(self)
 
 
@@ -169,7 +149,7 @@ def set_by_path(d: dict, dotted: str, value: Any) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Data: iteration-addressed sampling (resume- and shard-exact)
+# Per-iteration seeds (the batches are keyed in cleanpose_training.batching)
 
 
 def _seed_int(*parts: int) -> int:
@@ -177,102 +157,6 @@ def _seed_int(*parts: int) -> int:
         np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0]
         & 0x7FFFFFFFFFFFFFFF
     )
-
-
-class EpochKeyed(Dataset):
-    """Adapter: item key (epoch, index) → ``ds.set_epoch(epoch); ds[index]``. The datasets key their
-    randomness on
-    (seed, epoch, index), so a key fully determines the sample in any worker."""
-
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        if getattr(self.ds, "epoch", None) != epoch and hasattr(self.ds, "set_epoch"):
-            self.ds.set_epoch(int(epoch))
-        return self.ds[int(index)]
-
-
-class IterationBatchSampler(Sampler):
-    """Batches of (epoch, index) keys for iterations [start, stop) of one rank.
-
-    Global sample position p = it·bs·W + rank·bs + j walks through per-epoch permutations of the dataset, so
-    the W
-    ranks read disjoint shards of the same global sequence, and the sequence does not depend on W·bs splits
-    other
-    than through p."""
-
-    def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        start: int,
-        stop: int,
-        seed: int,
-        source_id: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if n <= 0:
-            raise ValueError("empty training dataset")
-        self.n, self.bs, self.start, self.stop = n, batch_size, start, stop
-        self.seed, self.source_id, self.rank, self.world = seed, source_id, rank, world_size
-        self._perm_cache: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        p = self._perm_cache.get(epoch)
-        if p is None:
-            if len(self._perm_cache) > 4:
-                self._perm_cache.clear()
-            p = np.random.default_rng([self.seed, epoch, 0xDA7A, self.source_id]).permutation(self.n)
-            self._perm_cache[epoch] = p
-        return p
-
-    def keys_for(self, it: int) -> list[tuple[int, int]]:
-        base = it * self.bs * self.world + self.rank * self.bs
-        out = []
-        for j in range(self.bs):
-            p = base + j
-            epoch, off = divmod(p, self.n)
-            out.append((epoch, int(self._perm(epoch)[off])))
-        return out
-
-    def __len__(self):
-        return max(0, self.stop - self.start)
-
-    def __iter__(self):
-        for it in range(self.start, self.stop):
-            yield self.keys_for(it)
-
-
-def _worker_init(_worker_id: int) -> None:
-    # N workers x (OpenCV's own thread pool) oversubscribes the cores; the workers are the parallelism.
-    torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
-
-
-def collate(samples: list[dict]) -> dict:
-    out = {}
-    for k in samples[0]:
-        vals = [s[k] for s in samples]
-        if torch.is_tensor(vals[0]):
-            out[k] = torch.stack(vals)
-        elif isinstance(vals[0], np.ndarray) or np.isscalar(vals[0]):
-            out[k] = torch.from_numpy(np.stack([np.asarray(v) for v in vals]))
-        else:
-            out[k] = vals
-    if "category_label" in out:
-        out["category_label"] = out["category_label"].reshape(len(samples)).long()
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -452,7 +336,7 @@ class Trainer:
             return None
         from cleanpose_training.ulip import PointBertConfig, load_pointbert_teacher
 
-        pb = PointBertConfig(**self.cfg.distillation.pointbert)
+        pb = dataclass_from_dict(PointBertConfig, self.cfg.distillation.pointbert, "distillation.pointbert")
         teacher = load_pointbert_teacher(path, pb).to(self.device)
         teacher.train(self.cfg.distillation.teacher_train_mode)
         return teacher
@@ -478,25 +362,22 @@ class Trainer:
         self.ddp_net = DDP(self.net, device_ids=ids, find_unused_parameters=fu)
 
     def _loaders(self, start: int, stop: int):
-        loaders = []
         tc = self.cfg.trainer
+        workers = loader_workers(tc.workers)
+        if self.info.is_main:
+            log.info(
+                "DataLoader workers per source: %d (configured %d, %s CPUs)",
+                workers,
+                tc.workers,
+                os.cpu_count(),
+            )
+        loaders = []
         for sid, (_name, ds, bs) in enumerate(self.sources):
             sampler = IterationBatchSampler(
                 len(ds), bs, start, stop, tc.seed, sid, self.info.rank, self.info.world_size
             )
-            workers = int(tc.workers)
             loaders.append(
-                DataLoader(
-                    EpochKeyed(ds),
-                    batch_sampler=sampler,
-                    num_workers=workers,
-                    collate_fn=collate,
-                    worker_init_fn=_worker_init,
-                    pin_memory=self.device.type == "cuda",
-                    persistent_workers=False,
-                    prefetch_factor=4 if workers > 0 else None,
-                    multiprocessing_context=tc.worker_start if workers > 0 else None,
-                )
+                iteration_loader(ds, sampler, workers, tc.worker_start, self.device.type == "cuda")
             )
         return loaders
 
@@ -897,8 +778,6 @@ def build_model(cfg: TrainConfig):
 
     model_cfg = load_config(cfg.model)
     if cfg.model_overrides:
-        import dataclasses
-
         from cleanpose_model.io.checkpoints import config_from_dict, config_to_dict
 
         d = config_to_dict(model_cfg)

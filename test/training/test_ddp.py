@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from cleanpose_training.trainer import IterationBatchSampler
+from cleanpose_training.batching import IterationBatchSampler
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -156,7 +156,7 @@ def test_no_teacher_no_distillation_term_and_unknown_key():
     out, batch = _fake_outputs(2)
     _, logged = L.CleanPoseLoss()(out, batch, [2])
     assert "distillation" not in logged
-    with pytest.raises(ValueError, match="unknown loss config"):
+    with pytest.raises(ValueError, match=r"loss: unknown keys \['poses'\]"):
         L.LossWeights.from_dict({"poses": 1.0})
 
 

@@ -119,8 +119,8 @@ def test_trainer_with_distillation(tmp_path, caplog):
 
 
 def test_ulip_queue_init_fills_each_category_in_sample_order(tmp_path):
+    from cleanpose_training.batching import EpochKeyed, IterationBatchSampler
     from cleanpose_training.queue_init import ulip_queue
-    from cleanpose_training.trainer import EpochKeyed, IterationBatchSampler
 
     enc = Pointnet2Ssg().eval()
     ds = ToyObjects(20, n_points=256, cat_num=3)
