@@ -1,31 +1,35 @@
 #!/usr/bin/env bash
-# cleanpose-bench over DDS on the lent GPU machine, in one command (Python 3.12 + CUDA torch there, no ROS, no
-# registry). What it needs travels in .carry/gpu_bench (git-ignored, built here by `scripts/gpu_bench.sh pack`):
+# cleanpose-bench (the rosbag replay benchmark) over DDS on a CUDA machine that has Python 3.12 + CUDA torch but
+# neither ROS nor a package index, in one command. What it needs is packed into BUNDLE_DIR on a machine with
+# the project's venv and an index:
 #   ros312.tar.xz   ROS 2 Kilted cp312 wheels (rclpy, Fast DDS, msgs, rosidl/ament toolchain, colcon, rosbags)
 #                   installed with `pip install --target` and identical library copies turned into symlinks
 #   bag_gpu6.tar.xz 10 synthetic 640x480 frames with 8 objects each (+ ground truth); the bench keeps the
 #                   first 1, 3 or 6 detections per frame (--objects-per-frame)
-# On the GPU machine (as root, repo root):
-#   bash scripts/gpu_bench.sh run            -> $OUT (or outputs/gpu_bench): summary.md, objN.json/.png, log
-# Device tool call: command "bash scripts/gpu_bench.sh run", carry [".carry/gpu_bench"].
+#   bash scripts/gpu_bench.sh pack BUNDLE_DIR
+#   bash scripts/gpu_bench.sh run BUNDLE_DIR [OUT_DIR]   (as root: links the wheels' Python paths; repo root)
+#       -> OUT_DIR (default outputs/gpu_bench): summary.md, objN.json/.png, gpu_bench.log
+# Env (run): GPU_BENCH_OBJECTS ("1 3 6"), GPU_BENCH_RATES ("30,max"), GPU_BENCH_ITERATIONS (3),
+#   GPU_BENCH_ARGS (more cleanpose-bench flags, e.g. "--checkpoint F" from scripts/make_parity_checkpoint.py).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CARRY="$REPO/.carry/gpu_bench"
-mode="${1:-run}"
+mode="${1:-}"
+BUNDLE="$(realpath -m "${2:?usage: scripts/gpu_bench.sh pack|run BUNDLE_DIR [OUT_DIR]}")"
 
 pack() {
-    # Here (Python 3.11 venv with pip and network to PyPI): cross-install the cp312 wheels and the bag.
+    # On the packing machine (the project venv, Python 3.11, with a package index): cross-install the cp312
+    # wheels and render the bag.
     local py="$REPO/.venv/bin/python" wh=/tmp/gpu_bench_whl312 tgt=/tmp/ros312
     local plats=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
         --platform manylinux2014_x86_64 --platform any)
-    mkdir -p "$CARRY" "$wh"
+    mkdir -p "$BUNDLE" "$wh"
     # Pure-Python sdists (empy) become wheels first: cross-platform downloads take wheels only.
     "$py" -m pip wheel -q --no-deps "empy==$("$py" -m pip show empy | sed -n 's/^Version: //p')" -w "$wh"
     grep -hv '^#' "$REPO/requirements/ros.txt" | sed '/^$/d' > "$wh/req.txt"
     echo "rosbags==0.11.9" >> "$wh/req.txt"
     "$py" -m pip download -q --only-binary=:all: --find-links "$wh" --python-version 3.12 --implementation cp \
         "${plats[@]}" -d "$wh" -r "$wh/req.txt"
-    # Already on the GPU image (KINDS.md package list): numpy, pyyaml, pytest, ... must not be shadowed.
+    # Already installed on the CUDA machine: numpy, pyyaml, pytest, ... must not be shadowed.
     ls "$wh"/*.whl | grep -vE '/(numpy|pyyaml|setuptools|pygments|pytest[a-z_]*|coverage|iniconfig|pluggy|packaging|typing_extensions|tzdata|python_dateutil|pyparsing|six)-' \
         > "$wh/sel.txt"
     rm -rf "$tgt"
@@ -55,27 +59,27 @@ for paths in groups.values():
         os.remove(p)
         os.symlink(os.path.relpath(paths[-1], os.path.dirname(p)), p)
 EOF
-    (cd /tmp && tar -cJf "$CARRY/ros312.tar.xz" ros312)
-    if [ ! -f "$CARRY/bag_gpu6.tar.xz" ]; then
+    (cd /tmp && tar -cJf "$BUNDLE/ros312.tar.xz" ros312)
+    if [ ! -f "$BUNDLE/bag_gpu6.tar.xz" ]; then
         rm -rf /tmp/gpu_bench_bag && mkdir -p /tmp/gpu_bench_bag
         "$py" -m cleanpose_training.synthetic bag --out /tmp/gpu_bench_bag/gpu6 --frames 10 --objects-per-frame 8-8 --seed 1 \
             --no-shadows
-        (cd /tmp/gpu_bench_bag && tar -cJf "$CARRY/bag_gpu6.tar.xz" gpu6)
+        (cd /tmp/gpu_bench_bag && tar -cJf "$BUNDLE/bag_gpu6.tar.xz" gpu6)
     fi
-    du -sh "$CARRY"/*
+    du -sh "$BUNDLE"/*
 }
 
 run() {
-    local out="${OUT:-$REPO/outputs/gpu_bench}" work=/tmp/gpu_bench t0=$SECONDS
+    local out="${3:-$REPO/outputs/gpu_bench}" work=/tmp/gpu_bench t0=$SECONDS
     mkdir -p "$out" "$work"
     local log="$out/gpu_bench.log"
     exec > >(tee "$log") 2>&1
-    [ -f "$CARRY/ros312.tar.xz" ] || { echo "missing $CARRY/ros312.tar.xz: run 'scripts/gpu_bench.sh pack' here and carry .carry/gpu_bench"; exit 2; }
-    tar -xJf "$CARRY/ros312.tar.xz" -C /tmp
-    tar -xJf "$CARRY/bag_gpu6.tar.xz" -C "$work"
+    [ -f "$BUNDLE/ros312.tar.xz" ] || { echo "missing $BUNDLE/ros312.tar.xz: make it with 'scripts/gpu_bench.sh pack $BUNDLE'"; exit 2; }
+    tar -xJf "$BUNDLE/ros312.tar.xz" -C /tmp
+    tar -xJf "$BUNDLE/bag_gpu6.tar.xz" -C "$work"
     local T=/tmp/ros312 py
     py="$(command -v python3)"
-    # The wheels' CMake configs name the build machine's Python paths (see /work/shared/ROS_ENV.md).
+    # The wheels' CMake configs name the Python paths of the manylinux image they were built in.
     mkdir -p /opt/python/cp312-cp312/include /opt/python/cp312-cp312/lib/python3.12/site-packages
     ln -sfn "$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
         /opt/python/cp312-cp312/include/python3.12
@@ -113,12 +117,12 @@ run() {
         cp "$work/obj$n/bench.json" "$out/obj$n.json"
         cp "$work/obj$n/bench.png" "$out/obj$n.png"
     done
-    "$py" -m bench.gpu_summary "$out"/obj*.json | tee "$out/summary.md"
+    "$py" -m benchmarks.replay_summary "$out"/obj*.json | tee "$out/summary.md"
     echo "[gpu_bench] done in $((SECONDS - t0)) s"
 }
 
 case "$mode" in
     pack) pack ;;
-    run) run ;;
-    *) echo "usage: $0 pack|run"; exit 2 ;;
+    run) run "$@" ;;
+    *) echo "usage: $0 pack|run BUNDLE_DIR [OUT_DIR]"; exit 2 ;;
 esac

@@ -1,21 +1,38 @@
 #!/usr/bin/env bash
-# The model-side performance measurement (issue 8) on the lent GPU machine, in one command:
-#   forward time per object count and mode (+ ratios to the fp32 reference and the published figure), fast-mode
-#   pose error on the parity inputs and synthetic frames, GPU memory of an inference process for 0/1/6/20
-#   objects, per-object input building (numpy / torch batched / CUDA graphs), and the per-stage breakdown.
-# Device tool call: command "bash scripts/gpu_perf.sh", carry [".carry/perf_frames.npz"] (made here by
-# `python bench/make_perf_frames.py --out .carry/perf_frames.npz`; it needs the rosbags writer, absent there).
-# Writes under $OUT (or outputs/gpu_perf): perf.json, perf_scaling.png, stage_times.{json,md}, *.log.
-# GPU_PERF_COUNTS overrides the object counts (default "1 2 4 6 8 16 32").
+# The model-side benchmark suites on a CUDA machine, in one command (python -m benchmarks, see its --help):
+#   forward (exact and fast, 1/6/16 objects), kernels (Triton vs torch reference), memory (fresh process per
+#   row), preprocess (numpy vs torch forms). Tables on stdout, <suite>.json + <suite>.log under OUT_DIR.
+#
+#   bash scripts/gpu_perf.sh OUT_DIR [BASELINE_ROOT] [FRAMES_NPZ]
+#
+# BASELINE_ROOT: the root of a checkout of another commit (e.g. `git worktree add /tmp/before <commit>`): the
+#   forward suite then times both trees in the same run, alternating, and tables current / baseline.
+# FRAMES_NPZ: frames written by scripts/make_perf_frames.py for the preprocess suite (default: generated).
+# Env: COUNTS (object counts, default "1 6 16"), ITERATIONS (default 100), ROUNDS (forward, default 3),
+#   SUITES (default "forward kernels memory preprocess"), PYTHON.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-out="${OUT:-outputs/gpu_perf}"
+out="${1:?usage: scripts/gpu_perf.sh OUT_DIR [BASELINE_ROOT] [FRAMES_NPZ]}"
+baseline="${2:-}"
+frames="${3:-}"
+py="${PYTHON:-python3}"
+counts="${COUNTS:-1 6 16}"
 mkdir -p "$out"
-frames=.carry/perf_frames.npz
-[ -f "$frames" ] || echo "no $frames: the synthetic-frame error and input-building rows are skipped" >&2
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.log"
-# shellcheck disable=SC2086
-python bench/perf.py --objects ${GPU_PERF_COUNTS:-1 2 4 6 8 16 32} --runs 100 --frames "$frames" --out "$out" \
-    2>&1 | tee "$out/perf.log"
-python bench/stage_times.py --attention math --objects 1 6 --runs 100 --out "$out" 2>&1 | tee "$out/stages.log"
+for suite in ${SUITES:-forward kernels memory preprocess}; do
+    args=(--out "$out")
+    case "$suite" in
+        # shellcheck disable=SC2206
+        forward) args+=(--objects $counts --iterations "${ITERATIONS:-100}" --rounds "${ROUNDS:-3}")
+            [ -n "$baseline" ] && args+=(--baseline-root "$baseline") ;;
+        # shellcheck disable=SC2206
+        memory) args+=(--objects 0 $counts)
+            [ -n "$baseline" ] && args+=(--baseline-root "$baseline") ;;
+        # shellcheck disable=SC2206
+        kernels) args+=(--objects $counts --iterations "${ITERATIONS:-100}") ;;
+        # shellcheck disable=SC2206
+        preprocess) args+=(--objects $counts --iterations "${ITERATIONS:-100}")
+            [ -n "$frames" ] && args+=(--frames "$frames") ;;
+    esac
+    "$py" -m benchmarks "$suite" "${args[@]}" 2>&1 | tee "$out/$suite.log"
+done

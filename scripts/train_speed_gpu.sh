@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Training speed of the PUBLISHED network configuration (cleanpose_nocs: frozen ViT-S/14 DINOv2, 96 keypoints,
 # 36.8 M parameters) with the published per-iteration batch (40 objects), Adam + CyclicLR, fp32 (no TF32, no AMP),
-# on the packed synthetic data (.carry/demo_packed), for a fixed wall-clock budget. Random DINO weights: same compute.
-#   bash scripts/train_speed_gpu.sh [NPROC=1]          # NPROC > 1: DDP through torchrun, BS objects per GPU
+# on the packed synthetic data (scripts/make_demo_data.sh DATA_DIR), for a fixed wall-clock budget. Random DINO
+# weights: same compute.
+#   bash scripts/train_speed_gpu.sh DATA_DIR [NPROC=1]   # NPROC > 1: DDP through torchrun, BS objects per GPU
 # Env: BS (per-process batch, default 40), BUDGET (seconds of training, default 150), OUT.
 # Writes $OUT/{train_summary.json (it_per_s, it_per_s_steady), scalars.csv, train.log}.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-nproc_gpu="${1:-1}"
-shift || true
+data="$(realpath -m "${1:?usage: scripts/train_speed_gpu.sh DATA_DIR [NPROC] [cleanpose-train args]}")"
+nproc_gpu="${2:-1}"
+shift $(( $# >= 2 ? 2 : 1 ))
 out="${OUT:-runs/speed}"
 mkdir -p "$out"
 bs="${BS:-40}"
@@ -28,7 +30,7 @@ fi
 {
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
     "${launch[@]}" --config training/configs/demo.yaml --set model=cleanpose_nocs \
-        --set data.sources.0.batch_size="$bs" --set schedule.iterations=120000 --set schedule.time_budget_s=null \
+        --set data.sources.0.root="$data/train" --set data.sources.0.batch_size="$bs" --set schedule.iterations=120000 --set schedule.time_budget_s=null \
         --set schedule.base_lr=2e-5 --set schedule.max_lr=5e-4 --set schedule.step_size_up=20000 \
         --set schedule.step_size_down=20000 --set trainer.clip_grad_norm=null --set trainer.tf32=false \
         --set trainer.amp=off --set trainer.max_seconds="$budget" --set trainer.workers="$workers" \
