@@ -9,6 +9,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+# How an estimator runs its network: "exact" reproduces the reference network's fp32 numbers; "fast" may trade
+# precision for speed where the device allows it (CUDA). Every family and every inference form takes these.
+MODES = ("exact", "fast")
+
 
 @dataclass
 class ObjectBatch:

@@ -14,11 +14,9 @@ from typing import Any
 import torch
 
 from cleanpose_model.categories import CategorySet
-from cleanpose_model.types import InputSpec, ObjectBatch, PoseResult
+from cleanpose_model.types import MODES, InputSpec, ObjectBatch, PoseResult
 
-# How a network runs: "exact" reproduces the reference network's fp32 numbers; "fast" may trade precision
-# for speed where the device allows it (CUDA). "fp32" is the ROS parameter's older name of "exact".
-MODES = ("exact", "fast")
+# "fp32" is the ROS parameter's older name of "exact".
 _MODE_ALIASES = {"fp32": "exact"}
 
 

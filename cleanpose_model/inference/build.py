@@ -38,8 +38,9 @@ from cleanpose_model.inference.forms.pointwise import fold_for_inference
 from cleanpose_model.inference.graphs import GraphedForward, tf32_products
 from cleanpose_model.net import CleanPoseNet
 from cleanpose_model.ops.triton import HAVE_TRITON
+from cleanpose_model.types import MODES
 
-PRECISIONS = ("exact", "fast")
+PRECISIONS = MODES  # the estimator modes are the inference precisions
 # The fast mode's DINOv2 dtype: as fast as bf16 on an H100, 8x finer mantissa, and DINOv2-S activations
 # stay far inside fp16 range.
 FAST_DTYPE = torch.float16
