@@ -11,11 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ATTENTION_IMPLS = ("sdpa", "math")
-# Measured on an H100 (bench/stage_times.py): the math form is faster for these shapes in fp32 and
-# with TF32 (keypoint detector 0.84 -> 0.56 ms for 1 object), and equal elsewhere.
-DEFAULT_ATTENTION_IMPL = "math"
-
 
 def _ffn(d_model: int, dim_ffn: int) -> nn.Sequential:
     # Dropout(0) kept so the second Linear sits at index 3, as in the published keys.
@@ -28,16 +23,12 @@ def _mha(d_model: int, num_heads: int) -> nn.MultiheadAttention:
     return nn.MultiheadAttention(d_model, num_heads, dropout=0.0, batch_first=True)
 
 
-def multihead_attention(mha: nn.MultiheadAttention, query: torch.Tensor, memory: torch.Tensor, impl: str):
-    """``mha(query, memory, memory)`` (batch_first, no mask, no dropout) -> (B, Lq, C).
-
-    ``"sdpa"`` calls the module (PyTorch picks a fused kernel). ``"math"`` spells the same
-    algebra out as projections + two batched matmuls + softmax: with 4 heads, 96 queries and
-    12-1024 keys the fused fp32 kernels are launch- and tile-bound, and plain batched matmuls are
-    cheaper. Both are the published formula; they differ only in float rounding.
+def multihead_attention(mha: nn.MultiheadAttention, query: torch.Tensor, memory: torch.Tensor):
+    """``mha(query, memory, memory)`` (batch_first, no mask, no dropout) -> (B, Lq, C), spelled out as
+    projections + two batched matmuls + softmax: the published formula (the module call differs only in
+    float rounding), and with 4 heads, 96 queries and 12-1024 keys cheaper than the module's fused kernels
+    (keypoint detector 0.84 -> 0.56 ms for 1 object on an H100).
     """
-    if impl == "sdpa":
-        return mha(query, memory, memory, need_weights=False)[0]
     bsz, lq, c = query.shape
     h = mha.num_heads
     w, b = mha.in_proj_weight, mha.in_proj_bias
@@ -65,13 +56,12 @@ class AttnBlock(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
         self.ffn = _ffn(d_model, dim_ffn)
-        self.attn_impl = DEFAULT_ATTENTION_IMPL
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         q = self.norm1(query)
-        query = query + multihead_attention(self.multihead_attn, q, memory, self.attn_impl)
+        query = query + multihead_attention(self.multihead_attn, q, memory)
         q = self.norm2(query)
-        query = query + multihead_attention(self.self_attn, q, q, self.attn_impl)
+        query = query + multihead_attention(self.self_attn, q, q)
         return query + self.ffn(self.norm3(query))
 
 
@@ -82,11 +72,10 @@ class SelfAttnBlock(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.ffn = _ffn(d_model, dim_ffn)
-        self.attn_impl = DEFAULT_ATTENTION_IMPL
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         q = self.norm1(query)
-        query = query + multihead_attention(self.self_attn, q, q, self.attn_impl)
+        query = query + multihead_attention(self.self_attn, q, q)
         return query + self.ffn(self.norm2(query))
 
 
@@ -110,12 +99,3 @@ class SelfAttnLayer(nn.Module):
         for blk in self.attn_blocks:
             query = blk(query)
         return query
-
-
-def set_attention_impl(module: nn.Module, impl: str) -> None:
-    """Select the attention implementation of every transformer block under ``module``."""
-    if impl not in ATTENTION_IMPLS:
-        raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
-    for m in module.modules():
-        if isinstance(m, AttnBlock | SelfAttnBlock):
-            m.attn_impl = impl

