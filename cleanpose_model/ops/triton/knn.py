@@ -8,7 +8,7 @@ returns whenever the k-th and (k+1)-th smallest distances differ; on an exact ti
 
 It was written to keep PyTorch's sort/top-k kernels out of the inference process, but on the H100
 stack measured (torch 2.11, CUDA 13) first-using ``topk`` costs no GPU memory beyond what the first
-torch kernel already loaded (bench/module_memory.py), so it only buys time: fast forward 3.06 ->
+torch kernel already loaded (the former bench/module_memory.py), so it only buys time: fast forward 3.06 ->
 2.96 ms at 1 object, unchanged at 6, outputs bit-identical.
 """
 

@@ -172,8 +172,8 @@ if HAVE_TRITON:
             d = tl.where(ids == at[:, None], float("inf"), d)
 
 
-# Launch width per cloud size (next power of two), measured on an H100 (bench/fps_kernel.py): the serial
-# argmax chain is cheapest with 4 warps at 1024 points and with 1 warp at <= 256 points.
+# Launch width per cloud size (next power of two), measured on an H100 (the former bench/fps_kernel.py): the
+# serial argmax chain is cheapest with 4 warps at 1024 points and with 1 warp at <= 256 points.
 FPS_WARPS = {16: 1, 32: 1, 64: 1, 128: 1, 256: 1, 512: 4, 1024: 4, 2048: 8}
 
 
@@ -203,7 +203,7 @@ def fps_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """xyz (B, N, 3) float32 CUDA, ``tie_rank`` (N,) int32 (`fps_tie_rank`) -> int64 indices
     (B, npoint) and the sampled points (B, npoint, 3). ``num_warps`` overrides the launch width
-    (bench/fps_kernel.py measures the choices)."""
+    (measured as the launch table above says)."""
     if not HAVE_TRITON:
         raise RuntimeError("Triton is not installed; use the torch FPS")
     bsz, n, three = xyz.shape
@@ -245,7 +245,7 @@ def ball_query2_triton(
     # 8x128 tiles: the fastest on an H100 at every MSG level (1 and 6 objects), and small enough to stay in
     # registers. 32-centre tiles spill (ptxas: a 2.5 KB stack frame per thread); the driver sizes the
     # context's local memory for the largest frame of any launched kernel times every thread the GPU can
-    # hold, and never shrinks it: that one launch cost the process ~390 MB (bench/module_memory.py).
+    # hold, and never shrinks it: that one launch cost the process ~390 MB (former bench/module_memory.py).
     # 8 centres need 136 bytes, under the 1 KB per-thread stack every context already reserves.
     # (4x1024 tiles with one long cumsum were 2-5x slower.)
     block_n = 128

@@ -393,7 +393,7 @@ class Launch(NamedTuple):
 
 
 # Default launch shapes. Chosen from ptxas' resource counts for sm_90 at the published widths (no spills,
-# <= ~100 KB shared memory, <= ~210 registers), not from timings: bench/sa_kernels.py times the
+# <= ~100 KB shared memory, <= ~210 registers), not from timings: the former bench/sa_kernels.py timed the
 # alternatives. Spilling matters beyond speed: the driver sizes a context's local memory for the largest
 # stack frame any launched kernel needs, for good (see ball_query2_triton). Pipelining the K loops
 # (num_stages > 1) multiplies their shared-memory buffers: SA3 at 64 rows needs 245 KB with 3 stages.
@@ -492,7 +492,7 @@ def set_abstraction(
 
 
 def fp_default_launch(w: FPWeights, mode: str) -> Launch:
-    # Launch shapes from bench/sa_kernels.py's sweep on an H100 (1 and 6 objects).
+    # Launch shapes from the former bench/sa_kernels.py's sweep on an H100 (1 and 6 objects).
     if mode == "split":
         return Launch(16, 4, 2)  # FP2/FP3: 0.018-0.028 ms vs 0.022-0.030 at 32 rows / 8 warps
     if w.w1t.shape[1] <= 128:
