@@ -27,6 +27,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
-    from ros_harness import build_random_checkpoint
+    # the benchmark's maker: a demo-config network with seeded random weights, in our checkpoint format
+    from cleanpose_tools.bench import build_random_checkpoint
 
     return build_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "demo_random.safetensors")

@@ -18,22 +18,6 @@ REPO = Path(__file__).resolve().parents[2]
 FRAME_ID = "camera_color_optical_frame"
 
 
-def build_random_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A demo-config network with seeded random weights in our checkpoint format (what configure loads)."""
-    import torch
-
-    from cleanpose_model.config import ModelConfig
-    from cleanpose_model.io import checkpoints
-    from cleanpose_model.net import CleanPoseNet
-
-    torch.manual_seed(seed)
-    cfg = ModelConfig.named("demo")
-    net = CleanPoseNet(cfg).eval()
-    queue = torch.randn(cfg.cat_num, cfg.select_num, cfg.d_model) if checkpoints.uses_queue(net) else None
-    checkpoints.save_checkpoint(path, net, cfg, queue=queue)
-    return path
-
-
 def synthetic_frames(n: int, seed: int = 0, width: int = 160, height: int = 120, objects=(2, 3)):
     """Rendered frames with ground truth from the synthetic generator (training/synthetic)."""
     from cleanpose_training.synthetic.__main__ import bag_frames, scene_rngs
