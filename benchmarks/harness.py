@@ -250,3 +250,29 @@ class Report:
         path.write_text(json.dumps(_jsonable(self.data), indent=2))
         print(f"\nwrote {path}", flush=True)
         return path
+
+
+# Columns left out of rendered tables: long or nested values (kept in the JSON).
+_SKIP_COLUMNS = {"subscriptions", "p5_ms", "p99_ms", "mean_ms", "min_ms"}
+
+
+def render(data: dict) -> str:
+    """Markdown of a written report (its rows, notes and same-run comparisons), e.g. for a results README."""
+    m = data["machine"]
+    lines = [
+        f"### {data['suite']} ({m.get('gpu') or m['device']}, torch {m['torch']}, {data['started_utc']})",
+        "",
+    ]
+    cols: list[str] = []
+    for r in data["rows"]:
+        cols += [
+            k for k, v in r.items() if k not in cols and k not in _SKIP_COLUMNS and not isinstance(v, dict)
+        ]
+    lines.append(Report.table(data["rows"], cols))
+    lines += [f"\nnote: {n}" for n in data.get("notes", [])]
+    if data["comparisons"]:
+        ccols: list[str] = []
+        for c in data["comparisons"]:
+            ccols += [k for k in c if k not in ccols and k not in ("between", "value")]
+        lines += ["", "Same-run ratios (other / base):", "", Report.table(data["comparisons"], ccols)]
+    return "\n".join(lines)

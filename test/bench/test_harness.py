@@ -70,3 +70,19 @@ def test_finish_args_quick_mode():
     assert (args.device, args.objects, args.iterations, args.warmup) == ("cpu", [1], 2, 1)
     args = harness.finish_args(ap.parse_args(["--objects", "3", "4"]), objects=[1, 6], quick_objects=[1])
     assert args.objects == [3, 4] and args.iterations == 50
+
+
+def test_tables_render_written_report(tmp_path):
+    r = _report()
+    r.add(tree="baseline", objects=1, median_ms=10.0, stages={"nested": 1.0})
+    r.add(tree="current", objects=1, median_ms=8.0)
+    r.compare(key=("objects",), between="tree", base="baseline", other="current")
+    path = r.write(tmp_path)
+    from benchmarks.__main__ import main
+
+    md = harness.render(json.loads(path.read_text()))
+    lines = md.splitlines()
+    assert "| tree | objects | median_ms |" in lines  # nested values stay in the JSON only
+    assert "| baseline | 1 | 10.000 |" in lines and "| current | 1 | 8.000 |" in lines
+    assert "| 1 | baseline | current | 10.000 | 8.000 | 0.800 |" in lines
+    assert main(["tables", str(path)]) == 0
