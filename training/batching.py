@@ -121,6 +121,8 @@ def iteration_loader(
 ) -> DataLoader:
     """The DataLoader of one training source: keyed items, ``workers`` processes started by
     ``start_method`` (0 = in this process)."""
+    # Prefetching and a start method only mean something with worker processes.
+    more = {"prefetch_factor": 4, "multiprocessing_context": start_method} if workers > 0 else {}
     return DataLoader(
         EpochKeyed(ds),
         batch_sampler=sampler,
@@ -128,7 +130,5 @@ def iteration_loader(
         collate_fn=collate,
         worker_init_fn=_worker_init,
         pin_memory=pin_memory,
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
-        multiprocessing_context=start_method if workers > 0 else None,
+        **more,
     )

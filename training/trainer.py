@@ -297,15 +297,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             params, lr=s.base_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
         )
-        self.scheduler = torch.optim.lr_scheduler.CyclicLR(
-            self.optimizer,
-            base_lr=s.base_lr,
-            max_lr=s.max_lr,
-            step_size_up=s.step_size_up,
-            step_size_down=s.step_size_down,
-            mode=s.mode,
-            cycle_momentum=False,
-        )
+        self._make_scheduler(s.step_size_up, s.step_size_down, 0)
         amp = tc.amp if self.device.type == "cuda" else "off"
         if tc.amp != "off" and self.device.type != "cuda":
             log.info("amp=%s ignored on %s: autocast is used on CUDA only", tc.amp, self.device)
@@ -382,17 +374,13 @@ class Trainer:
         return loaders
 
     def _make_scheduler(self, up: int, down: int | None, steps_taken: int):
+        """A fresh CyclicLR with these step sizes, advanced by ``steps_taken`` steps."""
         s = self.cfg.schedule
         for g in self.optimizer.param_groups:
             g.pop("initial_lr", None)
+        # Adam has no momentum for CyclicLR to cycle.
         self.scheduler = torch.optim.lr_scheduler.CyclicLR(
-            self.optimizer,
-            base_lr=s.base_lr,
-            max_lr=s.max_lr,
-            step_size_up=up,
-            step_size_down=down,
-            mode=s.mode,
-            cycle_momentum=False,
+            self.optimizer, s.base_lr, s.max_lr, up, down, mode=s.mode, cycle_momentum=False
         )
         with warnings.catch_warnings():
             # fast-forwarding the schedule without optimizer steps is intended here

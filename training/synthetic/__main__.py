@@ -1,7 +1,8 @@
 """CLI: `python -m cleanpose_training.synthetic {nocs,bag} ...` (console script `cleanpose-synth`).
 
 Examples:
-    python -m cleanpose_training.synthetic nocs --out data/synth --split train --scenes 20 --frames 50 --seed 0
+    python -m cleanpose_training.synthetic nocs --out data/synth --split train --scenes 20 --frames 50 \
+        --seed 0
     python -m cleanpose_training.synthetic nocs --out data/synth --split test --scenes 4 --frames 25 \
         --seed 1 --mask-noise 3,0.1
     python -m cleanpose_training.synthetic bag --out bags/demo --frames 300 --objects-per-frame 3-5 --seed 0
@@ -14,6 +15,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from tqdm import tqdm
 from .bag_writer import BagOptions, write_bag
 from .nocs_writer import MaskNoise, NocsWriter
 from .render import DepthNoise, Frame, Lighting, Renderer
-from .scene import Camera, arc_trajectory, random_views, sample_scene
+from .scene import Camera, Scene, arc_trajectory, random_views, sample_scene
 from .shapes import CATEGORIES
 
 
@@ -32,20 +34,17 @@ def scene_rngs(seed: int, purpose: str, n: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in ss.spawn(n)]
 
 
-def _objects_range(text: str) -> tuple[int, int]:
-    lo, _, hi = text.partition("-")
-    a, b = int(lo), int(hi or lo)
-    if not 1 <= a <= b:
-        raise argparse.ArgumentTypeError(f"expected A-B with 1 <= A <= B, got {text!r}")
-    return a, b
+def _range_at_least(lowest: int):
+    """An argparse type for "A-B" (or "A") with ``lowest`` <= A <= B."""
 
+    def parse(text: str) -> tuple[int, int]:
+        lo, _, hi = text.partition("-")
+        a, b = int(lo), int(hi or lo)
+        if not lowest <= a <= b:
+            raise argparse.ArgumentTypeError(f"expected A-B with {lowest} <= A <= B, got {text!r}")
+        return a, b
 
-def _count_range(text: str) -> tuple[int, int]:
-    lo, _, hi = text.partition("-")
-    a, b = int(lo), int(hi or lo)
-    if not 0 <= a <= b:
-        raise argparse.ArgumentTypeError(f"expected A-B with 0 <= A <= B, got {text!r}")
-    return a, b
+    return parse
 
 
 def _categories(text: str) -> tuple[str, ...]:
@@ -61,41 +60,60 @@ def _mask_noise(text: str) -> MaskNoise:
     return MaskNoise(max_radius_px=int(r), score_jitter=float(j or 0.0))
 
 
+@dataclass(frozen=True)
+class SceneSpec:
+    """What every generator samples and renders: category objects per scene (fewer may be visible in a
+    frame), their categories, non-category clutter per scene, image size and shadow rays."""
+
+    objects: tuple[int, int] = (3, 6)
+    categories: tuple[str, ...] = CATEGORIES
+    distractors: tuple[int, int] = (0, 2)
+    width: int = 640
+    height: int = 480
+    shadows: bool = True
+
+    @property
+    def camera(self) -> Camera:
+        return Camera.real275(self.width, self.height)
+
+    def sample(self, rng: np.random.Generator) -> Scene:
+        n = int(rng.integers(self.objects[0], self.objects[1] + 1))
+        return sample_scene(rng, n, self.categories, distractors=self.distractors)
+
+    def renderer(self, scene: Scene) -> Renderer:
+        return Renderer(scene, self.camera, shadows=self.shadows)
+
+
 def generate_nocs(
     out: str | Path,
     *,
     split: str = "train",
     scenes: int = 1,
     frames: int = 10,
-    objects: tuple[int, int] = (3, 6),
-    categories: tuple[str, ...] = CATEGORIES,
     seed: int = 0,
-    width: int = 640,
-    height: int = 480,
     write_results: bool = True,
     mask_noise: MaskNoise | None = None,
     min_valid_depth_pixels: int = 64,
-    shadows: bool = True,
     progress: bool = False,
-    distractors: tuple[int, int] = (0, 2),
+    **scene,
 ) -> NocsWriter:
-    camera = Camera.real275(width, height)
+    """A NOCS/DPDN-layout split of ``scenes`` x ``frames`` random views; ``scene``: :class:`SceneSpec`
+    fields."""
+    spec = SceneSpec(**scene)
     writer = NocsWriter(
         out,
         split,
-        camera,
+        spec.camera,
         min_valid_depth_pixels=min_valid_depth_pixels,
         write_results=write_results,
         mask_noise=mask_noise,
     )
     bar = tqdm(total=scenes * frames, unit="frame", disable=not progress, desc=f"nocs/{split}")
     for k, rng in enumerate(scene_rngs(seed, f"nocs/{split}", scenes)):
-        scene = sample_scene(
-            rng, int(rng.integers(objects[0], objects[1] + 1)), categories, distractors=distractors
-        )
-        writer.add_scene_models(scene, rng)
-        renderer = Renderer(scene, camera, shadows=shadows)
-        for i, T in enumerate(random_views(rng, scene, frames)):
+        layout = spec.sample(rng)
+        writer.add_scene_models(layout, rng)
+        renderer = spec.renderer(layout)
+        for i, T in enumerate(random_views(rng, layout, frames)):
             frame = renderer.render(T, rng, lighting=Lighting.random(rng), noise=DepthNoise())
             writer.write_frame(k + 1, i, frame, rng)
             bar.update(1)
@@ -115,12 +133,11 @@ def bag_frames(
     distractors: tuple[int, int] = (0, 2),
 ) -> Iterator[Frame]:
     """Frames of one static scene along a smooth arc; the light stays fixed so only the camera moves."""
-    scene = sample_scene(
-        rng, int(rng.integers(objects[0], objects[1] + 1)), categories, distractors=distractors
-    )
-    renderer = Renderer(scene, camera, shadows=shadows)
+    spec = SceneSpec(objects, categories, distractors, camera.width, camera.height, shadows)
+    layout = spec.sample(rng)
+    renderer = Renderer(layout, camera, shadows=shadows)
     lighting = Lighting.random(rng)
-    for T in arc_trajectory(rng, scene, frames, rate_hz=rate_hz):
+    for T in arc_trajectory(rng, layout, frames, rate_hz=rate_hz):
         yield renderer.render(T, rng, lighting=lighting, rgb_noise_sigma=2.0)
 
 
@@ -128,55 +145,41 @@ def generate_bag(
     out: str | Path,
     *,
     frames: int = 90,
-    objects: tuple[int, int] = (3, 6),
-    categories: tuple[str, ...] = CATEGORIES,
     seed: int = 0,
-    width: int = 640,
-    height: int = 480,
     storage: str = "mcap",
     rate_hz: float = 30.0,
     mask_noise: MaskNoise | None = None,
-    shadows: bool = True,
     scene_index: int = 0,
     progress: bool = False,
     compress: bool = True,
-    distractors: tuple[int, int] = (0, 2),
+    **scene,
 ) -> int:
-    camera = Camera.real275(width, height)
+    """A rosbag2 of one scene (``scene_index`` of the seed's scenes); ``scene``: :class:`SceneSpec` fields."""
+    spec = SceneSpec(**scene)
     rng = scene_rngs(seed, "bag", scene_index + 1)[scene_index]
-    it = bag_frames(rng, frames, objects, categories, camera, rate_hz, shadows, distractors)
+    it = bag_frames(
+        rng, frames, spec.objects, spec.categories, spec.camera, rate_hz, spec.shadows, spec.distractors
+    )
     it = tqdm(it, total=frames, unit="frame", disable=not progress, desc=f"bag {Path(out).name}")
     opts = BagOptions(storage=storage, rate_hz=rate_hz, mask_noise=mask_noise, compress=compress)
     # Mask noise draws from its own stream, so switching it on does not change the rendered frames.
     return write_bag(out, it, scene_rngs(seed, "bag/detections", scene_index + 1)[scene_index], opts)
 
 
-def write_previews(
-    out: str | Path,
-    *,
-    frames: int = 4,
-    objects: tuple[int, int] = (3, 6),
-    categories: tuple[str, ...] = CATEGORIES,
-    seed: int = 0,
-    width: int = 640,
-    height: int = 480,
-    shadows: bool = True,
-    distractors: tuple[int, int] = (0, 2),
-) -> list[Path]:
-    """PNGs of random frames with the GT 3D boxes, axes and labels drawn, and the depth beside them."""
+def write_previews(out: str | Path, *, frames: int = 4, seed: int = 0, **scene) -> list[Path]:
+    """PNGs of random frames with the GT 3D boxes, axes and labels drawn, and the depth beside them;
+    ``scene``: :class:`SceneSpec` fields."""
     import cv2
 
     from .render import draw_boxes
 
+    spec = SceneSpec(**scene)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    camera = Camera.real275(width, height)
     paths = []
     for k, rng in enumerate(scene_rngs(seed, "preview", frames)):
-        scene = sample_scene(
-            rng, int(rng.integers(objects[0], objects[1] + 1)), categories, distractors=distractors
-        )
-        frame = Renderer(scene, camera, shadows=shadows).render(random_views(rng, scene, 1)[0], rng)
+        layout = spec.sample(rng)
+        frame = spec.renderer(layout).render(random_views(rng, layout, 1)[0], rng)
         d = frame.depth_mm.astype(np.float32)
         valid = d > 0
         lo, hi = np.percentile(d[valid], [1, 99]) if valid.any() else (0.0, 1.0)
@@ -217,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--scenes", type=int, default=1)
         s.add_argument(
             "--objects-per-frame",
-            type=_objects_range,
+            type=_range_at_least(1),
             default=(3, 6),
             metavar="A-B",
             help="category objects placed per scene (fewer may be visible in a frame)",
@@ -236,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--no-shadows", action="store_true", help="skip shadow rays (faster)")
         s.add_argument(
             "--distractors",
-            type=_count_range,
+            type=_range_at_least(0),
             default=(0, 2),
             metavar="A-B",
             help="non-category clutter objects per scene (no ground truth), e.g. 0-2 or 0",
@@ -264,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
+    scene = {
+        "objects": args.objects_per_frame,
+        "categories": args.categories,
+        "distractors": args.distractors,
+        "width": args.width,
+        "height": args.height,
+        "shadows": not args.no_shadows,
+    }
     if args.command == "nocs":
         results = args.results == "yes" or (args.results == "auto" and args.split != "train")
         generate_nocs(
@@ -271,54 +282,31 @@ def main(argv: list[str] | None = None) -> int:
             split=args.split,
             scenes=args.scenes,
             frames=args.frames,
-            objects=args.objects_per_frame,
-            categories=args.categories,
             seed=args.seed,
-            width=args.width,
-            height=args.height,
             write_results=results,
             mask_noise=args.mask_noise,
             min_valid_depth_pixels=args.min_valid_depth,
-            shadows=not args.no_shadows,
             progress=True,
-            distractors=args.distractors,
+            **scene,
         )
         n = args.scenes * args.frames
     elif args.command == "preview":
-        paths = write_previews(
-            args.out,
-            frames=args.frames,
-            objects=args.objects_per_frame,
-            categories=args.categories,
-            seed=args.seed,
-            width=args.width,
-            height=args.height,
-            shadows=not args.no_shadows,
-            distractors=args.distractors,
-        )
-        n = len(paths)
+        n = len(write_previews(args.out, frames=args.frames, seed=args.seed, **scene))
     else:
         paths = [args.out] if args.scenes == 1 else [args.out / f"scene_{k}" for k in range(args.scenes)]
         if args.scenes > 1:
             args.out.mkdir(parents=True, exist_ok=True)
         n = 0
         for k, path in enumerate(paths):
+            bag = {"storage": args.storage, "rate_hz": args.rate, "compress": not args.no_compress}
             n += generate_bag(
                 path,
                 frames=args.frames,
-                objects=args.objects_per_frame,
-                categories=args.categories,
                 seed=args.seed,
-                width=args.width,
-                height=args.height,
-                storage=args.storage,
-                rate_hz=args.rate,
                 mask_noise=args.mask_noise,
-                shadows=not args.no_shadows,
                 scene_index=k,
-                progress=True,
-                compress=not args.no_compress,
-                distractors=args.distractors,
+                **bag,
+                **scene,
             )
     dt = time.perf_counter() - t0
     print(f"wrote {n} frames to {args.out} in {dt:.1f} s ({n / max(dt, 1e-9):.2f} frames/s)", file=sys.stderr)

@@ -137,6 +137,22 @@ class ObjectModel:
 # primitive builders (each returns a closed, outward-oriented surface)
 
 
+def _tube_faces(n_rings: int, segments: int, start: int, end: int) -> np.ndarray:
+    """Triangles of ``n_rings`` rings of ``segments`` vertices each (stored ring after ring): consecutive
+    rings joined by quads, the ends closed by fans to the vertices ``start`` (at the first ring) and ``end``
+    (at the last one); counter-clockwise seen from outside when the rings turn as ``revolve``'s do."""
+    i = np.arange(n_rings - 1)[:, None]
+    j = np.arange(segments)[None, :]
+    a, b = i * segments + j, i * segments + (j + 1) % segments
+    c, d = a + segments, b + segments
+    quads = np.concatenate([np.stack([a, b, d], -1).reshape(-1, 3), np.stack([a, d, c], -1).reshape(-1, 3)])
+    jj = np.arange(segments)
+    cap0 = np.stack([np.full(segments, start), (jj + 1) % segments, jj], -1)
+    last = (n_rings - 1) * segments
+    cap1 = np.stack([np.full(segments, end), last + jj, last + (jj + 1) % segments], -1)
+    return np.concatenate([quads, cap0, cap1]).astype(np.int32)
+
+
 def revolve(profile: np.ndarray, segments: int) -> tuple[np.ndarray, np.ndarray]:
     """Solid of revolution about y of a profile (K, 2) of (radius > 0, y), closed by two pole vertices.
 
@@ -159,19 +175,7 @@ def revolve(profile: np.ndarray, segments: int) -> tuple[np.ndarray, np.ndarray]
     bottom = k * segments
     top = bottom + 1
     verts = np.concatenate([ring, [[0.0, y[0], 0.0], [0.0, y[-1], 0.0]]])
-    i = np.arange(k - 1)[:, None]
-    j = np.arange(segments)[None, :]
-    jn = (j + 1) % segments
-    a = i * segments + j
-    b = i * segments + jn
-    c = (i + 1) * segments + j
-    d = (i + 1) * segments + jn
-    quads = np.concatenate([np.stack([a, b, d], -1).reshape(-1, 3), np.stack([a, d, c], -1).reshape(-1, 3)])
-    jj = np.arange(segments)
-    fan_bottom = np.stack([np.full(segments, bottom), (jj + 1) % segments, jj], -1)
-    last = (k - 1) * segments
-    fan_top = np.stack([np.full(segments, top), last + jj, last + (jj + 1) % segments], -1)
-    tris = np.concatenate([quads, fan_bottom, fan_top]).astype(np.int32)
+    tris = _tube_faces(k, segments, bottom, top)
     return verts, tris
 
 
@@ -225,17 +229,7 @@ def sweep_tube(
     ).reshape(-1, 3)
     start, end = p * segments, p * segments + 1
     verts = np.concatenate([rings, path[:1], path[-1:]])
-    i = np.arange(p - 1)[:, None]
-    j = np.arange(segments)[None, :]
-    jn = (j + 1) % segments
-    a, b = i * segments + j, i * segments + jn
-    c, d = (i + 1) * segments + j, (i + 1) * segments + jn
-    quads = np.concatenate([np.stack([a, d, c], -1).reshape(-1, 3), np.stack([a, b, d], -1).reshape(-1, 3)])
-    jj = np.arange(segments)
-    cap0 = np.stack([np.full(segments, start), (jj + 1) % segments, jj], -1)
-    last = (p - 1) * segments
-    cap1 = np.stack([np.full(segments, end), last + jj, last + (jj + 1) % segments], -1)
-    tris = np.concatenate([quads, cap0, cap1]).astype(np.int32)
+    tris = _tube_faces(p, segments, start, end)
     return verts, tris
 
 
