@@ -3,7 +3,9 @@
 the kernel's largest deviation from the reference on the same inputs (a mismatch count for index outputs).
 
 Kernel rows need Triton and CUDA (or ``TRITON_INTERPRET=1`` on the CPU, where the times mean nothing); without
-them only the torch references are timed, the report says why, and no ratio is formed.
+them only the torch references are timed, the report says why, and no ratio is formed. Not timed here: the
+set-abstraction / feature-propagation kernels of ``ops/triton/sa.py``, whose packed weights follow the
+network's layers (the forward suite times them in place).
 
     python -m benchmarks kernels --objects 1 6 16 --out docs/results/h200
     python -m benchmarks kernels --quick --out /tmp/b
@@ -41,7 +43,10 @@ def _r(gen, *shape, scale=1.0):
     return torch.randn(*shape, generator=gen) * scale
 
 
-def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+def max_abs(a, b) -> float:
+    """Largest absolute difference of two outputs (tensors, or tuples of tensors)."""
+    if isinstance(a, (list, tuple)):
+        return max(max_abs(x, y) for x, y in zip(a, b, strict=True))
     return float((a.double() - b.double()).abs().max())
 
 
@@ -92,6 +97,29 @@ def _nocs(n, g):
     return h, w, b, torch.randint(0, cats, (n,), generator=g)
 
 
+def _embed(n, g):
+    patches = _r(g, n, 256, 384).half()
+    return patches, _r(g, 257, 384), 1.0 + 0.2 * _r(g, 384), 0.1 * _r(g, 384)
+
+
+def _gate(n, g):
+    ln, aug, ori = torch.nn.LayerNorm(C), torch.nn.Linear(C, 1), torch.nn.Linear(C, 1)
+    with torch.no_grad():
+        ln.weight.add_(0.1 * _r(g, C))
+        ln.bias.add_(0.1 * _r(g, C))
+    return (*(_r(g, n, KPT, C) for _ in range(3)), ln, aug, ori)
+
+
+def _aggregate(n, g, knn=16):
+    pts = _r(g, n, PTS, 3, scale=0.1)
+    idx = torch.randint(0, PTS, (n, KPT, knn), generator=g)
+    knn_xyz = torch.gather(pts, 1, idx.reshape(n, -1, 1).expand(-1, -1, 3)).view(n, KPT, knn, 3)
+    feats = (_r(g, n, PTS, C), _r(g, n, KPT, C), _r(g, n, KPT, C))  # proj, q, pre
+    weights = (_r(g, 64, 3, scale=3.0), _r(g, 64, scale=0.1), _r(g, 64, C, scale=0.2), _r(g, C, scale=0.1))
+    weights += (_r(g, C, C, scale=0.06), _r(g, C, scale=0.1), _r(g, C, C, scale=0.06), _r(g, C, scale=0.1))
+    return (_r(g, n, KPT, 3, scale=0.1), knn_xyz, idx, *feats, *weights)
+
+
 def _ops(name):
     return importlib.import_module(f"cleanpose_model.ops.{name}")
 
@@ -137,6 +165,14 @@ CASES = (
         max_abs,
     ),
     Case(
+        "embed_layer_norm",
+        "layernorm",
+        _embed,
+        lambda *a: _ops("layernorm").embed_layer_norm_math(*a, 1e-6, torch.float16),
+        lambda T, *a: T.embed_layer_norm_triton(*a, 1e-6, torch.float16),
+        max_abs,
+    ),
+    Case(
         "fps",
         "pointnet2",
         _cloud,
@@ -174,6 +210,22 @@ CASES = (
         _pairwise,
         lambda *a: _ops("gafa").pairwise_mlp_mean_torch(*a),
         lambda T, *a: T.pairwise_mlp_mean_triton(*a, "ieee"),
+        max_abs,
+    ),
+    Case(
+        "neighbour_aggregate",
+        "gafa",
+        _aggregate,
+        lambda *a: _ops("gafa").neighbour_aggregate_torch(*a[:6], a[6:], 5.0),
+        lambda T, *a: T.neighbour_aggregate_triton(*a[:6], a[6:], 5.0, "ieee"),
+        max_abs,
+    ),
+    Case(
+        "front_door_gate",
+        "head_tails",
+        _gate,
+        lambda *a: _ops("head_tails").front_door_gate_torch(*a),
+        lambda T, *a: T.front_door_gate_triton(*a),
         max_abs,
     ),
     Case(
