@@ -50,15 +50,9 @@ from cleanpose_model.types import ObjectBatch
 
 def default_buckets() -> tuple[int, ...]:
     """The forward's batch buckets (the input builder pads to the same object counts). Looked up when a
-    builder is made, not at import: the inference forms import the whole network stack, and their module is
-    being moved from `cleanpose_model.fast` to `cleanpose_model.inference` (either is accepted)."""
-    try:
-        from cleanpose_model.inference import DEFAULT_BUCKETS
-    except ImportError as first:
-        try:
-            from cleanpose_model.fast import DEFAULT_BUCKETS
-        except ImportError:
-            raise first from None
+    builder is made, not at import: `cleanpose_model.inference` imports the whole network stack."""
+    from cleanpose_model.inference import DEFAULT_BUCKETS
+
     return tuple(DEFAULT_BUCKETS)
 
 
