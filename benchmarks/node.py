@@ -274,10 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--start-timeout", type=float, default=120.0, help="dds part: seconds for the node to start"
     )
-    args = harness.finish_args(ap.parse_args(argv), objects=[6], quick_objects=[3])
+    # quick: 6 frames per row, enough for the DDS part's 30 Hz pacing to matter
+    args = harness.finish_args(ap.parse_args(argv), objects=[6], quick_objects=[3], quick_iterations=6)
     if args.quick:
         args.height, args.width, args.distinct = 120, 160, 2
-        args.iterations = 6 if "frame" in args.parts else args.iterations
     if args.device == "auto":
         from cleanpose_model.device import resolve_device
 
