@@ -290,15 +290,14 @@ class CleanPoseNode(LifecycleNode):
                 self.pipeline.update_config(pipeline_config(live))
             except ValueError as e:
                 return SetParametersResult(successful=False, reason=str(e))
-        pending = params.configure_time_changes(self.p, new, [c.name for c in changes])
+        pending = params.pending_changes(self.p, new, [c.name for c in changes])
         self.p = live
         if live.target_frame and self.target is not None:
             self.target.prepare()  # buffer transforms before the first frame needs one
-        if pending:
-            # rclpy keeps no reason on a successful reply: the log is where the caller learns it.
-            self.get_logger().info(
-                f"{', '.join(pending)} set: takes effect at the next configure (cleanup + configure)"
-            )
+        # rclpy keeps no reason on a successful reply: the log is where the caller learns it.
+        for name, applies in pending.items():
+            when = "configure (cleanup + configure)" if applies == "configure" else "start of the node"
+            self.get_logger().info(f"{name} set: takes effect at the next {when}")
         return SetParametersResult(successful=True)
 
 

@@ -6,7 +6,8 @@ a test fails when the file differs) and the launch file passes that file without
 Configure-time parameters ("read-only" in the sense of "not applied while running") are read in on_configure.
 They can be set at any time; a new value takes effect at the next configure (lifecycle cleanup + configure),
 which is why their ROS descriptors are not marked read_only (a read_only ROS parameter can never be set after
-start-up, so cleanup + configure could not apply a change). Run-time parameters apply to the next frame.
+start-up, so cleanup + configure could not apply a change). Run-time parameters apply to the next frame;
+`autostart` is read once, when the node starts.
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ from typing import Any
 
 from cleanpose_ros.class_map import DEFAULT_CLASS_MAP
 
+# When a changed value takes effect: at the next frame (run time), at the next configure, or at the next
+# start of the node (autostart: it decides whether configure happens at all).
+APPLIES = ("frame", "configure", "start")
+_TAGS = {"frame": "", "configure": "[configure]", "start": "[start-up]"}
 
-def _p(default, desc: str, *, at_configure: bool = False, range=None, choices=None, **kw):
-    meta = {"desc": desc, "at_configure": at_configure, "range": range, "choices": choices}
+
+def _p(default, desc: str, *, applies: str = "frame", range=None, choices=None, **kw):
+    assert applies in APPLIES, applies
+    meta = {"desc": desc, "applies": applies, "range": range, "choices": choices}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -35,18 +42,18 @@ class NodeParams:
         "",
         "Checkpoint path (.safetensors, our format). Empty: the demo checkpoint "
         "models/demo/ of this package.",
-        at_configure=True,
+        applies="configure",
     )
     device: str = _p(
         "cuda",
         "Torch device: 'cuda', 'cuda:N' or 'cpu'. Falls back to cpu with a warning when CUDA is unavailable.",
-        at_configure=True,
+        applies="configure",
     )
     precision: str = _p(
         "fast",
         "'fp32': exact (the published network's numbers); 'fast': DINOv2 in fp16 + TF32 on CUDA "
         "(poses within ~0.5 deg / 1 mm of fp32, measured by benchmarks/forward.py). CPU always runs fp32.",
-        at_configure=True,
+        applies="configure",
         choices=("fp32", "fast"),
     )
     torch_compile: bool = _p(
@@ -54,64 +61,63 @@ class NodeParams:
         "Run DINOv2 and the network head through torch.compile before the CUDA-graph capture (H100: 3.5 -> "
         "3.1 ms for 1 object, 6.6 -> 5.4 ms for 6 in fast mode; adds about a minute per batch bucket "
         "when the bucket is first used). CUDA only.",
-        at_configure=True,
+        applies="configure",
     )
     cuda_graphs: bool = _p(
         True,
         "Replay the forward from CUDA graphs (same outputs, far fewer launches). CUDA only.",
-        at_configure=True,
+        applies="configure",
     )
     queue_mode: str = _p(
         "deterministic",
         "CleanPose confounder-queue selection: 'deterministic' (same input, "
         "same pose) or 'random' (published behaviour).",
-        at_configure=True,
+        applies="configure",
         choices=("deterministic", "random"),
     )
     warmup: bool = _p(
         True,
         "Run forwards at configure (and capture the CUDA graphs for up to 8 objects) so the first frames are "
         "not slow.",
-        at_configure=True,
+        applies="configure",
     )
     # --- inputs / sync (restart needed) ---
     sync_slop: float = _p(
         0.05,
         "Approximate-time sync: max stamp spread (s) of image, depth and detections.",
-        at_configure=True,
+        applies="configure",
         range=(0.0, 10.0),
     )
     sync_queue_size: int = _p(
-        10, "Approximate-time sync queue length per input.", at_configure=True, range=(1, 1000)
+        10, "Approximate-time sync queue length per input.", applies="configure", range=(1, 1000)
     )
     input_reliability: str = _p(
         "best_effort",
         "Input QoS reliability. The default with input_depth 5 is the "
         "sensor-data profile; 'reliable' for reliable-only publishers.",
-        at_configure=True,
+        applies="configure",
         choices=("best_effort", "reliable"),
     )
-    input_depth: int = _p(5, "Input QoS history depth.", at_configure=True, range=(1, 1000))
+    input_depth: int = _p(5, "Input QoS history depth.", applies="configure", range=(1, 1000))
     box_source: str = _p(
         "mask",
         "Crop box of each detection: 'mask' (mask extent, as the NOCS pipeline) or "
         "'detection' (Detection2D bbox, mask extent when empty).",
-        at_configure=True,
+        applies="configure",
         choices=("mask", "detection"),
     )
     autostart: bool = _p(
         True,
-        "Configure and activate on start-up (plain launches without a lifecycle manager); read once, "
-        "at start-up.",
-        at_configure=True,
+        "Configure and activate on start-up (plain launches without a lifecycle manager).",
+        applies="start",
     )
     free_gpu_on_deactivate: bool = _p(
         False,
         "On deactivate, release the model and the cached GPU memory (the model is loaded again on activate).",
-        at_configure=True,
+        applies="configure",
     )
     diagnostics_period: float = _p(
-        1.0, "Seconds between /diagnostics messages.", at_configure=True, range=(0.1, 60.0)
+        1.0, "Seconds between /diagnostics messages.", applies="configure", range=(0.1, 60.0)
     )
     # --- processing (run time) ---
     score_threshold: float = _p(0.0, "Detections below this score are ignored.", range=(0.0, 1.0))
@@ -189,9 +195,10 @@ def descriptor(name: str):
 
 
 def _describe(name: str) -> str:
-    """One description for the ROS descriptor and the YAML comment: [configure] tag, range, choices, text."""
+    """One description for the ROS descriptor and the YAML comment: when a change applies, range, choices,
+    text."""
     m = NodeParams.meta(name)
-    parts = ["[configure]"] if m["at_configure"] else []
+    parts = [_TAGS[m["applies"]]] if _TAGS[m["applies"]] else []
     if m["range"] is not None:
         parts.append(f"range [{m['range'][0]}, {m['range'][1]}]")
     if m["choices"]:
@@ -228,22 +235,23 @@ def with_changes(p: NodeParams, changes) -> NodeParams:
     return new
 
 
-def configure_time_changes(running: NodeParams, new: NodeParams, names) -> list[str]:
-    """Those of `names` that are configure-time parameters with a value in `new` other than `running`'s."""
-    return [
-        n
+def pending_changes(running: NodeParams, new: NodeParams, names) -> dict[str, str]:
+    """name -> when it applies ("configure" / "start"), for those of `names` that do not apply at the next
+    frame and whose value in `new` differs from the one `running` uses."""
+    return {
+        n: NodeParams.meta(n)["applies"]
         for n in names
         if n in NodeParams.names()
-        and NodeParams.meta(n)["at_configure"]
+        and NodeParams.meta(n)["applies"] != "frame"
         and getattr(new, n) != getattr(running, n)
-    ]
+    }
 
 
 def run_time_update(running: NodeParams, new: NodeParams) -> NodeParams:
     """`running` with the run-time parameters of `new` (configure-time ones stay as configured)."""
     out = replace(running, class_map=list(running.class_map))
     for n in NodeParams.names():
-        if not NodeParams.meta(n)["at_configure"]:
+        if NodeParams.meta(n)["applies"] == "frame":
             setattr(out, n, getattr(new, n))
     return out
 
@@ -261,6 +269,7 @@ _YAML_HEADER = """\
 # GENERATED from cleanpose_ros/params.py (the one source of the defaults); do not edit by hand:
 #   python -m cleanpose_ros.params --yaml > config/cleanpose.yaml
 # [configure] = read at configure: a change takes effect at the next lifecycle cleanup + configure;
+# [start-up] = read when the node starts;
 # the others apply to the next frame: ros2 param set /cleanpose_node <name> <value>
 # Use: ros2 launch cleanpose_ros cleanpose.launch.py params_file:=<a copy of this file>
 #
@@ -303,7 +312,7 @@ def to_markdown() -> str:
     defaults = NodeParams()
     for name in NodeParams.names():
         m = NodeParams.meta(name)
-        when = "next configure" if m["at_configure"] else "next frame"
+        when = f"next {m['applies']}"
         extra = f" One of {', '.join(m['choices'])}." if m["choices"] else ""
         extra += f" Range [{m['range'][0]}, {m['range'][1]}]." if m["range"] is not None else ""
         desc = (m["desc"] + extra).replace("|", "\\|")

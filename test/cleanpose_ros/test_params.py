@@ -52,7 +52,8 @@ def test_every_description_reaches_the_file_and_the_descriptor():
         assert meta["desc"] in d.description
         # configure-time values must stay settable so that cleanup + configure can apply a change
         assert not d.read_only
-        assert d.description.startswith("[configure]") == meta["at_configure"], name
+        assert d.description.startswith("[configure]") == (meta["applies"] == "configure"), name
+        assert d.description.startswith("[start-up]") == (meta["applies"] == "start"), name
 
 
 def test_defaults_validate_and_cross_field_checks():
@@ -80,9 +81,13 @@ def test_changes_split_into_run_time_and_configure_time():
     live = params.run_time_update(running, new)
     assert live.score_threshold == 0.5  # run time: in effect now
     assert live.device == "cuda"  # configure time: waits for the next configure
-    assert params.configure_time_changes(running, new, ["device", "score_threshold", "nope"]) == ["device"]
+    assert params.pending_changes(running, new, ["device", "score_threshold", "nope"]) == {
+        "device": "configure"
+    }
     # a configure-time parameter set back to the value in effect is no pending change
-    assert params.configure_time_changes(running, running, ["device"]) == []
+    assert params.pending_changes(running, running, ["device"]) == {}
+    stopped = params.with_changes(running, [Parameter("autostart", value=False)])
+    assert params.pending_changes(running, stopped, ["autostart"]) == {"autostart": "start"}
 
 
 def test_readme_parameter_table_is_the_generated_one():
