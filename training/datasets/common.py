@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from cleanpose_model.categories import HOUSECAT6D, NOCS
+from cleanpose_model.preprocess.reference import get_bbox, sample_object
 
 from . import safe_pickle
 
@@ -112,6 +113,15 @@ def outlier_mask(
     d2 = (qo**2).sum(1)[:, None] + (model**2).sum(1)[None, :] - 2.0 * qo @ model.T
     dmin = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
     return qo.astype(np.float32), (dmin < threshold).astype(np.float32)
+
+
+def sample_instance(rgb, depth_m, K, ids, gts: dict, idx: int, rng, sample_num: int, image_size: int):
+    """The protocol's object step (`sample_object`) for instance `idx` of a label file: the crop window of its
+    box, its pixels in the instance-id image `ids`; depth in metres. Any valid pixel keeps it (the training
+    sample rule, min_points=0); None when there is none."""
+    window = get_bbox(gts["bboxes"][idx], depth_m.shape[0], depth_m.shape[1])
+    mask = ids == gts["instance_ids"][idx]
+    return sample_object(rgb, depth_m, K, mask, window, rng, sample_num, image_size)
 
 
 def worker_rng(seed: int, epoch: int, index: int, attempt: int = 0) -> np.random.Generator:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cleanpose_model.preprocess.reference import get_bbox, normalize_rgb, sample_object
+from cleanpose_model.preprocess.reference import normalize_rgb
 
 from . import augment as aug
 from .common import (
@@ -20,6 +20,7 @@ from .common import (
     read_mask_channel,
     read_rgb,
     require_dir,
+    sample_instance,
     worker_rng,
 )
 from .depth_fill import fill_missing, load_depth_png
@@ -107,17 +108,9 @@ class HouseCat6DTrainingDataset(_HouseCatBase):
         mask = read_mask_channel(p["instance"])
         idx = int(rng.integers(n))
         cat_id = int(gts["class_ids"][idx]) - 1
-        window = get_bbox(gts["bboxes"][idx], depth.shape[0], depth.shape[1])
-        # The serving protocol's object step, keeping any object with a valid pixel.
-        obj = sample_object(
-            read_rgb(rgb_path),
-            depth,
-            self._intrinsics(rgb_path),
-            mask == gts["instance_ids"][idx],
-            window,
-            rng,
-            self.sample_num,
-            self.image_size,
+        K = self._intrinsics(rgb_path)
+        obj = sample_instance(
+            read_rgb(rgb_path), depth, K, mask, gts, idx, rng, self.sample_num, self.image_size
         )
         if obj is None:
             # the published loader asserts here; name the instance so the data can be fixed
@@ -171,22 +164,13 @@ class HouseCat6DTestDataset(_HouseCatBase):
         gts = load_pickle(p["label"], "HouseCat6D label pickle", LABEL_KEYS)
         mask = read_mask_channel(p["instance"])
         rgb_full = read_rgb(rgb_path)
-        H, W = depth.shape
+        K = self._intrinsics(rgb_path)
         pts_l, rgb_l, choose_l, cat_l, keep = [], [], [], [], []
         for j in range(len(gts["instance_ids"])):
             inst = (mask == gts["instance_ids"][j]) & (depth > 0)
             if np.count_nonzero(inst) <= self.min_points:  # full-image test, as published
                 continue
-            obj = sample_object(
-                rgb_full,
-                depth,
-                self._intrinsics(rgb_path),
-                inst,
-                get_bbox(gts["bboxes"][j], H, W),
-                rng,
-                self.sample_num,
-                self.image_size,
-            )
+            obj = sample_instance(rgb_full, depth, K, mask, gts, j, rng, self.sample_num, self.image_size)
             if obj is None:
                 raise DatasetError(
                     f"instance {gts['instance_ids'][j]} of '{rgb_path}' has no mask pixel "

@@ -15,12 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from cleanpose_model.preprocess.reference import (
-    build_object_inputs_np,
-    get_bbox,
-    normalize_rgb,
-    sample_object,
-)
+from cleanpose_model.preprocess.reference import build_object_inputs_np, normalize_rgb
 
 from . import augment as aug
 from .common import (
@@ -36,6 +31,7 @@ from .common import (
     read_rgb,
     require_dir,
     require_file,
+    sample_instance,
     worker_rng,
 )
 from .depth_fill import fill_missing, load_composed_depth, load_depth
@@ -234,19 +230,10 @@ class NOCSTrainingDataset(Dataset):
         mask = read_mask_channel(f"{prefix}_mask.png")
         idx = int(rng.integers(n))
         cat_id = int(gts["class_ids"][idx]) - 1
-        window = get_bbox(gts["bboxes"][idx], depth.shape[0], depth.shape[1])
         rgb_full = read_rgb(f"{prefix}_color.png")
-        # The serving protocol's object step (depth in metres); a training sample keeps any object with a
-        # valid pixel (min_points=0), None = the caller draws another sample.
-        obj = sample_object(
-            rgb_full,
-            depth / 1000.0,
-            self.intrinsics,
-            mask == gts["instance_ids"][idx],
-            window,
-            rng,
-            self.sample_num,
-            self.image_size,
+        # The serving protocol's object step; None (no valid pixel) = the caller draws another sample.
+        obj = sample_instance(
+            rgb_full, depth / 1000.0, self.intrinsics, mask, gts, idx, rng, self.sample_num, self.image_size
         )
         if obj is None:
             return None

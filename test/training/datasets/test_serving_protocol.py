@@ -12,7 +12,7 @@ import torch
 from nocs_fixture import make_nocs_root, write_image_set
 
 from cleanpose_model.preprocess import GraphedInputBuilder, build_object_inputs_np
-from cleanpose_training.datasets import NOCSTrainingDataset, nocs
+from cleanpose_training.datasets import NOCSTrainingDataset, common
 from cleanpose_training.datasets.common import (
     REAL_INTRINSICS,
     load_pickle,
@@ -48,13 +48,13 @@ def _served(ds: NOCSTrainingDataset, index: int):
 def _windows_seen(monkeypatch) -> list:
     """Records the crop window the training loader passes to the protocol."""
     seen = []
-    real = nocs.sample_object
+    real = common.sample_object
 
     def spy(rgb, depth_m, K, mask, window, *args, **kwargs):
         seen.append(tuple(int(v) for v in window))
         return real(rgb, depth_m, K, mask, window, *args, **kwargs)
 
-    monkeypatch.setattr(nocs, "sample_object", spy)
+    monkeypatch.setattr(common, "sample_object", spy)
     return seen
 
 
