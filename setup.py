@@ -1,6 +1,6 @@
-"""ament_python package cleanpose_ros: installs cleanpose_model, cleanpose_ros (the node runtime), cleanpose_tools
-(demo, rosbag replay, replay benchmark) and cleanpose_training (folder training/), the console entry points, and
-launch/config/rviz as ROS data files (share/cleanpose_ros/...).
+"""ament_python package cleanpose_ros: installs cleanpose_model, cleanpose_ros (the node runtime),
+cleanpose_tools (demo, rosbag replay, replay benchmark) and cleanpose_training (folder training/), the console
+entry points, and launch/config/rviz as ROS data files (share/cleanpose_ros/...).
 
 Works both under `colcon build` (ament_python) and `pip install -e .` (scripts/setup.sh). It must not import
 the project packages: they pull in torch / rclpy, which a build step should not need.

@@ -413,7 +413,8 @@ def score_frames(frame_pairs: list[tuple[int, Any, Any]]) -> dict[str, Any]:
     """frame_pairs: (frame index, GT ObjectPoseArray, predicted ObjectPoseArray or None).
 
     Per-object rows and the per-object success rates (share of GT objects within 5°2cm / 10°5cm / IoU > 0.5);
-    plus the NOCS mAP of the evaluation protocol through cleanpose_training.evaluation.metrics when it is importable.
+    plus the NOCS mAP of the evaluation protocol through cleanpose_training.evaluation.metrics when it is
+    importable.
     """
     rows = []
     for fi, gt_msg, pred_msg in frame_pairs:
@@ -472,7 +473,8 @@ def _median(v):
 
 def nocs_map(frame_pairs) -> dict[str, Any]:
     """The evaluation protocol's mAP (NOCS IoU25/50/75, CATRE IoU50/75, 5°2cm ... 10°5cm, ×100) over the
-    sequence, through cleanpose_training.evaluation.metrics; classes without ground truth are left out of the mean."""
+    sequence, through cleanpose_training.evaluation.metrics; classes without ground truth are left out of the
+    mean."""
     try:
         from cleanpose_training.evaluation import metrics
     except ImportError as e:
@@ -639,13 +641,16 @@ def node_command(
 class NodeProcess:
     """The node as a subprocess (its own process, as on a robot), logging to a file."""
 
-    def __init__(self, cmd: list[str], log_path: Path):
+    def __init__(
+        self, cmd: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ):
+        """`env`: variables set on top of this process's environment."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 (lives as long as the process)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True
         )
 
     @property

@@ -5,14 +5,14 @@ as a separate process."""
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from cleanpose_tools.bench import NodeProcess as ToolsNodeProcess
 
 REPO = Path(__file__).resolve().parents[2]
 FRAME_ID = "camera_color_optical_frame"
@@ -116,8 +116,8 @@ def frame_messages(fr, ns: int, depth_encoding: str = "16UC1"):
     return img, dep, det
 
 
-class NodeProcess:
-    """cleanpose_node as its own OS process (as on a robot)."""
+class NodeProcess(ToolsNodeProcess):
+    """cleanpose_node as its own OS process (as on a robot), on `domain_id`, with `params` as -p overrides."""
 
     def __init__(
         self,
@@ -136,16 +136,8 @@ class NodeProcess:
             cmd += ["-p", f"{k}:={v}"]
         for k, v in (remaps or {}).items():
             cmd += ["-r", f"{k}:={v}"]
-        env = dict(
-            os.environ,
-            ROS_DOMAIN_ID=str(domain_id),
-            PYTHONUNBUFFERED="1",
-            RCUTILS_COLORIZED_OUTPUT="0",
-            OMP_NUM_THREADS="1",
-        )
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        env = {"ROS_DOMAIN_ID": str(domain_id), "RCUTILS_COLORIZED_OUTPUT": "0", "OMP_NUM_THREADS": "1"}
+        super().__init__(cmd, log_path, env=env, cwd=REPO)
 
     def log(self) -> str:
         if not self._log.closed:
@@ -156,20 +148,6 @@ class NodeProcess:
         import psutil
 
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(2)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 class Client:

@@ -1,5 +1,5 @@
 """Bag reading (both storage formats, missing topics, no ground truth) and the DDS replay loop of
-cleanpose_tools.replay, against a tiny hand-written bag and an echo node standing in for the cleanpose node."""
+cleanpose_tools.replay, against a tiny hand-written bag and an echo node standing in for the node."""
 
 from __future__ import annotations
 
