@@ -68,7 +68,7 @@ class FusedPoseSizeEstimator(nn.Module):
     def __init__(self, est: PoseSizeEstimator) -> None:
         super().__init__()
         for name in _SHARED:
-            setattr(self, name, getattr(est, name))  # shared: the published forward runs on them
+            setattr(self, name, getattr(est, name))  # shared: the published layout; pose_mlp* are read
         pts1, pts2 = _affine(est.pts_mlp1), _affine(est.pts_mlp2)
         if len(pts1) != len(pts2) or not pts1:
             raise ValueError("the two point MLPs must have the same depth")

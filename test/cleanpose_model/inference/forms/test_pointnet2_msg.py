@@ -1,5 +1,5 @@
-"""The PointNet++ inference form (inference/forms/pointnet2_msg.py) computes the published module: bit for
-bit where its kernels do not run (CPU), and to float rounding with them (CUDA, or the Triton interpreter)."""
+"""The PointNet++ inference form (inference/forms/pointnet2_msg.py): what its kernels cover, and the
+published module's result through them (CUDA, or the Triton interpreter)."""
 
 from __future__ import annotations
 
@@ -83,16 +83,6 @@ def test_unfolded_modules_keep_the_torch_path():
     fused = FP.FusedPointNet2(_net(SMALL), geometry_kernels=False, precision="tf32")
     assert not any(sa.uses_kernel for sa in fused.SA_modules)
     assert not any(fp.uses_kernel for fp in fused.FP_modules)
-
-
-def test_without_kernels_the_output_is_the_published_one_bit_for_bit():
-    folded = fold_for_inference(_net(PointNet2Config()))
-    fused = FP.FusedPointNet2(folded, geometry_kernels=False, precision=None)
-    xyz = _cloud(2, 1024)
-    with torch.no_grad():
-        ref = folded(xyz)
-        got = fused(xyz)
-    assert torch.equal(got, ref)
 
 
 def test_torch_references_are_the_published_levels():
