@@ -121,8 +121,10 @@ def test_robot_command_builds_both_packages(ros_overlay: Path, tmp_path: Path) -
         installed = {p.name for p in (ros / "share" / "cleanpose_ros" / kind).glob(pattern)}
         assert installed == shipped, kind
     site = ros / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-    for package in ["cleanpose_model", "cleanpose_ros", "training"]:
+    for package in ["cleanpose_model", "cleanpose_ros", "cleanpose_tools", "cleanpose_training"]:
         assert (site / package / "__init__.py").is_file(), package
+    # Installed import names are namespaced: the training/ folder must not land as a top-level "training".
+    assert not (site / "training").exists()
 
     msgs = ws / "install" / "cleanpose_msgs"
     assert (msgs / "share" / "cleanpose_msgs" / "msg" / "ObjectPoseArray.msg").is_file()

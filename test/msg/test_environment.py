@@ -35,7 +35,7 @@ def test_env_sh_works_from_a_bare_shell(ros_overlay: Path) -> None:
         "from cleanpose_msgs.msg import InstanceSegmentation, ObjectPose, ObjectPoseArray\n"
         "from vision_msgs.msg import Detection3DArray\n"
         "from tf2_msgs.msg import TFMessage\n"
-        "import rclpy, cleanpose_model, cleanpose_ros, training\n"
+        "import rclpy, cleanpose_model, cleanpose_ros, cleanpose_tools, cleanpose_training\n"
         "print('ok', InstanceSegmentation.FORMAT_LABEL_IMAGE)\n"
     )
     proc = subprocess.run(
