@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from cleanpose_model.families.base import MODES, Estimator, FamilyInfo, check_mode
 from cleanpose_model.families.cleanpose import AGPOSE, CLEANPOSE
+from cleanpose_model.families.selfsup import SELFSUP
 
-FAMILIES: dict[str, FamilyInfo] = {f.name: f for f in (CLEANPOSE, AGPOSE)}
+FAMILIES: dict[str, FamilyInfo] = {f.name: f for f in (CLEANPOSE, AGPOSE, SELFSUP)}
 
 
 def get_family(name: str) -> FamilyInfo:
