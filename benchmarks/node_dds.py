@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -120,23 +118,13 @@ def bag_of(msgs):
     return BagFrames(Path("<generated>"), frames, dict(MSGTYPES), {}, False, 0, "memory")
 
 
-def start_node(kind: str, args, log: Path) -> subprocess.Popen:
+def start_node(kind: str, args, log: Path):
+    from cleanpose_tools.bench import NodeProcess
+
     cmd = [sys.executable, "-m", "benchmarks.node_dds", "--serve", kind, "--device", args.device]
     if args.checkpoint:
         cmd += ["--checkpoint", str(args.checkpoint)]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-
-
-def stop_node(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return NodeProcess(cmd, log, cwd=REPO)
 
 
 def stage_means(diag: dict) -> dict[str, float]:
@@ -177,10 +165,13 @@ def measure(kind: str, args, bag, log: Path) -> list[dict]:
             row.update(stage_means(rep.diagnostics))
             rows.append(row)
             print(f"[node dds] {kind} {row['rate']}: {row['received']}/{row['sent']} received", flush=True)
+    except Exception:
+        print(f"[node dds] {kind} node log:\n{proc.log_tail()}", flush=True)
+        raise
     finally:
         if rep is not None:
             rep.close()
-        stop_node(proc)
+        proc.stop()
     return rows
 
 
