@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The demo model's one GPU command: train on the packed synthetic set (scripts/make_demo_data.sh DATA_DIR),
 # evaluate on its held-out test split, and write the results to OUT_DIR (default ./runs/demo_gpu).
-#   bash scripts/train_demo_gpu.sh DATA_DIR [OUT_DIR] [cleanpose-train args, e.g. --set schedule.time_budget_s=300]
+#   bash scripts/train_demo_gpu.sh [DATA_DIR=outputs/demo_packed [OUT_DIR [cleanpose-train args]]]
+# e.g. bash scripts/train_demo_gpu.sh outputs/demo_packed runs/demo_gpu --set schedule.time_budget_s=300
 # Fits one 10-minute command: ~400 s of training (time-budgeted, see training/configs/demo.yaml) + set-up + eval.
 # The 17.5 MB checkpoint is split into parts of <= 15 MB, so no result file exceeds 16 MiB
 # (python -m cleanpose_training.demo_readme joins them); OUT_DIR keeps nothing else:
 #   final.safetensors.part00/01  train_summary.json  eval.json  eval_table.md  scalars.csv  config.yaml  train.log
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-data="$(realpath -m "${1:?usage: scripts/train_demo_gpu.sh DATA_DIR [OUT_DIR] [cleanpose-train args]}")"
-out="$(realpath -m "${2:-$repo/runs/demo_gpu}")"
-shift $(( $# >= 2 ? 2 : 1 ))
 cd "$repo"
+data="$(realpath -m "${1:-outputs/demo_packed}")"
+out="$(realpath -m "${2:-runs/demo_gpu}")"
+shift $(( $# >= 2 ? 2 : $# ))
 mkdir -p "$out"
 py="${PYTHON:-python3}"
 [ -x "$repo/.venv/bin/python" ] && [ -z "${PYTHON:-}" ] && py="$repo/.venv/bin/python"

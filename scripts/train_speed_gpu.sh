@@ -3,15 +3,16 @@
 # 36.8 M parameters) with the published per-iteration batch (40 objects), Adam + CyclicLR, fp32 (no TF32, no AMP),
 # on the packed synthetic data (scripts/make_demo_data.sh DATA_DIR), for a fixed wall-clock budget. Random DINO
 # weights: same compute.
-#   bash scripts/train_speed_gpu.sh DATA_DIR [NPROC=1]   # NPROC > 1: DDP through torchrun, BS objects per GPU
+#   bash scripts/train_speed_gpu.sh [DATA_DIR=outputs/demo_packed [NPROC=1]]   # NPROC > 1: DDP through
+#                                                                              # torchrun, BS objects per GPU
 # Env: BS (per-process batch, default 40), BUDGET (seconds of training, default 150), OUT.
 # Writes $OUT/{train_summary.json (it_per_s, it_per_s_steady), scalars.csv, train.log}.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-data="$(realpath -m "${1:?usage: scripts/train_speed_gpu.sh DATA_DIR [NPROC] [cleanpose-train args]}")"
+data="$(realpath -m "${1:-outputs/demo_packed}")"
 nproc_gpu="${2:-1}"
-shift $(( $# >= 2 ? 2 : 1 ))
+shift $(( $# >= 2 ? 2 : $# ))
 out="${OUT:-runs/speed}"
 mkdir -p "$out"
 bs="${BS:-40}"
