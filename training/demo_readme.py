@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     parts = sorted(run.glob("final.safetensors.part*"))
     if ckpt.is_file():
         shutil.copyfile(ckpt, dst / "demo.safetensors")
-    elif parts:  # scripts/train_demo_gpu.sh splits it for the device tool's 16 MiB per-file limit
+    elif parts:  # scripts/train_demo_gpu.sh splits it so that no result file exceeds 16 MiB
         with open(dst / "demo.safetensors", "wb") as fh:
             for part in parts:
                 fh.write(part.read_bytes())
