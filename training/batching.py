@@ -83,12 +83,13 @@ class IterationBatchSampler(Sampler):
 
 
 def collate(samples: list[dict]) -> dict:
+    """Stack tensors, arrays and numbers of the samples' dicts; anything else (names) stays a list."""
     out = {}
     for k in samples[0]:
         vals = [s[k] for s in samples]
         if torch.is_tensor(vals[0]):
             out[k] = torch.stack(vals)
-        elif isinstance(vals[0], np.ndarray) or np.isscalar(vals[0]):
+        elif isinstance(vals[0], np.ndarray) or (np.isscalar(vals[0]) and not isinstance(vals[0], str)):
             out[k] = torch.from_numpy(np.stack([np.asarray(v) for v in vals]))
         else:
             out[k] = vals

@@ -22,6 +22,8 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # Why ``device`` is not the one asked for (the trainer logs it); None when it is.
+    device_fallback: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -32,23 +34,25 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    device = resolve_device(requested).device  # the project's one policy: no silent fallback
+def pick_device(requested: str = "auto", local_rank: int = 0) -> tuple[torch.device, str | None]:
+    """The device of this rank and, when it is not the one asked for, why (the project's one policy,
+    ``cleanpose_model.device.resolve_device``: an unavailable CUDA device falls back to the CPU)."""
+    device, reason = resolve_device(requested, fallback=True)
     if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return device
+        return torch.device("cuda", local_rank % torch.cuda.device_count()), reason
+    return device, reason
 
 
 def init(requested_device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(requested_device, local)
+    device, reason = pick_device(requested_device, local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local, device)
+    return DistInfo(rank, world, local, device, reason)
 
 
 def shutdown() -> None:

@@ -1,15 +1,12 @@
 """Evaluate a network on a packed test split (training/datasets/packed.py) with the published NOCS metrics.
 
 Protocol: every packed object is a detection with its ground-truth mask and score 1 (as HouseCat6D's test
-protocol
-uses GT masks); objects are grouped back into their images and scored by ``cleanpose_training.evaluation.metrics``
-(``evaluate_records``: IoU mAP with the original NOCS IoU and the corrected CATRE IoU, and the n°m cm pose mAP
-gated at NOCS IoU 0.1). Inputs are built as at test time: 1024 of the stored mask pixels (seeded), no noise,
-no
-colour augmentation. The packed set keeps only objects with ≥ 32 valid pixels, so tinier objects are absent
-from
-both predictions and ground truth. Mug handle visibility is not known for synthetic scenes: treated as
-visible.
+protocol uses GT masks); objects are grouped back into their images and scored by
+``cleanpose_training.evaluation.metrics`` (``evaluate_records``: IoU mAP with the original NOCS IoU and the
+corrected CATRE IoU, and the n°m cm pose mAP gated at NOCS IoU 0.1). Inputs are built as at test time: 1024 of
+the stored mask pixels (seeded), no noise, no colour augmentation. The packed set keeps only objects with ≥ 32
+valid pixels, so tinier objects are absent from both predictions and ground truth. Mug handle visibility is
+not known for synthetic scenes: treated as visible.
 """
 
 from __future__ import annotations
@@ -137,6 +134,7 @@ def evaluate_packed(net, queue, ds, device, batch_size: int = 64) -> dict:
         "objects": len(ds),
         "images": len(np.unique(ds.image[: len(ds)])),
         "per_category_objects": counts,
+        "classes_left_out_of_mean": res.classes_without_gt,
         "median_rot_deg": float(np.median(err["rot_deg"])),
         "median_trans_cm": float(np.median(err["trans_cm"])),
         "protocol": "packed synthetic test split, GT masks, score 1, NOCS metrics (IoU = original NOCS IoU; "
@@ -145,12 +143,17 @@ def evaluate_packed(net, queue, ds, device, batch_size: int = 64) -> dict:
 
 
 def markdown_table(result: dict) -> str:
+    from cleanpose_training.evaluation.evaluate import pct
+
     cols = ["IoU25", "IoU50", "IoU75", "IoU50_catre", "5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm"]
     lines = ["| category | objects | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     counts = result.get("per_category_objects", {})
     for name, row in result["table"].items():
         n = result["objects"] if name == "mean" else counts.get(name, "")
-        lines.append(f"| {name} | {n} | " + " | ".join(f"{row[c]:.1f}" for c in cols) + " |")
+        lines.append(f"| {name} | {n} | " + " | ".join(pct(row[c] / 100) for c in cols) + " |")
+    missing = result.get("classes_left_out_of_mean")
+    if missing:
+        lines += ["", f"No test objects of {', '.join(missing)}: left out of the mean (shown as –)."]
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """``cleanpose-train``: train CleanPose from a YAML config with dotted CLI overrides.
 
     cleanpose-train --config training/configs/nocs.yaml --set data.sources.0.data_dir=/data/nocs ...
-    torchrun --nproc_per_node=4 -m cleanpose_training.train --config training/configs/nocs.yaml      # N GPUs (DDP)
+    torchrun --nproc_per_node=4 -m cleanpose_training.train --config training/configs/nocs.yaml  # N GPUs
     python -m cleanpose_training.train --config training/configs/demo.yaml --set trainer.device=cpu  # CPU
 
 The same command runs on the CPU, one GPU, or N GPUs (torchrun sets RANK/WORLD_SIZE; batch sizes are per

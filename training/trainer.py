@@ -274,6 +274,8 @@ class Trainer:
         tc = cfg.trainer
         self.info = info or D.init(tc.device)
         self.device = self.info.device
+        if self.info.device_fallback and self.info.is_main:
+            log.warning("trainer.device=%s: %s", tc.device, self.info.device_fallback)
         self.out_dir = Path(tc.out_dir)
         self.ckpt_dir = self.out_dir / "ckpt"
         if self.info.is_main:

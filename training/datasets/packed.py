@@ -97,7 +97,8 @@ class PackedDataset(Dataset):
         if not meta_path.is_file():
             raise PackError(
                 f"packed dataset '{self.root}': meta.json not found (expected a directory written by "
-                "`python -m cleanpose_training.datasets.packed pack ...`)"
+                "`python -m cleanpose_training.datasets.packed pack ...`; the demo data: "
+                "`python -m cleanpose_training.datasets.packed demo [OUT]`)"
             )
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
@@ -367,6 +368,37 @@ def pack_nocs_layout(
     return meta
 
 
+def make_demo_packs(
+    out, train_scenes: int = 8, test_scenes: int = 2, frames: int = 4, shadows: bool = True
+) -> dict[str, dict]:
+    """Render the demo model's synthetic scenes (train and test from disjoint seeds: distinct objects, layouts
+    and camera paths) and pack them into ``out/train`` and ``out/test``. The renders go to a temporary
+    directory. Seeds are fixed, so the same arguments give the same data; models/demo was trained on 180
+    train and 20 test scenes of 4 frames."""
+    import tempfile
+
+    from cleanpose_training.synthetic.__main__ import generate_nocs
+
+    out = Path(out)
+    metas = {}
+    with tempfile.TemporaryDirectory(prefix="demo_raw_") as raw:
+        for split, scenes, seed in (("train", train_scenes, 1), ("test", test_scenes, 100001)):
+            generate_nocs(
+                Path(raw) / split,
+                split=split,
+                scenes=scenes,
+                frames=frames,
+                seed=seed,
+                write_results=False,
+                shadows=shadows,
+            )
+            pack_seed = 1 if split == "train" else 2
+            metas[split] = pack_nocs_layout(
+                Path(raw) / split, out / split, max_points=800, jpeg_quality=75, seed=pack_seed, split=split
+            )
+    return metas
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m cleanpose_training.datasets.packed",
@@ -386,8 +418,17 @@ def main(argv=None) -> int:
     pk.add_argument("--seed", type=int, default=0)
     info = sub.add_parser("info")
     info.add_argument("root")
+    demo = sub.add_parser("demo", help="render and pack the demo model's train/test scenes (needs open3d)")
+    demo.add_argument("out", nargs="?", default="outputs/demo_packed")
+    demo.add_argument("--train-scenes", type=int, default=8, help="180 for the shipped demo model")
+    demo.add_argument("--test-scenes", type=int, default=2, help="20 for the shipped demo model")
+    demo.add_argument("--frames", type=int, default=4, help="frames per scene")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if a.cmd == "demo":
+        metas = make_demo_packs(a.out, a.train_scenes, a.test_scenes, a.frames)
+        print(json.dumps({split: {k: m[k] for k in ("objects", "images")} for split, m in metas.items()}))
+        return 0
     if a.cmd == "pack":
         meta = pack_nocs_layout(
             a.src,

@@ -132,33 +132,28 @@ def predict_records(
 # ------------------------------------------------------------------------------------------- tables
 
 
-def _pct(x: float) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+def pct(x: float | None) -> str:
+    """An AP (0..1) as a percentage cell; an undefined one (a class without ground truth) as "–"."""
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def left_out_note(res: EvalResult) -> str:
+    """The line under a table that says which classes the mean row leaves out, or "" when none."""
+    missing = res.classes_without_gt
+    if not missing:
+        return ""
+    return f"No ground truth for {', '.join(missing)}: left out of the mean (shown as –)."
 
 
 def summary_table(res: EvalResult) -> str:
     head = "| IoU variant | IoU25 | IoU50 | IoU75 | 5°2cm | 5°5cm | 10°2cm | 10°5cm |"
     lines = [head, "|" + "---|" * 8]
-    pose = [_pct(res.pose_ap(d, c)) for d, c in POSE_COLS]
+    pose = [pct(res.pose_ap(d, c)) for d, c in POSE_COLS]
     for variant, label in (("nocs", NOCS_IOU_LABEL), ("catre", CATRE_IOU_LABEL)):
-        ious = [_pct(res.iou_ap(variant, t)) for t in (0.25, 0.5, 0.75)]
+        ious = [pct(res.iou_ap(variant, t)) for t in (0.25, 0.5, 0.75)]
         lines.append(f"| {label} | " + " | ".join(ious + pose) + " |")
-    present = res.counts["gt"][1:-1] > 0
-    if not present.all() and present.any():
-        # the published mean is NaN once a class has no GT; small test sets need the mean over the rest
-        pose = [_pct(_present_mean(res, lambda k, d=d, c=c: res.pose_ap(d, c, k))) for d, c in POSE_COLS]
-        for variant, label in (("nocs", NOCS_IOU_LABEL), ("catre", CATRE_IOU_LABEL)):
-            ious = [
-                _pct(_present_mean(res, lambda k, v=variant, t=t: res.iou_ap(v, t, k)))
-                for t in (0.25, 0.5, 0.75)
-            ]
-            lines.append(f"| {label}, classes with GT only | " + " | ".join(ious + pose) + " |")
-    return "\n".join(lines)
-
-
-def _present_mean(res: EvalResult, value) -> float:
-    ks = [k for k in range(1, len(res.protocol.synset_names)) if res.counts["gt"][k] > 0]
-    return float(np.mean([value(k) for k in ks])) if ks else float("nan")
+    note = left_out_note(res)
+    return "\n".join([*lines, "", note] if note else lines)
 
 
 def per_category_table(res: EvalResult) -> str:
@@ -169,8 +164,8 @@ def per_category_table(res: EvalResult) -> str:
     lines = [head, "|" + "---|" * 13]
     rows = [(k, name) for k, name in enumerate(res.protocol.classes, start=1)] + [(-1, "average")]
     for k, name in rows:
-        cells = [_pct(res.iou_ap(v, t, k)) for v in ("nocs", "catre") for t in (0.25, 0.5, 0.75)]
-        cells += [_pct(res.pose_ap(d, c, k)) for d, c in POSE_COLS]
+        cells = [pct(res.iou_ap(v, t, k)) for v in ("nocs", "catre") for t in (0.25, 0.5, 0.75)]
+        cells += [pct(res.pose_ap(d, c, k)) for d, c in POSE_COLS]
         if k == -1:
             cells += [str(int(res.counts["gt"][1:-1].sum())), str(int(res.counts["pose_gt"][1:-1].sum()))]
         else:
@@ -181,16 +176,17 @@ def per_category_table(res: EvalResult) -> str:
         f"IoU = {NOCS_IOU_LABEL} (per-corner extrema, the published axis bug); "
         f"IoU* = {CATRE_IOU_LABEL} (axis-aligned boxes of the transformed corners, the paper's "
         "IoU*). Pose APs count only GTs matched at original-NOCS IoU > 0.1; the average is the "
-        "unweighted mean over classes."
+        "unweighted mean over the classes whose AP is defined."
     )
-    return "\n".join(lines)
+    note = left_out_note(res)
+    return "\n".join([*lines, note] if note else lines)
 
 
 def extra_shift_table(res: EvalResult) -> str:
     """HouseCat6D also reports 10 cm columns."""
     head = "| | 5°10cm | 10°10cm |"
     return "\n".join(
-        [head, "|---|---|---|", f"| average | {_pct(res.pose_ap(5, 10))} | {_pct(res.pose_ap(10, 10))} |"]
+        [head, "|---|---|---|", f"| average | {pct(res.pose_ap(5, 10))} | {pct(res.pose_ap(10, 10))} |"]
     )
 
 
@@ -215,10 +211,7 @@ def result_json(res: EvalResult) -> dict:
         "labels": {"nocs_iou": NOCS_IOU_LABEL, "catre_iou": CATRE_IOU_LABEL},
         "units": "AP in percent",
         "mean": metrics_for(-1),
-        "mean_over_classes_with_gt": {
-            key: clean(_present_mean(res, lambda k, key=key: (metrics_for(k)[key] or 0.0) / 100))
-            for key in metrics_for(-1)
-        },
+        "classes_left_out_of_mean": res.classes_without_gt,
         "per_category": {name: metrics_for(k) for k, name in enumerate(res.protocol.classes, start=1)},
         "num_gt": {name: int(res.counts["gt"][k]) for k, name in enumerate(res.protocol.classes, start=1)},
         "num_gt_pose": {

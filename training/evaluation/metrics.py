@@ -288,9 +288,15 @@ class EvalResult:
     iou_thresholds: np.ndarray
     degree_thresholds: np.ndarray
     shift_thresholds: np.ndarray
-    iou_aps: dict[str, np.ndarray]  # variant -> (C+2, T): row 0 BG (unused), 1..C classes, -1 mean
+    # variant -> (C+2, T): row 0 BG (unused), 1..C classes, -1 mean over the classes whose AP is defined
+    iou_aps: dict[str, np.ndarray]
     pose_aps: np.ndarray  # (C+2, D, S)
     counts: dict[str, np.ndarray]
+
+    @property
+    def classes_without_gt(self) -> list[str]:
+        """Classes with no ground-truth object: their AP is undefined and they are left out of the mean."""
+        return [name for k, name in enumerate(self.protocol.classes, start=1) if self.counts["gt"][k] == 0]
 
     def iou_ap(self, variant: str, thr: float, cls: int = -1) -> float:
         k = int(np.argmin(np.abs(self.iou_thresholds - thr)))
@@ -300,6 +306,16 @@ class EvalResult:
         d = int(np.argmin(np.abs(self.degree_thresholds - deg)))
         s = int(np.argmin(np.abs(self.shift_thresholds - cm)))
         return float(self.pose_aps[cls, d, s])
+
+
+def mean_over_defined(per_class: np.ndarray) -> np.ndarray:
+    """Mean over classes (axis 0) of the APs that are defined. The published mean is NaN as soon as one class
+    has no ground truth; on the full test sets every class has some, so the values agree there, and a small
+    or one-category test set still gets a mean (NaN only when no class has ground truth)."""
+    defined = ~np.isnan(per_class)
+    n = defined.sum(axis=0)
+    total = np.where(defined, per_class, 0.0).sum(axis=0)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
 def evaluate_records(
@@ -372,7 +388,7 @@ def evaluate_records(
             sc_all = np.concatenate(sc) if sc else np.zeros(0)
             for k in range(len(iou_t)):
                 aps[c, k] = compute_ap(pm_all[k], sc_all, ng)
-        aps[-1] = np.mean(aps[1:-1], axis=0)
+        aps[-1] = mean_over_defined(aps[1:-1])
         iou_aps[variant] = aps
     pose_aps = np.zeros((C + 1, len(deg_t), len(sh_t)))
     pose_counts = np.zeros(C + 1, np.int64)
@@ -384,7 +400,7 @@ def evaluate_records(
         for d in range(len(deg_t)):
             for s in range(len(sh_t)):
                 pose_aps[c, d, s] = compute_ap(pm_all[d, s], sc_all, ng)
-    pose_aps[-1] = np.mean(pose_aps[1:-1], axis=0)
+    pose_aps[-1] = mean_over_defined(pose_aps[1:-1])
     return EvalResult(
         protocol,
         np.asarray(iou_t),

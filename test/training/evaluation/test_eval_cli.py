@@ -102,7 +102,12 @@ def test_predict_records_over_test_split(tmp_path):
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["per_category"]["bottle"]["5deg_2cm"] == 100.0
     assert metrics["per_category"]["mug"]["nocs_iou_75"] == 100.0
-    assert metrics["mean"]["5deg_2cm"] is None  # classes without GT are NaN, as published
+    # classes without GT have no AP and are left out of the mean (the published mean would be NaN)
+    missing = metrics["classes_left_out_of_mean"]
+    assert missing and all(metrics["per_category"][c]["5deg_2cm"] is None for c in missing)
+    assert metrics["mean"]["5deg_2cm"] == 100.0
+    tables = (tmp_path / "o" / "tables.md").read_text()
+    assert "nan" not in tables and f"No ground truth for {', '.join(missing)}" in tables
 
 
 def test_pose_to_record_roundtrip():
