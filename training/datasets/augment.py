@@ -102,3 +102,13 @@ def add_point_noise(pts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """±5 mm clipped Gaussian jitter applied to training points only."""
     noise = np.clip(0.001 * rng.standard_normal(pts.shape), -0.005, 0.005)
     return (pts + noise).astype(np.float32)
+
+
+def augment_object(
+    pts: np.ndarray, rgb: np.ndarray, rng: np.random.Generator, enabled: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """A training object's random perturbation when ``enabled`` (points first, then colour, from the one
+    generator, as every loader draws them), else the object unchanged."""
+    if not enabled:
+        return pts, rgb
+    return add_point_noise(pts, rng), augment_rgb(rgb, rng)

@@ -42,8 +42,17 @@ def _paths(rgb_path: str) -> dict[str, str]:
 
 
 class _HouseCatBase(Dataset):
+    """The scenes matching ``scene_glob`` and the options both splits share (points per object, crop size,
+    depth hole filling)."""
+
     def __init__(
-        self, data_dir, scene_glob: str, sample_num: int, image_size: int, fill_depth: bool, seed: int
+        self,
+        data_dir,
+        scene_glob: str,
+        seed: int,
+        sample_num: int = 1024,
+        image_size: int = 224,
+        fill_depth: bool = True,
     ):
         self.data_dir = require_dir(data_dir, "HouseCat6D root")
         scenes = sorted(glob.glob(str(self.data_dir / scene_glob)))
@@ -74,16 +83,8 @@ class _HouseCatBase(Dataset):
 class HouseCat6DTrainingDataset(_HouseCatBase):
     """Every `scene*` image once per epoch in a shuffled order; one random instance per item."""
 
-    def __init__(
-        self,
-        data_dir,
-        sample_num: int = 1024,
-        image_size: int = 224,
-        fill_depth: bool = True,
-        augment: bool = True,
-        seed: int = 0,
-    ):
-        super().__init__(data_dir, "scene*", sample_num, image_size, fill_depth, seed)
+    def __init__(self, data_dir, augment: bool = True, seed: int = 0, **shared):
+        super().__init__(data_dir, "scene*", seed, **shared)
         self.augment = augment
         self.set_epoch(0)
 
@@ -118,10 +119,7 @@ class HouseCat6DTrainingDataset(_HouseCatBase):
                 f"instance {gts['instance_ids'][idx]} of '{rgb_path}' has no valid depth "
                 "pixel inside its crop window"
             )
-        pts, rgb = obj.pts, obj.rgb
-        if self.augment:
-            pts = aug.add_point_noise(pts, rng)
-            rgb = aug.augment_rgb(rgb, rng)
+        pts, rgb = aug.augment_object(obj.pts, obj.rgb, rng, self.augment)
         rotation = np.asarray(gts["rotations"][idx], dtype=np.float64)
         if cat_id in HOUSECAT_SYM_IDS:
             rotation = canonicalise_symmetric_rotation(rotation)
@@ -141,16 +139,8 @@ class HouseCat6DTrainingDataset(_HouseCatBase):
 class HouseCat6DTestDataset(_HouseCatBase):
     """`test_scene*` images with GT masks and boxes, score 1.0 (the published HouseCat6D test protocol)."""
 
-    def __init__(
-        self,
-        data_dir,
-        sample_num: int = 1024,
-        image_size: int = 224,
-        fill_depth: bool = True,
-        seed: int = 42,
-        min_points: int = 16,
-    ):
-        super().__init__(data_dir, "test_scene*", sample_num, image_size, fill_depth, seed)
+    def __init__(self, data_dir, seed: int = 42, min_points: int = 16, **shared):
+        super().__init__(data_dir, "test_scene*", seed, **shared)
         self.min_points = min_points
 
     def __len__(self) -> int:

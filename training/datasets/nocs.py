@@ -237,10 +237,7 @@ class NOCSTrainingDataset(Dataset):
         )
         if obj is None:
             return None
-        pts, rgb = obj.pts, obj.rgb
-        if self.augment:
-            pts = aug.add_point_noise(pts, rng)
-            rgb = aug.augment_rgb(rgb, rng)
+        pts, rgb = aug.augment_object(obj.pts, obj.rgb, rng, self.augment)
         translation = np.asarray(gts["translations"][idx], dtype=np.float32)
         rotation = np.asarray(gts["rotations"][idx], dtype=np.float64)
         size = (np.asarray(gts["scales"][idx]) * np.asarray(gts["sizes"][idx])).astype(np.float32)

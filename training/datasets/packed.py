@@ -168,10 +168,8 @@ class PackedDataset(Dataset):
     def sample(self, i: int, rng: np.random.Generator) -> dict:
         rgb, pts, choose = self.object_arrays(i)
         sel = sample_indices(len(pts), self.sample_num, rng)
-        pts, choose = pts[sel], choose[sel]
-        if self.augment:
-            pts = aug.add_point_noise(pts, rng)
-            rgb = aug.augment_rgb(rgb, rng)
+        pts, rgb = aug.augment_object(pts[sel], rgb, rng, self.augment)
+        choose = choose[sel]
         cat, rot, t, size = self.gt(i)
         model = self.models[int(self.model[i])]
         # Same test as common.outlier_mask (nearest model point of Rᵀ(p − t)/‖s‖ closer than threshold),
