@@ -1,0 +1,55 @@
+"""Training configuration of the selfsup family (``training/configs/selfsup*.yaml``): one file holds both
+stages; the CLI picks the stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cleanpose_model.config import dataclass_from_yaml
+
+
+@dataclass
+class Stage1Config:
+    iterations: int = 20000
+    batch_size: int = 16
+    lr: float = 1e-3
+    render_width: int = 160
+    render_height: int = 120
+
+
+@dataclass
+class Stage2Weights:
+    coarse: float = 1.0
+    fine: float = 1.0
+    cycle_pix: float = 1.0
+    cycle_pt: float = 1.0
+    commit: float = 1.0
+    cycle_topk: float = 0.5
+
+
+@dataclass
+class Stage2Config:
+    iterations: int = 20000
+    batch_size: int = 16
+    lr: float = 1e-4
+    data: str = ""
+    split: str = "train"
+    init: str = ""
+    freeze_decoder: bool = True
+    update_memory: bool = True
+    weights: Stage2Weights = field(default_factory=Stage2Weights)
+
+
+@dataclass
+class SelfSupTrainConfig:
+    model: str = "selfsup"
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 1000
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SelfSupTrainConfig:
+        return dataclass_from_yaml(cls, path)
