@@ -102,7 +102,9 @@ def cycle_loss(sim: torch.Tensor, canon: torch.Tensor, obs: torch.Tensor, tau: f
       point -> pixel -> point: the soft observed point of a model point, taken back to the canonical frame,
       must land on the point itself (only the ``topk`` fraction of points most similar to some pixel: the
       others are invisible and have no pixel to cycle through).
-    Distances are divided by s, so the loss is in canonical units (object diagonal 1). Returns (l_2d3d2d,
+    The first distance is divided by the observed points' RMS radius, not by s: s comes from the soft points
+    themselves, and dividing by it would reward soft points that collapse onto one point (s grows without
+    bound, the error shrinks). The second is in canonical units (object diagonal 1). Returns (l_2d3d2d,
     l_3d2d3d)."""
     from cleanpose_model.selfsup.pose import umeyama
 
@@ -114,7 +116,8 @@ def cycle_loss(sim: torch.Tensor, canon: torch.Tensor, obs: torch.Tensor, tau: f
     s_ = s[:, None, None].to(canon.dtype)
     rot, t = rot.to(canon.dtype), t.to(canon.dtype)
     fwd = s_ * soft_canon @ rot.transpose(1, 2) + t[:, None]
-    l_pix = ((fwd - obs).norm(dim=-1) / s_[..., 0]).mean()
+    radius = (obs - obs.mean(1, keepdim=True)).pow(2).sum(-1).mean(1).sqrt().clamp(min=1e-6)
+    l_pix = ((fwd - obs).norm(dim=-1) / radius[:, None]).mean()
     back = ((b @ obs) - t[:, None]) @ rot / s_  # (B,M,3) in the canonical frame
     k = max(1, round(topk * canon.shape[1]))
     vis = sim.detach().amax(1).topk(k, dim=1).indices  # (B,k)

@@ -86,3 +86,13 @@ def test_cycle_loss_vanishes_for_consistent_correspondences():
     shuffled = sim[:, torch.randperm(50, generator=g)]
     s_pix, s_pt = cycle_loss(shuffled, canon, obs, tau=0.01, topk=1.0)
     assert s_pix > 0.1 and s_pt > 0.1
+
+
+def test_cycle_loss_does_not_reward_collapsed_correspondences():
+    g = torch.Generator().manual_seed(1)
+    canon = torch.rand(1, 50, 3, generator=g) - 0.5
+    obs = 0.3 * canon + torch.tensor([0.1, 0.0, 0.8])
+    flat = torch.zeros(1, 50, 50)  # every pixel matches every point alike: soft points all at the centroid
+    l_pix, _ = cycle_loss(flat, canon, obs, tau=0.1, topk=1.0)
+    sharp, _ = cycle_loss(torch.eye(50)[None] * 2 - 1, canon, obs, tau=0.01, topk=1.0)
+    assert l_pix > 0.5 and sharp < 1e-4
