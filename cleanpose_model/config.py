@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -23,6 +23,24 @@ NOCS_CATEGORIES = NOCS.names
 NOCS_SYMMETRIC = NOCS.symmetric_names
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class YamlConfig:
+    """``to_dict`` / ``from_dict`` / ``from_yaml`` of a config dataclass, through :func:`dataclass_from_dict`.
+    ``section``: the key the block may sit under in a larger YAML file, and the name errors give it."""
+
+    section: ClassVar[str] = "model"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None):
+        return dataclass_from_dict(cls, data, cls.section)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path):
+        return dataclass_from_yaml(cls, path, section=cls.section)
 
 
 @dataclass
@@ -123,7 +141,7 @@ class AugmentationConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(YamlConfig):
     variant: str = "cleanpose"
     categories: list[str] = field(default_factory=lambda: list(NOCS_CATEGORIES))
     symmetric_categories: list[str] = field(default_factory=lambda: list(NOCS_SYMMETRIC))
@@ -204,19 +222,6 @@ class ModelConfig:
             raise ValueError("front_door.select_num must not exceed front_door.queue_length")
         if self.estimator.pose_mlp2[0] <= 0 or self.keypoints.kpt_num <= 0:
             raise ValueError("widths must be positive")
-
-    # ------------------------------------------------------------------ (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return dataclass_from_dict(cls, data, "model")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> ModelConfig:
-        # The model block may sit under a `model:` key in larger config files.
-        return dataclass_from_yaml(cls, path, section="model")
 
     @classmethod
     def named(cls, name: str) -> ModelConfig:

@@ -16,11 +16,12 @@ camera frame;
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from cleanpose_model.config import dataclass_from_dict
+from cleanpose_model.config import YamlConfig
 
 # Euclidean norms of exact zeros (a keypoint on a point, the diagonal of the diversity matrix) have an
 # undefined
@@ -118,9 +119,11 @@ def as_points_last(x: torch.Tensor, n_hint: int | None = None) -> torch.Tensor:
 
 
 @dataclass
-class LossWeights:
+class LossWeights(YamlConfig):
     """Weight of each term (the published values) plus the two loss settings: ``th``, the diversity
     margin, and ``obj_aware``, whether the reconstruction ignores points outside the object mask."""
+
+    section: ClassVar[str] = "loss"
 
     pose: float = 0.3
     nocs: float = 2.0
@@ -131,10 +134,6 @@ class LossWeights:
     distillation: float = 0.01
     th: float = 0.01
     obj_aware: bool = True
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> LossWeights:
-        return dataclass_from_dict(cls, d, "loss")
 
 
 TERMS = ("pose", "nocs", "cd", "diversity", "recon", "delta", "distillation")

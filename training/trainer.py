@@ -38,14 +38,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from cleanpose_model.config import dataclass_from_dict
+from cleanpose_model.config import YamlConfig, dataclass_from_dict
 from cleanpose_training import distributed as D
 from cleanpose_training.batching import IterationBatchSampler, iteration_loader, loader_workers
 from cleanpose_training.losses import TERMS, CleanPoseLoss, LossWeights
@@ -121,7 +121,9 @@ class TrainerConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(YamlConfig):
+    section: ClassVar[str] = "config"
+
     model: str = "cleanpose_nocs"
     model_overrides: dict = field(default_factory=dict)
     dinov2_weights: str | None = None
@@ -132,13 +134,6 @@ class TrainConfig:
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        return dataclass_from_dict(cls, d, "config")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def set_by_path(d: dict, dotted: str, value: Any) -> None:

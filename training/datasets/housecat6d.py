@@ -46,13 +46,7 @@ class _HouseCatBase(Dataset):
     depth hole filling)."""
 
     def __init__(
-        self,
-        data_dir,
-        scene_glob: str,
-        seed: int,
-        sample_num: int = 1024,
-        image_size: int = 224,
-        fill_depth: bool = True,
+        self, data_dir, scene_glob: str, seed: int, sample_num=1024, image_size=224, fill_depth=True
     ):
         self.data_dir = require_dir(data_dir, "HouseCat6D root")
         scenes = sorted(glob.glob(str(self.data_dir / scene_glob)))

@@ -379,20 +379,17 @@ def make_demo_packs(
 
     out = Path(out)
     metas = {}
+    render = {"frames": frames, "write_results": False, "shadows": shadows}
     with tempfile.TemporaryDirectory(prefix="demo_raw_") as raw:
-        for split, scenes, seed in (("train", train_scenes, 1), ("test", test_scenes, 100001)):
-            generate_nocs(
-                Path(raw) / split,
-                split=split,
-                scenes=scenes,
-                frames=frames,
-                seed=seed,
-                write_results=False,
-                shadows=shadows,
-            )
-            pack_seed = 1 if split == "train" else 2
+        # (split, scenes, render seed, pack seed)
+        for split, scenes, seed, pack_seed in (
+            ("train", train_scenes, 1, 1),
+            ("test", test_scenes, 100001, 2),
+        ):
+            src = Path(raw) / split
+            generate_nocs(src, split=split, scenes=scenes, seed=seed, **render)
             metas[split] = pack_nocs_layout(
-                Path(raw) / split, out / split, max_points=800, jpeg_quality=75, seed=pack_seed, split=split
+                src, out / split, max_points=800, jpeg_quality=75, seed=pack_seed, split=split
             )
     return metas
 

@@ -218,17 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
             help="frames per scene (nocs) or per bag",
         )
         s.add_argument("--scenes", type=int, default=1)
-        s.add_argument(
-            "--objects-per-frame",
-            type=_range_at_least(1),
-            default=(3, 6),
-            metavar="A-B",
-            help="category objects placed per scene (fewer may be visible in a frame)",
+        spec = SceneSpec()  # the defaults
+        ranges = (
+            (
+                "--objects-per-frame",
+                1,
+                spec.objects,
+                "category objects placed per scene (fewer may be visible)",
+            ),
+            (
+                "--distractors",
+                0,
+                spec.distractors,
+                "non-category clutter objects per scene (no ground truth)",
+            ),
         )
-        s.add_argument("--categories", type=_categories, default=CATEGORIES, help="comma-separated subset")
+        for flag, lowest, default, help_ in ranges:
+            s.add_argument(flag, type=_range_at_least(lowest), default=default, metavar="A-B", help=help_)
+        s.add_argument(
+            "--categories", type=_categories, default=spec.categories, help="comma-separated subset"
+        )
         s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--width", type=int, default=640)
-        s.add_argument("--height", type=int, default=480)
+        s.add_argument("--width", type=int, default=spec.width)
+        s.add_argument("--height", type=int, default=spec.height)
         s.add_argument(
             "--mask-noise",
             type=_mask_noise,
@@ -237,13 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
             help="perturb GT masks used as detections: erode/dilate up to R px, score jitter sigma J",
         )
         s.add_argument("--no-shadows", action="store_true", help="skip shadow rays (faster)")
-        s.add_argument(
-            "--distractors",
-            type=_range_at_least(0),
-            default=(0, 2),
-            metavar="A-B",
-            help="non-category clutter objects per scene (no ground truth), e.g. 0-2 or 0",
-        )
         if name == "nocs":
             s.add_argument("--split", default="train")
             s.add_argument(

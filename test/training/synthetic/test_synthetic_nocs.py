@@ -1,4 +1,5 @@
-"""NOCS/DPDN layout writer: files, keys and conventions, read-back through cleanpose_training.datasets, determinism."""
+"""NOCS/DPDN layout writer: files, keys and conventions, read-back through cleanpose_training.datasets,
+determinism."""
 
 from __future__ import annotations
 
@@ -21,29 +22,10 @@ W, H = 320, 240
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth_nocs")
-    generate_nocs(
-        root,
-        split="train",
-        scenes=2,
-        frames=2,
-        objects=(3, 4),
-        seed=5,
-        width=W,
-        height=H,
-        write_results=False,
-    )
-    generate_nocs(
-        root,
-        split="test",
-        scenes=1,
-        frames=2,
-        objects=(3, 4),
-        seed=6,
-        width=W,
-        height=H,
-        write_results=True,
-        mask_noise=MaskNoise(max_radius_px=2, score_jitter=0.1),
-    )
+    small = {"scenes": 2, "frames": 2, "objects": (3, 4), "width": W, "height": H}
+    generate_nocs(root, split="train", seed=5, write_results=False, **small)
+    noise = MaskNoise(max_radius_px=2, score_jitter=0.1)
+    generate_nocs(root, split="test", seed=6, write_results=True, mask_noise=noise, **{**small, "scenes": 1})
     return root
 
 
