@@ -5,17 +5,14 @@ from cleanpose_model.preprocess.reference import get_bbox
 from .common import DatasetError
 from .depth_fill import fill_in_multiscale, fill_missing
 from .housecat6d import HouseCat6DTestDataset, HouseCat6DTrainingDataset
-from .nocs import MixedBatchSampler, MixedNOCSData, NOCSTestDataset, NOCSTrainingDataset, collate_single
+from .nocs import NOCSTestDataset, NOCSTrainingDataset
 
 __all__ = [
     "DatasetError",
     "HouseCat6DTestDataset",
     "HouseCat6DTrainingDataset",
-    "MixedBatchSampler",
-    "MixedNOCSData",
     "NOCSTestDataset",
     "NOCSTrainingDataset",
-    "collate_single",
     "fill_in_multiscale",
     "fill_missing",
     "get_bbox",

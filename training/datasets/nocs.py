@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from cleanpose_model.preprocess.reference import build_object_inputs_np, normalize_rgb
 
@@ -273,101 +273,6 @@ class NOCSTrainingDataset(Dataset):
         }
 
 
-class MixedBatchSampler(Sampler):
-    """Batches of `batch_sizes[k]` indices from each part of a ConcatDataset, part 0 first (30 syn + 10 real).
-
-    Each part is shuffled every epoch and cut into full batches (drop_last); the epoch has as many batches as
-    the part with the fewest full batches, capped at `num_batches`. With world_size > 1 each rank takes a
-    disjoint strided share of every part's permutation.
-    """
-
-    def __init__(
-        self,
-        part_sizes: Sequence[int],
-        batch_sizes: Sequence[int] = (30, 10),
-        num_batches: int | None = None,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if len(part_sizes) != len(batch_sizes):
-            raise ValueError("part_sizes and batch_sizes must have the same length")
-        self.part_sizes = list(part_sizes)
-        self.batch_sizes = list(batch_sizes)
-        self.offsets = np.cumsum([0, *self.part_sizes[:-1]]).tolist()
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
-        full = min((n // world_size) // b for n, b in zip(self.part_sizes, self.batch_sizes))
-        if full == 0:
-            raise ValueError(
-                f"parts of sizes {self.part_sizes} cannot fill one batch of {self.batch_sizes} "
-                f"per rank with world_size={world_size}"
-            )
-        self.num_batches = full if num_batches is None else min(full, num_batches)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch, 0xB47C])
-        perms = [
-            rng.permutation(n)[self.rank :: self.world_size] + off
-            for n, off in zip(self.part_sizes, self.offsets)
-        ]
-        for b in range(self.num_batches):
-            batch: list[int] = []
-            for perm, bs in zip(perms, self.batch_sizes):
-                batch.extend(int(i) for i in perm[b * bs : (b + 1) * bs])
-            yield batch
-
-
-class MixedNOCSData:
-    """CAMERA + REAL training data as published: 30 syn + 10 real per batch, syn rows first."""
-
-    def __init__(
-        self,
-        data_dir,
-        syn_bs: int = 30,
-        real_bs: int = 10,
-        num_mini_batch_per_epoch: int = 4000,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        syn_type: str = "syn",
-        **dataset_kwargs,
-    ):
-        n_batches = num_mini_batch_per_epoch
-        self.syn = NOCSTrainingDataset(
-            data_dir, syn_type, syn_bs * n_batches * world_size, seed=seed, **dataset_kwargs
-        )
-        self.real = NOCSTrainingDataset(
-            data_dir, "real_withLabel", real_bs * n_batches * world_size, seed=seed + 1, **dataset_kwargs
-        )
-        self.dataset = torch.utils.data.ConcatDataset([self.syn, self.real])
-        self.sampler = MixedBatchSampler(
-            [len(self.syn), len(self.real)],
-            (syn_bs, real_bs),
-            n_batches,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-        )
-
-    def set_epoch(self, epoch: int) -> None:
-        # call before creating the epoch's iterator: workers copy the datasets' epoch state at that moment
-        self.syn.set_epoch(epoch)
-        self.real.set_epoch(epoch)
-        self.sampler.set_epoch(epoch)
-
-    def loader(self, num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=pin_memory
-        )
-
-
 # ----------------------------------------------------------------------------------------------- test split
 
 _RESULT_DIRS = {
@@ -511,10 +416,3 @@ def gt_record(data: dict, keep: np.ndarray) -> dict:
         "pred_bboxes": np.asarray(data["pred_bboxes"]).reshape(-1, 4)[keep],
         "pred_scores": np.asarray(data["pred_scores"], dtype=np.float64).reshape(-1)[keep],
     }
-
-
-def collate_single(batch: list[dict]) -> dict:
-    """DataLoader collate for batch_size=1 image items (one image = one batch, as published)."""
-    if len(batch) != 1:
-        raise ValueError("test datasets yield one image per batch; use batch_size=1")
-    return batch[0]

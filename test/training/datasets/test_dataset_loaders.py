@@ -11,8 +11,6 @@ from cleanpose_training.datasets import (
     DatasetError,
     HouseCat6DTestDataset,
     HouseCat6DTrainingDataset,
-    MixedBatchSampler,
-    MixedNOCSData,
     NOCSTestDataset,
     NOCSTrainingDataset,
     fill_missing,
@@ -196,25 +194,6 @@ def test_nocs_training_reproducible_per_index(nocs_root):
         assert torch.equal(a[2][k], b[2][k])
     b.set_epoch(1)
     assert not torch.equal(a[2]["pts"], b[2]["pts"])
-
-
-def test_mixed_batches_syn_first(nocs_root):
-    data = MixedNOCSData(nocs_root, syn_bs=3, real_bs=1, num_mini_batch_per_epoch=2, seed=0, augment=False)
-    batches = list(data.sampler)
-    assert len(batches) == 2
-    for b in batches:
-        assert len(b) == 4
-        assert all(i < len(data.syn) for i in b[:3]) and b[3] >= len(data.syn)
-    batch = next(iter(data.loader()))
-    assert batch["pts"].shape == (4, 1024, 3)
-    assert batch["category_label"].shape == (4, 1)
-
-
-def test_mixed_batch_sampler_rank_sharding():
-    shards = [list(MixedBatchSampler([40, 20], (3, 1), seed=1, rank=r, world_size=2)) for r in range(2)]
-    flat = [set(i for b in s for i in b) for s in shards]
-    assert not flat[0] & flat[1]
-    assert len(shards[0]) == len(shards[1]) == 6  # 20 syn per rank / 3 = 6, 10 real per rank / 1 = 10
 
 
 # ------------------------------------------------------------------------------------------ errors
