@@ -2,10 +2,11 @@
 
 Stage 1 pre-trains the shape memory, encoder and decoder on rendered single objects (Chamfer + VQ);
 stage 2 (``--init`` the stage-1 model, ``--data`` a NOCS-layout root) trains end to end with no pose label.
-``DIR`` receives ``scalars.csv`` (every loss term, every step), ``model.safetensors`` (servable:
-``load_estimator`` reads it) and ``train_state.pt`` (weights, optimizer, RNG, data cursor): running the same
-command again resumes bit-exactly where the state was saved. ``--iterations N`` overrides the length (smoke
-runs)."""
+``DIR`` receives ``scalars.csv`` (every loss term of every step, and the ``hungarian_s`` / ``step_s``
+timings), ``model.safetensors`` (servable: ``load_estimator`` reads it) and ``train_state.pt`` (weights,
+optimizer, RNG, data cursor): running the same command again resumes bit-exactly where the state was saved.
+``--iterations N`` overrides the length (smoke runs); ``--workers N`` renders stage-1 samples in N processes;
+``--device cuda`` trains on a GPU."""
 
 from __future__ import annotations
 
@@ -29,13 +30,16 @@ STATE_FILE, MODEL_FILE, SCALARS_FILE = "train_state.pt", "model.safetensors", "s
 
 
 class SelfSupTrainer:
-    def __init__(self, cfg: SelfSupTrainConfig, stage: int, out: str | Path):
+    def __init__(self, cfg: SelfSupTrainConfig, stage: int, out: str | Path, workers: int = 0, device="cpu"):
+        """``workers`` > 1 renders stage-1 samples in that many processes (same samples: each is a function
+        of its index only)."""
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         self.cfg, self.stage, self.out = cfg, stage, Path(out)
         self.scfg = cfg.stage1 if stage == 1 else cfg.stage2
         self.out.mkdir(parents=True, exist_ok=True)
-        self.net = self._build_net()
+        self.device = torch.device(device)
+        self.net = self._build_net().to(self.device)
         mcfg = self.net.cfg
         if stage == 1:
             s1 = cfg.stage1
@@ -54,6 +58,12 @@ class SelfSupTrainer:
         self.opt = torch.optim.Adam(params, lr=self.scfg.lr)
         self.step, self.cursor = 0, 0
         self._resume()
+        self.pool = None
+        if stage == 1 and workers > 1:
+            import multiprocessing
+
+            # spawn, not fork: the parent holds torch and Open3D state that a forked child must not inherit.
+            self.pool = multiprocessing.get_context("spawn").Pool(workers)
 
     def _build_net(self) -> SelfSupNet:
         if self.stage == 2 and self.cfg.stage2.init:
@@ -111,6 +121,9 @@ class SelfSupTrainer:
     def next_batch(self) -> dict[str, torch.Tensor]:
         """The next ``batch_size`` samples. Stage 2 walks a per-epoch permutation of its objects (drawn from
         (seed, epoch)) and skips objects with too few depth points; the cursor is part of the saved state."""
+        if self.pool is not None:
+            first, self.cursor = self.cursor, self.cursor + self.scfg.batch_size
+            return collate(self.pool.map(self.data.__getitem__, range(first, self.cursor)))
         samples = []
         while len(samples) < self.scfg.batch_size:
             k = self.cursor
@@ -128,6 +141,7 @@ class SelfSupTrainer:
     # ------------------------------------------------------------------------------------------ loop
     def train_step(self, batch) -> dict[str, float]:
         self.net.train()
+        batch = {k: v.to(self.device) for k, v in batch.items()}
         update = self.stage == 1 or self.cfg.stage2.update_memory
         out = self.net(batch["rgb"], batch["choose"], batch["category"], update_memory=update)
         if self.stage == 1:
@@ -146,7 +160,11 @@ class SelfSupTrainer:
         with path.open("a", newline="") as fh:
             t0 = time.perf_counter()
             while self.step < iterations:
+                t_step = time.perf_counter()
                 scalars = self.train_step(self.next_batch())
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                scalars["step_s"] = time.perf_counter() - t_step  # data + forward + backward + update
                 self.step += 1
                 if writer is None:
                     writer = csv.DictWriter(fh, fieldnames=["step", *scalars])
@@ -156,13 +174,16 @@ class SelfSupTrainer:
                 fh.flush()
                 if self.step % self.cfg.log_every == 0 or self.step == iterations:
                     rate = (time.perf_counter() - t0) / max(1, self.step)
-                    terms = " ".join(f"{k}={v:.4g}" for k, v in scalars.items() if k != "hungarian_s")
+                    terms = " ".join(f"{k}={v:.4g}" for k, v in scalars.items() if not k.endswith("_s"))
                     print(
                         f"stage {self.stage} step {self.step}/{iterations} {terms} ({rate:.2f} s/it)",
                         flush=True,
                     )
                 if self.step % self.cfg.ckpt_every == 0 or self.step == iterations:
                     self.save()
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
         return self.out / MODEL_FILE
 
 
@@ -175,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="stage 2: NOCS-layout root (overrides stage2.data)")
     p.add_argument("--init", help="stage 2: the stage-1 model.safetensors (overrides stage2.init)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--workers", type=int, default=0, help="stage 1: processes rendering the samples")
+    p.add_argument("--device", default="cpu", help="torch device of the network (cpu, cuda, cuda:1, ...)")
     return p
 
 
@@ -184,7 +207,7 @@ def main(argv=None) -> int:
     cfg.stage2 = replace(cfg.stage2, data=args.data or cfg.stage2.data, init=args.init or cfg.stage2.init)
     if args.threads:
         torch.set_num_threads(args.threads)
-    trainer = SelfSupTrainer(cfg, args.stage, args.out)
+    trainer = SelfSupTrainer(cfg, args.stage, args.out, workers=args.workers, device=args.device)
     stage_cfg = cfg.stage1 if args.stage == 1 else cfg.stage2
     model = trainer.run(args.iterations or stage_cfg.iterations)
     print(f"model: {model}", flush=True)
