@@ -52,18 +52,21 @@ def hungarian_labels(cost: np.ndarray) -> np.ndarray:
     return label
 
 
-def pseudo_labels(s_c: torch.Tensor, region_fg: torch.Tensor) -> tuple[torch.Tensor, float]:
+def pseudo_labels(s_c: torch.Tensor, region_fg: torch.Tensor, map_fn=map) -> tuple[torch.Tensor, float]:
     """T_c* for a batch: (B, regions) int64 point ids (IGNORE for background and unmatched regions) from the
-    cost 1 - S_c over each object's foreground regions; returns the seconds spent in the assignment too."""
+    cost 1 - S_c over each object's foreground regions; returns the seconds spent in the assignment too.
+    ``map_fn`` maps ``hungarian_labels`` over the objects' cost matrices (a process pool's ``map`` solves
+    them in parallel: scipy's solver holds the GIL, so threads would not)."""
     cost = (1.0 - s_c.detach()).to("cpu", torch.float64).numpy()
     fg = region_fg.cpu().numpy()
     labels = np.full(fg.shape, IGNORE, np.int64)
+    rows = [np.flatnonzero(fg[b]) for b in range(cost.shape[0])]
+    todo = [b for b in range(cost.shape[0]) if rows[b].size]
     t0 = time.perf_counter()
-    for b in range(cost.shape[0]):
-        rows = np.flatnonzero(fg[b])
-        if rows.size:
-            labels[b, rows] = hungarian_labels(cost[b, rows])
+    solved = list(map_fn(hungarian_labels, [cost[b, rows[b]] for b in todo]))
     seconds = time.perf_counter() - t0
+    for b, lab in zip(todo, solved):
+        labels[b, rows[b]] = lab
     return torch.from_numpy(labels).to(s_c.device), seconds
 
 

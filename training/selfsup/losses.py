@@ -33,11 +33,12 @@ def stage1_losses(out: dict, target: torch.Tensor, beta: float) -> dict[str, tor
     return terms
 
 
-def stage2_losses(out: dict, pts: torch.Tensor, cfg, weights: dict) -> dict[str, torch.Tensor]:
-    """``weights``: ``coarse``, ``fine``, ``cycle_pix``, ``cycle_pt``, ``commit``, ``cycle_topk``. The
-    returned dict also carries ``hungarian_s`` (seconds spent in the assignment; not a loss)."""
+def stage2_losses(out: dict, pts: torch.Tensor, cfg, weights: dict, map_fn=map) -> dict[str, torch.Tensor]:
+    """``weights``: ``coarse``, ``fine``, ``cycle_pix``, ``cycle_pt``, ``commit``, ``cycle_topk``;
+    ``map_fn`` solves the per-object assignments (``pseudo_labels``). The returned dict also carries
+    ``hungarian_s`` (seconds spent in the assignment; not a loss)."""
     factor = cfg.pixel_grid // cfg.region_grid
-    labels, seconds = pseudo_labels(out["s_c"], out["region_fg"])
+    labels, seconds = pseudo_labels(out["s_c"], out["region_fg"], map_fn)
     s_fc = downsample_max(out["s_f"], out["pixel_fg"], cfg.pixel_grid, factor)
     l_c, l_f = c2f_loss(out["s_c"], s_fc, labels, cfg.tau)
     l_pix, l_pt = cycle_loss(out["s_pix"], out["corr_pts"], pts, cfg.tau, weights["cycle_topk"])

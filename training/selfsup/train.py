@@ -5,8 +5,8 @@ stage 2 (``--init`` the stage-1 model, ``--data`` a NOCS-layout root) trains end
 ``DIR`` receives ``scalars.csv`` (every loss term of every step, and the ``hungarian_s`` / ``step_s``
 timings), ``model.safetensors`` (servable: ``load_estimator`` reads it) and ``train_state.pt`` (weights,
 optimizer, RNG, data cursor): running the same command again resumes bit-exactly where the state was saved.
-``--iterations N`` overrides the length (smoke runs); ``--workers N`` renders stage-1 samples in N processes;
-``--device cuda`` trains on a GPU."""
+``--iterations N`` overrides the length (smoke runs); ``--workers N`` renders stage-1 samples / solves the
+stage-2 assignments in N processes; ``--device cuda`` trains on a GPU."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ STATE_FILE, MODEL_FILE, SCALARS_FILE = "train_state.pt", "model.safetensors", "s
 
 class SelfSupTrainer:
     def __init__(self, cfg: SelfSupTrainConfig, stage: int, out: str | Path, workers: int = 0, device="cpu"):
-        """``workers`` > 1 renders stage-1 samples in that many processes (same samples: each is a function
-        of its index only)."""
+        """``workers`` > 1: that many processes render the stage-1 samples (the same samples: each is a
+        function of its index only) or solve stage 2's per-object assignments (the same exact solutions)."""
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         self.cfg, self.stage, self.out = cfg, stage, Path(out)
@@ -59,7 +59,7 @@ class SelfSupTrainer:
         self.step, self.cursor = 0, 0
         self._resume()
         self.pool = None
-        if stage == 1 and workers > 1:
+        if workers > 1:
             import multiprocessing
 
             # spawn, not fork: the parent holds torch and Open3D state that a forked child must not inherit.
@@ -121,7 +121,7 @@ class SelfSupTrainer:
     def next_batch(self) -> dict[str, torch.Tensor]:
         """The next ``batch_size`` samples. Stage 2 walks a per-epoch permutation of its objects (drawn from
         (seed, epoch)) and skips objects with too few depth points; the cursor is part of the saved state."""
-        if self.pool is not None:
+        if self.pool is not None and self.stage == 1:
             first, self.cursor = self.cursor, self.cursor + self.scfg.batch_size
             return collate(self.pool.map(self.data.__getitem__, range(first, self.cursor)))
         samples = []
@@ -148,7 +148,8 @@ class SelfSupTrainer:
             terms = stage1_losses(out, batch["target"], self.net.cfg.beta)
         else:
             w = self.cfg.stage2.weights
-            terms = stage2_losses(out, batch["pts"], self.net.cfg, vars(w))
+            pool_map = self.pool.map if self.pool is not None else map
+            terms = stage2_losses(out, batch["pts"], self.net.cfg, vars(w), pool_map)
         self.opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         self.opt.step()
@@ -196,7 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="stage 2: NOCS-layout root (overrides stage2.data)")
     p.add_argument("--init", help="stage 2: the stage-1 model.safetensors (overrides stage2.init)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--workers", type=int, default=0, help="stage 1: processes rendering the samples")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes rendering stage-1 samples / solving stage-2 assignments",
+    )
     p.add_argument("--device", default="cpu", help="torch device of the network (cpu, cuda, cuda:1, ...)")
     return p
 

@@ -150,3 +150,9 @@ def test_stage1_render_workers_draw_the_same_samples(config, tmp_path):
     serial = _run(config, tmp_path / "serial", 1, 1)
     pooled = _run(config, tmp_path / "pooled", 1, 1, "--workers", "2")
     _assert_identical(_weights(serial), _weights(pooled))
+
+
+def test_stage2_assignment_workers_give_the_same_weights(config, dataset, tmp_path):
+    serial = _run(config, tmp_path / "serial", 2, 2, "--data", str(dataset))
+    pooled = _run(config, tmp_path / "pooled", 2, 2, "--data", str(dataset), "--workers", "2")
+    _assert_identical(_weights(serial), _weights(pooled))
