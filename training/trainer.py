@@ -275,9 +275,6 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "ckpt"
         if self.info.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = bool(tc.tf32)
-            torch.backends.cudnn.allow_tf32 = bool(tc.tf32)
 
         torch.manual_seed(tc.seed)  # the initial weights: identical on every rank (DDP also broadcasts them)
         if net is None:
@@ -515,7 +512,20 @@ class Trainer:
                 out[k] = torch.cat(vals, 0)
         return out
 
+    def _precision(self):
+        """TF32 products (``trainer.tf32``) on CUDA while a step runs, through the one context that sets
+        torch's precision switches and restores them afterwards; the CPU has no TF32."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from cleanpose_model.inference.graphs import tf32_products
+
+        return tf32_products(bool(self.cfg.trainer.tf32))
+
     def train_step(self, batch: dict) -> dict[str, float]:
+        with self._precision():
+            return self._train_step(batch)
+
+    def _train_step(self, batch: dict) -> dict[str, float]:
         from cleanpose_model.queue import ConfounderQueue
 
         it = self.iteration

@@ -98,6 +98,19 @@ def test_stop_request_writes_resumable_state_and_final_checkpoint(tmp_path):
         assert torch.equal(net.state_dict()[k], v.cpu()), k
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("tf32", [True, False])
+def test_cuda_steps_use_the_configured_tf32_and_restore_the_switches(tmp_path, tf32):
+    switches = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    before = [s.allow_tf32 for s in switches]
+    tr = make_trainer(tiny_config(tmp_path / "g", iterations=2, device="cuda", tf32=tf32))
+    seen = []
+    tr.net.register_forward_pre_hook(lambda *_: seen.append([s.allow_tf32 for s in switches]))
+    tr.fit()
+    assert seen and all(v == [tf32, tf32] for v in seen)
+    assert [s.allow_tf32 for s in switches] == before
+
+
 def test_time_budget_rescales_schedule(tmp_path):
     tr = make_trainer(tiny_config(tmp_path / "t", iterations=100))
     tr.iteration = 10
