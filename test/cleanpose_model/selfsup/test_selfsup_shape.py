@@ -57,8 +57,9 @@ def test_ema_moves_codes_toward_assigned_features():
     unused = [k for k in range(6) if k not in used.tolist()]
     for k in unused:  # no descriptor: the code keeps its place (up to the smoothing's rescale)
         assert torch.allclose(mem.codes[k] / mem.codes[k].norm(), before[k] / before[k].norm(), atol=1e-5)
+    snapshot = (mem.codes.clone(), mem.cluster_size.clone(), mem.code_sum.clone())
     q = mem(z_e)  # no update without update=True
-    torch.testing.assert_close(mem.codes, mem.codes.clone())
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, (mem.codes, mem.cluster_size, mem.code_sum)))
     assert q.index.shape == (1, 40)
 
 
@@ -85,6 +86,7 @@ def test_network_shapes_and_all_losses_reach_the_encoder():
     assert out["s_c"].shape == (2, cfg.region_grid**2, cfg.corr_points)
     assert out["s_f"].shape == (2, cfg.pixel_grid**2, cfg.corr_points)
     terms = stage2_losses(out, pts, cfg, STAGE2_WEIGHTS)
+    assert all(bool(torch.isfinite(v)) for v in terms.values()) and terms["coarse"] > 0
     for name in ("coarse", "fine", "cycle_pix", "cycle_pt"):
         net.zero_grad()
         terms = stage2_losses(net(rgb, choose, cat), pts, cfg, STAGE2_WEIGHTS)
