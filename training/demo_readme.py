@@ -3,10 +3,9 @@
     python -m cleanpose_training.demo_readme <dir holding the run's $OUT files> [--models models/demo]
 
 Copies ``final.safetensors`` (or joins its ``.partNN`` pieces, checking the sha256 in train.log) to
-``models/demo/demo.safetensors`` and ``train_summary.json``, ``eval.json``,
-``eval_table.md``, ``scalars.csv``, ``config.yaml``, ``train.log`` next to it, then replaces the text
-between the
-README's ``<!-- summary -->`` / ``<!-- eval -->`` markers.
+``models/demo/demo.safetensors`` and ``train_summary.json``, ``eval.json``, ``eval_table.md``,
+``scalars.csv``, ``config.yaml``, ``train.log`` next to it, then replaces the text between the README's
+``<!-- summary -->`` / ``<!-- eval -->`` markers.
 """
 
 from __future__ import annotations
@@ -45,9 +44,13 @@ def summary_markdown(summary: dict) -> str:
         "| term | first log interval (mean) | last log interval (mean) |",
         "|---|---|---|",
     ]
+
+    def cell(scalars: dict, k: str) -> str:
+        return f"{scalars[k]:.4g}" if k in scalars else "–"  # a term not logged in that interval
+
     for k in (*TERMS, "total", "lr"):
         if k in first or k in last:
-            lines.append(f"| {k} | {first.get(k, float('nan')):.4g} | {last.get(k, float('nan')):.4g} |")
+            lines.append(f"| {k} | {cell(first, k)} | {cell(last, k)} |")
     return "\n".join(lines)
 
 
