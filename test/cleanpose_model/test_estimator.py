@@ -32,6 +32,7 @@ from cleanpose_model.inference import InferenceMode, build_inference
 from cleanpose_model.io import checkpoints as ck
 from cleanpose_model.net import CleanPoseNet
 from cleanpose_model.queue import ConfounderQueue
+from cleanpose_model.selfsup.config import SelfSupConfig
 from cleanpose_model.types import ObjectBatch, PoseResult
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +77,11 @@ def tiny_model(variant: str = "cleanpose", seed: int = 0):
 
 # One tiny configuration per registered family: a family added to the registry without one fails the
 # conformance test below by name.
-TINY_CONFIGS = {"cleanpose": lambda: tiny_config("cleanpose"), "agpose": lambda: tiny_config("agpose")}
+TINY_CONFIGS = {
+    "cleanpose": lambda: tiny_config("cleanpose"),
+    "agpose": lambda: tiny_config("agpose"),
+    "selfsup": lambda: SelfSupConfig.named("selfsup_tiny"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +150,9 @@ def test_load_estimator_reads_the_family_from_new_and_old_headers(variant, batch
     old = _rewrite_header(path, tmp_path / "old.safetensors", family=None)  # as written before "family"
     assert "family" not in ck.read_header(old) and checkpoint_family(old) is FAMILIES[variant]
     assert _equal(load_estimator(old, device="cpu", mode="exact").predict(batch), est.predict(batch))
-    other = _rewrite_header(path, tmp_path / "other.safetensors", family="selfsup")
+    other = _rewrite_header(path, tmp_path / "other.safetensors", family="nosuch")
     with pytest.raises(
-        KeyError, match=r"unknown model family 'selfsup'; registered: \['agpose', 'cleanpose'\]"
+        KeyError, match=r"unknown model family 'nosuch'; registered: \['agpose', 'cleanpose', 'selfsup'\]"
     ):
         load_estimator(other)
 

@@ -7,7 +7,7 @@ import pytest
 
 from cleanpose_model import categories, config
 from cleanpose_model.categories import EVALUATOR_SYMMETRIC, HOUSECAT6D, NOCS, CategorySet
-from cleanpose_model.families import AGPOSE, CLEANPOSE, FAMILIES, Estimator, check_mode, get_family
+from cleanpose_model.families import AGPOSE, CLEANPOSE, FAMILIES, SELFSUP, Estimator, check_mode, get_family
 from cleanpose_model.net import CleanPoseNet
 from cleanpose_ros.class_map import DEFAULT_CLASS_MAP, ClassMap
 from cleanpose_training.datasets import common
@@ -50,23 +50,25 @@ def test_training_and_ros_constants_are_the_registry_objects():
 
 
 def test_registry_entries():
-    assert FAMILIES == {"cleanpose": CLEANPOSE, "agpose": AGPOSE}
+    assert FAMILIES == {"cleanpose": CLEANPOSE, "agpose": AGPOSE, "selfsup": SELFSUP}
     for name, info in FAMILIES.items():
         assert info.name == name
         assert issubclass(info.estimator, Estimator)
         assert info.categories == info.datasets[0].names and info.symmetric is info.datasets[0].symmetric
+    for info in (CLEANPOSE, AGPOSE):  # the two published families share one network class and its inputs
         assert info.inputs.image_size == 224 and info.inputs.n_points == 1024
-        assert info.build_net is CleanPoseNet  # the two families share one network class
+        assert info.build_net is CleanPoseNet
+    assert SELFSUP.inputs.image_size == 256  # the self-supervised paper's crop size
     assert CLEANPOSE.datasets == (NOCS, HOUSECAT6D) and AGPOSE.datasets == (NOCS,)
     assert get_family("agpose") is AGPOSE
     with pytest.raises(
-        KeyError, match=r"unknown model family 'selfsup'; registered: \['agpose', 'cleanpose'\]"
+        KeyError, match=r"unknown model family 'nosuch'; registered: \['agpose', 'cleanpose', 'selfsup'\]"
     ):
-        get_family("selfsup")
+        get_family("nosuch")
 
 
 def test_family_configs_are_shipped_and_name_the_family():
-    for info in FAMILIES.values():
+    for info in (CLEANPOSE, AGPOSE):
         for name in info.configs:
             cfg = config.ModelConfig.named(name)
             assert cfg.variant == info.name, name
@@ -78,3 +80,11 @@ def test_modes():
     assert check_mode("fp32") == "exact"  # the ROS parameter's name of the exact mode
     with pytest.raises(ValueError, match="mode must be one of"):
         check_mode("fp16")
+
+
+def test_selfsup_configs_are_shipped():
+    from cleanpose_model.selfsup.config import SelfSupConfig
+
+    for name in SELFSUP.configs:
+        cfg = SelfSupConfig.named(name)
+        assert categories.dataset_of(cfg.categories) in SELFSUP.datasets, name
