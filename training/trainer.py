@@ -45,10 +45,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from cleanpose_model.config import YamlConfig, dataclass_from_dict
+from cleanpose_model.config import YamlConfig
 from cleanpose_training import distributed as D
 from cleanpose_training.batching import IterationBatchSampler, iteration_loader, loader_workers
 from cleanpose_training.losses import TERMS, CleanPoseLoss, LossWeights
+from cleanpose_training.ulip.pointbert import PointBertConfig
 
 log = logging.getLogger("cleanpose.train")
 
@@ -91,8 +92,8 @@ class DistillationConfig:
     # The published teacher is a submodule of Net and therefore runs in train mode (BN batch statistics,
     # DropPath active; training.md §4.2). False runs it in eval mode (deterministic targets).
     teacher_train_mode: bool = True
-    # PointBertConfig overrides (default: PointTransformer_8192point.yaml, the one the published teacher uses)
-    pointbert: dict = field(default_factory=dict)
+    # The teacher's architecture (default: PointTransformer_8192point.yaml, as the published teacher)
+    pointbert: PointBertConfig = field(default_factory=PointBertConfig)
 
 
 @dataclass
@@ -129,7 +130,7 @@ class TrainConfig(YamlConfig):
     dinov2_weights: str | None = None
     data: dict = field(default_factory=dict)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    loss: dict = field(default_factory=dict)
+    loss: LossWeights = field(default_factory=LossWeights)
     queue: QueueConfig = field(default_factory=QueueConfig)
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -284,7 +285,7 @@ class Trainer:
         self.sources = sources if sources is not None else build_sources(cfg, self.info)
         self.splits = [bs for _, _, bs in self.sources]
 
-        self.criterion = CleanPoseLoss(LossWeights.from_dict(cfg.loss))
+        self.criterion = CleanPoseLoss(cfg.loss)
         self.teacher = self._build_teacher()
         params = [p for p in self.net.parameters() if p.requires_grad]
         s = cfg.schedule
@@ -320,10 +321,9 @@ class Trainer:
         if float(self.criterion.w.distillation) == 0.0:
             log.warning("distillation OFF: loss weight 'distillation' is 0")
             return None
-        from cleanpose_training.ulip import PointBertConfig, load_pointbert_teacher
+        from cleanpose_training.ulip import load_pointbert_teacher
 
-        pb = dataclass_from_dict(PointBertConfig, self.cfg.distillation.pointbert, "distillation.pointbert")
-        teacher = load_pointbert_teacher(path, pb).to(self.device)
+        teacher = load_pointbert_teacher(path, self.cfg.distillation.pointbert).to(self.device)
         teacher.train(self.cfg.distillation.teacher_train_mode)
         return teacher
 

@@ -14,6 +14,7 @@ import torch
 from _tiny import tiny_config
 from _toy import ToyObjects
 
+from cleanpose_training.losses import LossWeights
 from cleanpose_training.trainer import Trainer, build_model
 from cleanpose_training.ulip import (
     PointBertConfig,
@@ -105,7 +106,7 @@ def test_trainer_with_distillation(tmp_path, caplog):
     pn2 = _ulip_file(tmp_path / "pn2.pt", Pointnet2Ssg(), extra_keys=False)
     cfg = tiny_config(tmp_path / "run", iterations=2)
     cfg.distillation.ulip_pointbert = str(bert)
-    cfg.distillation.pointbert = dict(TINY_BERT)
+    cfg.distillation.pointbert = bert_cfg
     cfg.queue.init, cfg.queue.ulip_pointnet2 = "ulip", str(pn2)
     torch.manual_seed(0)
     net, mcfg = build_model(cfg)
@@ -191,7 +192,7 @@ def test_housecat6d_source_through_the_trainer(tmp_path):
         "tube",
     ]
     cfg.model_overrides["symmetric_categories"] = ["bottle", "can", "glass"]
-    cfg.loss = {"obj_aware": False}  # HouseCat6D: full-cloud reconstruction loss, no outlier masks
+    cfg.loss = LossWeights(obj_aware=False)  # HouseCat6D: full-cloud reconstruction loss, no outlier masks
     cfg.data = {
         "sources": [{"name": "housecat6d", "type": "housecat6d", "data_dir": str(root), "batch_size": 2}]
     }
