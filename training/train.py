@@ -147,16 +147,14 @@ def main(argv=None) -> int:
             summary["it_per_s_steady"] = (last["iteration"] - first["iteration"]) / max(
                 last["elapsed_s"] - first["elapsed_s"], 1e-9
             )
-        test_root = cfg.eval.get("packed_test") if cfg.eval else None
+        test_root = cfg.eval.packed_test
         if info.is_main and test_root and not a.no_eval:
             from cleanpose_training.datasets.packed import PackedDataset
             from cleanpose_training.eval_packed import evaluate_packed, markdown_table
 
             te = time.time()
             ds = PackedDataset(test_root, augment=False)
-            res = evaluate_packed(
-                trainer.net, trainer.queue, ds, trainer.device, int(cfg.eval.get("batch_size", 64))
-            )
+            res = evaluate_packed(trainer.net, trainer.queue, ds, trainer.device, cfg.eval.batch_size)
             res["seconds"] = time.time() - te
             (out / "eval.json").write_text(json.dumps(res, indent=1))
             md = markdown_table(res)

@@ -122,6 +122,14 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalConfig:
+    packed_test: str | None = (
+        None  # a packed test split (datasets/packed.py) scored after training; None: none
+    )
+    batch_size: int = 64
+
+
+@dataclass
 class TrainConfig(YamlConfig):
     section: ClassVar[str] = "config"
 
@@ -134,7 +142,7 @@ class TrainConfig(YamlConfig):
     queue: QueueConfig = field(default_factory=QueueConfig)
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    eval: dict = field(default_factory=dict)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def set_by_path(d: dict, dotted: str, value: Any) -> None:
