@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from pack_fixture import pack_object, write_pack
@@ -42,3 +44,24 @@ def test_packed_dataset_round_trip(tmp_path):
     assert s["pts"].shape == (1024, 3) and s["rgb"].shape == (3, 224, 224) and int(s["category_label"]) == 1
     # bottle (0) is symmetric: its rotation is canonicalised; identity stays identity
     assert torch.allclose(ds[0]["rotation_label"], torch.eye(3))
+
+
+def test_demo_packs_are_readable_where_the_demo_config_looks(tmp_path):
+    """``packed demo`` writes train and test packs that the training and evaluation read, and its default
+    folder is the one configs/demo.yaml names."""
+    import yaml
+
+    from cleanpose_training.datasets.packed import PackedDataset, main
+
+    assert main(["demo", str(tmp_path), "--train-scenes", "1", "--test-scenes", "1", "--frames", "1"]) == 0
+    train = PackedDataset(tmp_path / "train", seed=1)
+    test = PackedDataset(tmp_path / "test", augment=False)
+    assert (
+        len(train) > 0 and len(test) > 0 and train.meta["split"] == "train" and test.meta["split"] == "test"
+    )
+    sample = train[0]
+    assert sample["pts"].shape == (1024, 3) and torch.isfinite(sample["pts"]).all()
+    repo = Path(__file__).resolve().parents[3]
+    demo = yaml.safe_load((repo / "training" / "configs" / "demo.yaml").read_text())
+    assert demo["data"]["sources"][0]["root"] == "outputs/demo_packed/train"
+    assert demo["eval"]["packed_test"] == "outputs/demo_packed/test"
