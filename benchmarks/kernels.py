@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 got = case.kernel(mod, *inputs)
                 stats = harness.measure(lambda c=case, m=mod, a=inputs: c.kernel(m, *a), dev, **timing)
                 report.add(kernel=case.name, form="triton", objects=n, **stats, max_err=case.err(got, ref))
+            print(f"[kernels] {case.name} done", flush=True)  # first calls compile: minutes on a cold cache
     report.print_rows(
         ["kernel", "form", "objects", "median_ms", "p5_ms", "p95_ms", "max_err"], "Kernels (ms)"
     )

@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     report.print_rows(cols, "Per-object input building (ms)")
     for form in builders:
-        report.compare(key=("objects",), between="form", base="numpy", other=form)
-    report.print_comparisons(("objects",), "Torch forms vs numpy")
+        cmp = report.compare(key=("objects",), between="form", base="numpy", other=form)
+        report.print_comparisons(("objects",), f"{form} vs numpy", cmp)
     report.write(args.out)
     return 0
 
