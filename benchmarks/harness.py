@@ -270,9 +270,12 @@ def render(data: dict) -> str:
         ]
     lines.append(Report.table(data["rows"], cols))
     lines += [f"\nnote: {n}" for n in data.get("notes", [])]
-    if data["comparisons"]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for c in data["comparisons"]:
+        groups.setdefault((c["base"], c["other"]), []).append(c)
+    for (base, other), comps in groups.items():
         ccols: list[str] = []
-        for c in data["comparisons"]:
-            ccols += [k for k in c if k not in ccols and k not in ("between", "value")]
-        lines += ["", "Same-run ratios (other / base):", "", Report.table(data["comparisons"], ccols)]
+        for c in comps:
+            ccols += [k for k in c if k not in ccols and k not in ("between", "value", "base", "other")]
+        lines += ["", f"Same-run ratios, {other} / {base}:", "", Report.table(comps, ccols)]
     return "\n".join(lines)
