@@ -1,8 +1,10 @@
 """cleanpose_msgs/InstanceSegmentation -> plain arrays (`Detections`), validated against the image size.
 
-Whole-message problems (array lengths that disagree, a label image of the wrong size, an unknown format)
-raise `DetectionError`: the frame is skipped. Per-detection problems (a mask that does not fit the image, an
-empty mask) drop only that detection and are reported in `Detections.rejected` so the node can log them.
+Whole-message problems (array lengths that disagree, a label image of the wrong size or with labels beyond
+the detections, an unknown format) raise `DetectionError`: the frame is skipped. Per-detection problems (a
+mask that does not fit the image, a smaller mask without offsets, an empty mask, more detections than
+`max_detections`) drop only that detection and are reported in `Detections.rejected` (index, kind, text) so
+the node can log and count them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ class Detections:
     class_ids: list[str]
     scores: np.ndarray  # (n,) float32
     instance_ids: list[str]  # Detection2D.id, or the index in the message when empty
-    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index in message, reason)
+    # (index in the message, reason kind, reason text) of each detection left out
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)
+    index: list[int] | None = None  # index in the message of each detection kept (None: all, in order)
 
     def __len__(self) -> int:
         return len(self.class_ids)
@@ -72,37 +76,69 @@ def _mask_box(mask: np.ndarray) -> np.ndarray | None:
     return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], np.int64)
 
 
-def parse_instance_segmentation(msg, height: int, width: int, box_source: str = "mask") -> Detections:
+def parse_instance_segmentation(
+    msg, height: int, width: int, box_source: str = "mask", max_detections: int | None = None
+) -> Detections:
     """`box_source`: "mask" uses the mask's extent as the crop box (what the NOCS pipeline's boxes are),
-    "detection" uses the Detection2D box and falls back to the mask extent when it is empty/invalid."""
+    "detection" uses the Detection2D box and falls back to the mask extent when it is empty/invalid.
+    `max_detections`: at most this many detections are read (the highest scores; the rest are rejected as
+    "over_max_detections"), which bounds the (n, H, W) masks of a message with hundreds of detections."""
     dets = list(msg.detections)
-    n = len(dets)
+    n_msg = len(dets)
     h, w = int(height), int(width)
+    hyps = [_hypothesis(d) for d in dets]
+    rejected: list[tuple[int, str, str]] = []
+    if msg.format == FORMAT_MASKS and len(msg.masks) != n_msg:
+        raise DetectionError(f"{n_msg} detections but {len(msg.masks)} masks")
+    # the detections read: all, or the `max_detections` highest scores in message order
+    sel = list(range(n_msg))
+    if max_detections is not None and n_msg > max_detections:
+        sc = [v if np.isfinite(v) else 0.0 for _, v in hyps]
+        sel = sorted(sorted(sel, key=lambda j: -sc[j])[:max_detections])
+        chosen = set(sel)
+        rejected += [
+            (j, "over_max_detections", f"beyond max_detections {max_detections} (lower score)")
+            for j in range(n_msg)
+            if j not in chosen
+        ]
+    n = len(sel)
     masks = np.zeros((n, h, w), bool)
+    bad = set()  # positions in `sel`
     if msg.format == FORMAT_MASKS:
-        if len(msg.masks) != n:
-            raise DetectionError(f"{n} detections but {len(msg.masks)} masks")
         ox, oy = list(msg.mask_offset_x), list(msg.mask_offset_y)
-        if len(ox) != len(oy) or (ox and len(ox) != n):
+        if len(ox) != len(oy) or (ox and len(ox) != n_msg):
             raise DetectionError(
-                f"mask offsets must be empty or one per detection: {n} detections, "
+                f"mask offsets must be empty or one per detection: {n_msg} detections, "
                 f"{len(ox)} mask_offset_x, {len(oy)} mask_offset_y"
             )
-        ox = ox or [0] * n
-        oy = oy or [0] * n
-        rejected = []
-        for j, m in enumerate(msg.masks):
+        for k, j in enumerate(sel):
             try:
-                arr = mask_from_image(m, copy=False)  # read once, straight into masks[j]
+                arr = mask_from_image(msg.masks[j], copy=False)  # read once, straight into masks[k]
             except ConversionError as e:
-                rejected.append((j, f"mask: {e}"))
+                rejected.append((j, "bad_mask", f"mask: {e}"))
+                bad.add(k)
                 continue
             mh, mw = arr.shape[:2]
-            x0, y0 = int(ox[j]), int(oy[j])
-            if x0 + mw > w or y0 + mh > h:
-                rejected.append((j, f"mask {mw}x{mh} at offset ({x0}, {y0}) does not fit the {w}x{h} image"))
+            if not ox and (mh, mw) != (h, w):
+                # The message definition: empty offsets mean full-size masks. A smaller mask without offsets
+                # has no defined place in the image (placing it at (0, 0) gave a pose 43.6 cm off).
+                rejected.append(
+                    (j, "mask_no_offsets", f"mask {mw}x{mh} is not the {w}x{h} image size and has no offsets")
+                )
+                bad.add(k)
                 continue
-            np.greater(arr, 0, out=masks[j, y0 : y0 + mh, x0 : x0 + mw])
+            x0, y0 = (int(ox[j]), int(oy[j])) if ox else (0, 0)
+            if x0 < 0 or y0 < 0 or x0 + mw > w or y0 + mh > h:
+                rejected.append(
+                    (
+                        j,
+                        "mask_outside",
+                        f"mask {mw}x{mh} at offset ({x0}, {y0}) does not fit the {w}x{h} image",
+                    )
+                )
+                bad.add(k)
+                continue
+            np.greater(arr, 0, out=masks[k, y0 : y0 + mh, x0 : x0 + mw])
     elif msg.format == FORMAT_LABEL_IMAGE:
         try:
             label = mask_from_image(msg.label_image, copy=False)
@@ -110,38 +146,43 @@ def parse_instance_segmentation(msg, height: int, width: int, box_source: str = 
             raise DetectionError(f"label image: {e}") from None
         if label.shape != (h, w):
             raise DetectionError(f"label image is {label.shape[1]}x{label.shape[0]}, image is {w}x{h}")
+        top = int(label.max()) if label.size else 0
+        if top > n_msg:
+            # a segment without a detection: the label image and the detection list do not belong together
+            raise DetectionError(f"label image has label {top} but the message has {n_msg} detections")
         if n:
-            masks = label[None] == np.arange(1, n + 1, dtype=label.dtype).reshape(-1, 1, 1)
-        rejected = []
+            masks = label[None] == (np.asarray(sel, dtype=label.dtype) + 1).reshape(-1, 1, 1)
     else:
         raise DetectionError(f"unknown format {msg.format} (0 = FORMAT_MASKS, 1 = FORMAT_LABEL_IMAGE)")
 
-    bad = {j for j, _ in rejected}
     boxes = np.zeros((n, 4), np.int64)
     class_ids, scores, inst = [], np.zeros(n, np.float32), []
-    for j, d in enumerate(dets):
-        cid, score = _hypothesis(d)
+    for k, j in enumerate(sel):
+        d = dets[j]
+        cid, score = hyps[j]
         class_ids.append(cid)
-        scores[j] = score if np.isfinite(score) else 0.0
+        scores[k] = score if np.isfinite(score) else 0.0
         inst.append(str(d.id) if d.id else str(j))
-        if j in bad:
+        if k in bad:
             continue
         box = _box_from_bbox(d, h, w) if box_source == "detection" else None
         if box is None:
-            box = _mask_box(masks[j])
+            box = _mask_box(masks[k])
         if box is None:
-            rejected.append((j, "empty mask"))
-            bad.add(j)
+            rejected.append((j, "empty_mask", "empty mask"))
+            bad.add(k)
             continue
-        boxes[j] = box
-    if not bad:  # the common case: no (n, H, W) copy
-        return Detections(masks, boxes, class_ids, scores, inst, rejected=sorted(rejected))
-    keep = [j for j in range(n) if j not in bad]
+        boxes[k] = box
+    rejected.sort()
+    if not bad and n == n_msg:  # the common case: no (n, H, W) copy
+        return Detections(masks, boxes, class_ids, scores, inst, rejected=rejected)
+    keep = [k for k in range(n) if k not in bad]
     return Detections(
         masks=masks[keep],
         boxes=boxes[keep],
-        class_ids=[class_ids[j] for j in keep],
+        class_ids=[class_ids[k] for k in keep],
         scores=scores[keep],
-        instance_ids=[inst[j] for j in keep],
-        rejected=sorted(rejected),
+        instance_ids=[inst[k] for k in keep],
+        rejected=rejected,
+        index=[sel[k] for k in keep],
     )

@@ -29,7 +29,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from cleanpose_ros import params
 from cleanpose_ros.class_map import ClassMap
-from cleanpose_ros.diagnostics import DiagnosticsPublisher, NodeStats, node_status
+from cleanpose_ros.diagnostics import DiagnosticsPublisher, NodeStats, Thresholds, node_status
 from cleanpose_ros.outputs import Outputs
 from cleanpose_ros.pipeline import FramePipeline, PipelineConfig
 from cleanpose_ros.sync import InputSynchronizer
@@ -99,10 +99,16 @@ class CleanPoseNode(LifecycleNode):
         self._sync: InputSynchronizer | None = None
         self._info_sub = None
         self._active = False
+        # input name -> resolved topic (remaps, namespace), for log lines and diagnostics; set at activate
+        self.topics: dict[str, str] = {}
+
+    def topic(self, name: str) -> str:
+        """The topic of input `name` (image, depth, detections, camera_info) as subscribed."""
+        return self.topics.get(name, name)
 
     @property
     def camera_info_topic(self) -> str:
-        return self._info_sub.topic_name if self._info_sub is not None else "camera_info"
+        return self.topic("camera_info")
 
     @property
     def last_stage_ms(self) -> dict[str, float]:
@@ -128,11 +134,23 @@ class CleanPoseNode(LifecycleNode):
         )
         self.worker = FrameWorker(self)
         self.get_logger().info(
-            f"configured: device {self.device}, precision {self.p.precision}, "
+            f"configured: device {self.device}, {self._precision_text()}, "
             f"categories {self.estimator.categories}, tf {self.outputs.tf.backend}, "
             f"diagnostics {self._diag.backend}"
         )
         return TransitionCallbackReturn.SUCCESS
+
+    def _precision_text(self) -> str:
+        """What the estimator really runs (its mode and dtype), and the request when it differs (a CPU runs
+        exact fp32 whatever `precision` asks)."""
+        est = self.estimator
+        mode = getattr(est, "mode", "exact")
+        dtype = str(getattr(est, "dtype", "torch.float32")).replace("torch.", "")
+        text = f"mode {mode} ({dtype}{', DINOv2 fp16 + TF32' if mode == 'fast' else ''})"
+        asked = {"fp32": "exact"}.get(self.p.precision, self.p.precision)
+        if asked != mode:
+            text += f"; precision '{self.p.precision}' was asked, '{mode}' is what {self.device} runs"
+        return text
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.estimator is None:  # released by deactivate(free_gpu_on_deactivate)
@@ -159,10 +177,16 @@ class CleanPoseNode(LifecycleNode):
             p.sync_queue_size,
             p.sync_slop,
             self.worker.put,
+            names=["image", "depth", "detections"],
+            report=self._on_input_problem,
+            on_message=self.stats.on_message,
+            time_jump=p.time_jump_threshold,
         )
         # CameraInfo is cached, not synchronized: a missing CameraInfo then gives a clear log line per frame
         # instead of a synchronizer that silently never fires.
         self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_info, qos)
+        self.topics = {n: s.topic_name for n, s in zip(self._sync.names, self._sync.subscriptions)}
+        self.topics["camera_info"] = self._info_sub.topic_name
         self._active = True
         self.worker.accept(True)
         subs = ", ".join(s.topic_name for s in [*self._sync.subscriptions, self._info_sub])
@@ -180,10 +204,13 @@ class CleanPoseNode(LifecycleNode):
             self.worker.wait_idle()
             self._release_model()
             self.get_logger().info("deactivated: model released, GPU cache emptied (reloads on activate)")
+        else:
+            self.get_logger().info("deactivated: unsubscribed, input sets no longer taken (activate resumes)")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
+        self.get_logger().info("cleaned up: model, outputs and worker released (configure loads them again)")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -213,11 +240,33 @@ class CleanPoseNode(LifecycleNode):
         self.p = None
 
     def _on_info(self, msg: CameraInfo) -> None:
+        self.stats.on_message("camera_info")
         self.camera_info = msg
 
+    def _on_input_problem(self, kind: str, name: str, text: str, gap_s: float | None) -> None:
+        """A message or set the synchronizer will not pass on (sync.SyncMonitor): counted and logged."""
+        if kind == "time_jump":
+            self.stats.on_time_jump()
+            if self.worker is not None:
+                self.worker.log(kind, f"time jump on '{self.topic(name)}': {text}")
+            return
+        self.stats.on_input_problem(kind, gap_s)
+        if self.worker is not None:
+            self.worker.log(kind, f"input not used ({kind}) on '{self.topic(name)}': {text}")
+
     def _status(self):
+        if self._sync is not None:
+            self._sync.poll()  # sync misses are found late when nothing arrives any more
         pending = self._sync.pending() if self._sync is not None else 0
-        return node_status(self.stats, self.device, self._active, pending)
+        p = self.p
+        th = Thresholds(
+            window=p.diagnostics_window,
+            stale_timeout=p.stale_timeout,
+            warn_skip_share=p.warn_skip_share,
+            warn_drop_share=p.warn_drop_share,
+            min_input_rate=p.min_input_rate,
+        )
+        return node_status(self.stats, self.device, self._active, pending, th, self.topics)
 
     # ------------------------------------------------------------------------------------------ model
     def _resolve_device(self) -> str:

@@ -91,6 +91,14 @@ class NodeParams:
     sync_queue_size: int = _p(
         10, "Approximate-time sync queue length per input.", applies="configure", range=(1, 1000)
     )
+    time_jump_threshold: float = _p(
+        1.0,
+        "A stamp this many seconds older than its input's newest is a time jump (bag loop, clock reset): the "
+        "sync queues are emptied and start again. A smaller step back is a stale, out-of-order message "
+        "(dropped and counted).",
+        applies="configure",
+        range=(0.0, 3600.0),
+    )
     input_reliability: str = _p(
         "best_effort",
         "Input QoS reliability. The default with input_depth 5 is the "
@@ -117,11 +125,22 @@ class NodeParams:
         applies="configure",
     )
     diagnostics_period: float = _p(
-        1.0, "Seconds between /diagnostics messages.", applies="configure", range=(0.1, 60.0)
+        0.5, "Seconds between /diagnostics messages.", applies="configure", range=(0.1, 60.0)
     )
     # --- processing (run time) ---
     score_threshold: float = _p(0.0, "Detections below this score are ignored.", range=(0.0, 1.0))
     max_objects: int = _p(20, "At most this many objects per frame (highest scores first).", range=(1, 200))
+    max_detections: int = _p(
+        256,
+        "At most this many detections of a message are read (highest scores; the rest are logged and "
+        "counted): bounds the per-frame mask memory.",
+        range=(1, 100000),
+    )
+    max_image_pixels: int = _p(
+        16_777_216,
+        "Colour or depth images with more pixels (width x height) are skipped, logged and counted.",
+        range=(1, 2**31 - 1),
+    )
     min_points: int = _p(
         16,
         "Objects need MORE than this many valid depth pixels in their crop (protocol: 16).",
@@ -154,7 +173,38 @@ class NodeParams:
         "When set, outputs are transformed into this frame through TF (latest "
         "transform); empty: the image's optical frame.",
     )
-    log_throttle: float = _p(5.0, "Seconds between repeats of the same warning.", range=(0.0, 3600.0))
+    log_throttle: float = _p(
+        5.0,
+        "Seconds between repeats of the same warning (per reason; the first one is always logged).",
+        range=(0.0, 3600.0),
+    )
+    # --- diagnostics (run time) ---
+    diagnostics_window: float = _p(
+        1.0,
+        "Seconds of recent history the /diagnostics level and shares are judged on (back to OK within this "
+        "plus diagnostics_period after recovery).",
+        range=(0.1, 600.0),
+    )
+    stale_timeout: float = _p(
+        2.0,
+        "ERROR when image, depth or detections had no message for this many seconds.",
+        range=(0.1, 3600.0),
+    )
+    warn_skip_share: float = _p(
+        0.2,
+        "WARN when more than this share of input sets (or of objects) in the window was not used.",
+        range=(0.0, 1.0),
+    )
+    warn_drop_share: float = _p(
+        0.5,
+        "WARN when more than this share of input sets in the window was dropped (model slower than input).",
+        range=(0.0, 1.0),
+    )
+    min_input_rate: float = _p(
+        0.0,
+        "WARN when image, depth or detections arrive slower than this (Hz); 0 = no check.",
+        range=(0.0, 1000.0),
+    )
 
     @classmethod
     def names(cls) -> list[str]:
@@ -263,6 +313,7 @@ _SECTIONS = {
     "sync_slop": "inputs and synchronization",
     "score_threshold": "processing",
     "publish_tf": "outputs",
+    "diagnostics_window": "diagnostics",
 }
 _YAML_HEADER = """\
 # cleanpose_node parameters (ROS 2 params file). Every parameter, its default and meaning.
@@ -283,7 +334,8 @@ _YAML_HEADER = """\
 #   out  ~/markers        visualization_msgs/MarkerArray       DELETEALL, then box + label (+ axes) per object
 #   out  ~/debug_image    sensor_msgs/Image rgb8               projected boxes and axes (publish_debug_image)
 #   out  /tf              object frames <tf_prefix><class>_<instance id> under the image frame (publish_tf)
-#   out  /diagnostics     input/output rate, latency, drops, skipped inputs, GPU memory, RSS
+#   out  /diagnostics     per-input rates/ages, sync misses, skips per reason (lifetime and recent window),
+#                         latency, drops, GPU memory, RSS; level OK / WARN / ERROR (diagnostics section)
 /**:
   ros__parameters:
 """

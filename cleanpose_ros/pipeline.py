@@ -55,6 +55,7 @@ class FrameResult:
     skipped_low_score: int = 0
     skipped_max_objects: int = 0
     skipped_few_points: int = 0
+    few_points: list[int] = field(default_factory=list)  # indices (in the Detections) of those objects
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -223,6 +224,9 @@ class FramePipeline:
             masks, boxes = det.masks[idx], det.boxes[idx]
         batch, kept, category, num_points = self.build_inputs(rgb, depth, K, masks, boxes, cats)
         res.skipped_few_points = len(idx) - len(kept)
+        if res.skipped_few_points:
+            kept_set = {int(k) for k in kept}
+            res.few_points = [j for i, j in enumerate(idx) if i not in kept_set]
         t1 = time.perf_counter()
         tm = res.timings_ms
         tm["select"] = (ts - t0) * 1e3

@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
+
 from cleanpose_ros import conversions
 from cleanpose_ros.detections import DetectionError, parse_instance_segmentation
 from cleanpose_ros.diagnostics import StageClock
@@ -99,8 +101,11 @@ class FrameWorker:
             try:
                 self.process(*item)
             except Exception as e:  # one bad frame must never end the worker
-                self.node.stats.on_skip("error")
-                self.log("error", f"frame skipped: unexpected {type(e).__name__}: {e}", "error")
+                kind = "out_of_memory" if type(e).__name__ == "OutOfMemoryError" else "error"
+                if kind == "out_of_memory":
+                    _empty_cuda_cache()  # so the next frame gets the memory this one could not
+                self.node.stats.on_skip(kind)
+                self.log(kind, f"frame skipped: unexpected {type(e).__name__}: {e}", "error")
             finally:
                 with self._cv:
                     self._busy = False
@@ -108,8 +113,22 @@ class FrameWorker:
 
     # ------------------------------------------------------------------------------------------ frame path
     def _skip(self, kind: str, msg: str) -> None:
+        """The whole frame is not used: one counter, one throttled log line per reason kind."""
         self.node.stats.on_skip(kind)
-        self.log(kind, f"frame skipped: {msg}")
+        self.log(kind, f"frame skipped ({kind}): {msg}")
+
+    def _objects_skipped(self, kind: str, indices: list[int], msg: str, level: str = "warning") -> None:
+        """Objects of a used frame left out: counted per object, one throttled line per reason kind."""
+        if not indices:
+            return
+        self.node.stats.on_objects_skipped(kind, len(indices))
+        shown = ", ".join(map(str, indices[:8])) + (", ..." if len(indices) > 8 else "")
+        self.log(
+            f"objects:{kind}",
+            f"{len(indices)} object(s) left out ({kind}) on '{self.node.topic('detections')}' "
+            f"[detection {shown}]: {msg}",
+            level,
+        )
 
     def process(self, image, depth_msg, det_msg, t_arrival: float, wall_ns: int | None = None) -> None:
         """One synchronized set. `t_arrival`: time.monotonic() when the set was complete; `wall_ns`: the wall
@@ -121,35 +140,48 @@ class FrameWorker:
         clk = StageClock()
         pre = _pre_stages(image.header.stamp, t_arrival, wall_ns)
         # messages -> numpy
+        for key, m in (("image", image), ("depth", depth_msg)):
+            if int(m.width) * int(m.height) > p.max_image_pixels:
+                return self._skip(
+                    "too_large",
+                    f"'{node.topic(key)}' is {m.width}x{m.height} = {int(m.width) * int(m.height)} pixels, "
+                    f"more than max_image_pixels {p.max_image_pixels}",
+                )
         if info is None:
-            return self._skip("no_camera_info", f"no CameraInfo received yet on '{node.camera_info_topic}'")
-        try:
-            K = conversions.camera_info_to_K(info)
-            rgb = conversions.rgb_from_image(image)
-            depth = conversions.depth_from_image(depth_msg)
-        except conversions.ConversionError as e:
-            return self._skip("bad_image", str(e))
+            return self._skip(
+                "no_camera_info", f"no CameraInfo received yet on '{node.topic('camera_info')}'"
+            )
+        steps = (
+            ("bad_camera_info", "camera_info", lambda: conversions.camera_info_to_K(info)),
+            ("bad_image", "image", lambda: conversions.rgb_from_image(image)),
+            ("bad_depth", "depth", lambda: conversions.depth_from_image(depth_msg)),
+        )
+        arrays = []
+        for kind, key, convert in steps:
+            try:
+                arrays.append(convert())
+            except conversions.ConversionError as e:
+                return self._skip(kind, f"'{node.topic(key)}': {e}")
+        K, rgb, depth = arrays
         clk.lap("convert")
         if reason := self._check_sizes(rgb, depth, info):
             return self._skip(*reason)
         # detections
         h, w = rgb.shape[:2]
         try:
-            det = parse_instance_segmentation(det_msg, h, w, p.box_source)
+            det = parse_instance_segmentation(det_msg, h, w, p.box_source, p.max_detections)
         except DetectionError as e:
-            return self._skip("bad_detections", f"detections: {e}")
-        for j, reason in det.rejected:
-            self.log(f"rejected:{reason[:40]}", f"detection {j} ignored: {reason}")
+            return self._skip("bad_detections", f"'{node.topic('detections')}': {e}")
+        by_kind: dict[str, list[tuple[int, str]]] = {}
+        for j, kind, reason in det.rejected:
+            by_kind.setdefault(kind, []).append((j, reason))
+        for kind, items in by_kind.items():
+            self._objects_skipped(kind, [j for j, _ in items], items[0][1])
         clk.lap("detections")
         # per-object inputs -> one batched forward -> poses (camera optical frame)
         res = pipeline.process(rgb, depth, K, det)
         clk.lap("pipeline")
-        if res.skipped_unknown_class:
-            self.log(
-                "unknown_class",
-                f"detections of unknown classes {sorted(set(res.skipped_unknown_class))} ignored (add them "
-                "to the class_map parameter as 'detector_class:category')",
-            )
+        self._report_selection(det, res, depth)
         header, objects = image.header, res.objects
         if p.target_frame:
             try:
@@ -158,13 +190,7 @@ class FrameWorker:
                 return self._skip("tf", f"target_frame '{p.target_frame}': {e}")
         # publish
         node.outputs.publish(p, header, objects, (rgb, K, image.header, res.objects), clk)
-        node.stats.on_output(
-            time.monotonic() - t_arrival,
-            self._age_s(header),
-            len(objects),
-            len(res.skipped_unknown_class),
-            res.skipped_few_points,
-        )
+        node.stats.on_output(time.monotonic() - t_arrival, self._age_s(header), len(objects))
         clk.lap("stats")
         stages = dict(pre)
         stages.update((k, res.timings_ms[k]) for k in ("select", "build_inputs", "forward", "results"))
@@ -172,18 +198,55 @@ class FrameWorker:
         self.last_stage_ms = stages
         node.stats.on_stages(stages)
 
+    def _report_selection(self, det, res, depth) -> None:
+        """Log and count the objects the pipeline left out (class map, score, count, depth)."""
+        p = self.node.p
+
+        def msg_index(js):
+            return [det.index[j] if det.index is not None else j for j in js]
+
+        if res.skipped_unknown_class:
+            unknown = [j for j in range(len(det)) if det.class_ids[j] in set(res.skipped_unknown_class)]
+            self._objects_skipped(
+                "unknown_class",
+                msg_index(unknown),
+                f"unknown classes {sorted(set(res.skipped_unknown_class))} (add them to the class_map "
+                "parameter as 'detector_class:category')",
+            )
+        if res.skipped_low_score:
+            low = [j for j in range(len(det)) if det.scores[j] < p.score_threshold]
+            self._objects_skipped(
+                "low_score", msg_index(low), f"score below score_threshold {p.score_threshold}", "info"
+            )
+        if res.skipped_max_objects:
+            self._objects_skipped(
+                "over_max_objects",
+                list(range(res.skipped_max_objects)),
+                f"{res.n_detections} detections, only the max_objects {p.max_objects} highest-scoring "
+                "are estimated (indices here count the objects left out)",
+            )
+        if res.few_points:
+            counts = [int(np.count_nonzero(depth[det.masks[j]] > 0)) for j in res.few_points]
+            self._objects_skipped(
+                "few_points",
+                msg_index(res.few_points),
+                f"{counts[0]} valid depth pixels in the mask on '{self.node.topic('depth')}' (more than "
+                f"min_points {p.min_points} needed; NaN, inf, zero, negative and out-of-range depth are "
+                "invalid)",
+            )
+
     def _check_sizes(self, rgb, depth, info) -> tuple[str, str] | None:
         """(kind, reason) when depth or CameraInfo do not belong to the colour image."""
         h, w = rgb.shape[:2]
         if depth.shape != (h, w):
             return "size_mismatch", (
-                f"depth is {depth.shape[1]}x{depth.shape[0]} but the colour image is {w}x{h} (depth must be "
-                "registered to the colour camera)"
+                f"depth '{self.node.topic('depth')}' is {depth.shape[1]}x{depth.shape[0]} but the colour "
+                f"image is {w}x{h} (depth must be registered to the colour camera)"
             )
         if info.width and info.height and (info.width, info.height) != (w, h):
             return "info_mismatch", (
-                f"CameraInfo is {info.width}x{info.height} but the colour image is {w}x{h}: the intrinsics "
-                "do not belong to this image"
+                f"CameraInfo '{self.node.topic('camera_info')}' is {info.width}x{info.height} but the "
+                f"colour image is {w}x{h}: the intrinsics do not belong to this image"
             )
         if not self._noted_distortion and conversions.has_distortion(info):
             self._noted_distortion = True
@@ -212,3 +275,13 @@ def _pre_stages(stamp, t_arrival: float, wall_ns: int | None) -> dict[str, float
         if 0.0 <= rx < 10_000.0:
             pre = {"receive": rx, **pre}
     return pre
+
+
+def _empty_cuda_cache() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # only a courtesy to the next frame
+        pass

@@ -165,8 +165,49 @@ def test_bad_detection_messages():
     msg.masks[0] = image_msg(np.ones((60, 60), np.uint8), "mono8", 0)
     msg.masks[1] = image_msg(np.zeros((40, 50), np.uint8), "mono8", 0)
     d = parse_instance_segmentation(msg, 40, 50)
-    assert len(d) == 0 and [j for j, _ in d.rejected] == [0, 1]
-    assert "does not fit" in d.rejected[0][1] and d.rejected[1][1] == "empty mask"
+    assert [(j, kind) for j, kind, _ in d.rejected] == [(0, "mask_no_offsets"), (1, "empty_mask")]
+    assert len(d) == 0 and "60x60 is not the 50x40 image size" in d.rejected[0][2]
+    msg.mask_offset_x, msg.mask_offset_y = [0, 0], [0, 0]  # with offsets: it overflows the image
+    assert "does not fit" in parse_instance_segmentation(msg, 40, 50).rejected[0][2]
+
+
+def test_smaller_mask_without_offsets_is_rejected_not_placed_at_the_origin():
+    """The message definition: empty offsets mean full-size masks. A box-sized mask without offsets has no
+    place in the image; it used to be put at (0, 0) and estimated (a pose 43.6 cm off)."""
+    m = _masks()
+    msg = detections_msg(m, ["mug", "can"], 0)
+    msg.masks[0] = image_msg(m[0, 5:15, 10:30].astype(np.uint8), "mono8", 0)
+    d = parse_instance_segmentation(msg, 40, 50)
+    assert d.class_ids == ["can"] and d.index == [1]
+    np.testing.assert_array_equal(d.masks[0], m[1])
+    assert [(j, kind) for j, kind, _ in d.rejected] == [(0, "mask_no_offsets")]
+    assert "20x10 is not the 50x40 image size" in d.rejected[0][2]
+    # an offset that pushes the mask past the border does not fit
+    msg = detections_msg(m, ["mug", "can"], 0)
+    msg.mask_offset_x, msg.mask_offset_y = [1, 0], [0, 0]
+    assert [kind for _, kind, _ in parse_instance_segmentation(msg, 40, 50).rejected] == ["mask_outside"]
+
+
+def test_label_image_with_a_label_beyond_the_detections_is_refused():
+    m = _masks()
+    msg = detections_msg(m, ["mug", "can"], 0, label_image=True)
+    lab = np.zeros((40, 50), np.uint8)
+    lab[0, 0] = 3
+    msg.label_image = image_msg(lab, "mono8", 0)
+    with pytest.raises(DetectionError, match="label 3 but the message has 2 detections"):
+        parse_instance_segmentation(msg, 40, 50)
+
+
+@pytest.mark.parametrize("label_image", [False, True])
+def test_max_detections_keeps_the_highest_scores(label_image):
+    m = np.zeros((5, 40, 50), bool)
+    for j in range(5):
+        m[j, 2 * j : 2 * j + 2, 0:10] = True
+    msg = detections_msg(m, ["mug"] * 5, 0, scores=[0.1, 0.9, 0.5, 0.8, 0.2], label_image=label_image)
+    d = parse_instance_segmentation(msg, 40, 50, max_detections=2)
+    assert d.index == [1, 3] and d.instance_ids == ["1", "3"]
+    np.testing.assert_array_equal(d.masks, m[[1, 3]])
+    assert [(j, kind) for j, kind, _ in d.rejected] == [(j, "over_max_detections") for j in (0, 2, 4)]
 
 
 def _msg(ns):

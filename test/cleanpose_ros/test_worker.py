@@ -91,3 +91,18 @@ def test_a_failing_frame_is_counted_and_the_thread_goes_on(worker):
     w.put("good", None, None)
     _wait(lambda: seen == ["bad", "good"])
     assert any(level == "error" and "RuntimeError: boom" in msg for level, msg in log.lines)
+
+
+def test_throttled_log_shows_the_first_of_each_cause_then_waits():
+    from cleanpose_ros.worker import ThrottledLog
+
+    log = _Log()
+    period = [60.0]
+    t = ThrottledLog(log, lambda: period[0])
+    t("bad_depth", "one")
+    t("bad_depth", "two")  # same cause within the period: held back
+    t("sync_miss", "three", "error")  # another cause: shown at once
+    assert log.lines == [("warning", "one"), ("error", "three")]
+    period[0] = 0.0
+    t("bad_depth", "four")
+    assert log.lines[-1] == ("warning", "four")
