@@ -816,6 +816,8 @@ def markdown_report(result: dict[str, Any]) -> str:
         lines.append(format_map(acc.get("nocs_map")))
     for note in result.get("notes", []):
         lines.append(f"Note: {note}")
+    for err in result.get("errors", []):
+        lines.append(f"FAILED {err['pass']}: {err['error']}")
     return "\n".join(lines)
 
 
@@ -976,16 +978,44 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     rates = parse_rates(args.rates)
-    try:
-        result, dds_runs, ip_lat = bench(args, bag, topics, rates, out)
-    except (TimeoutError, RuntimeError) as e:
-        print(f"cleanpose-bench: {e}", file=sys.stderr)
-        return 1
+    device, reason = resolve_tool_device(args.device)
+    result, dds_runs, ip_lat = bench(args, bag, topics, rates, out, device)
+    if reason:
+        result["notes"].insert(0, reason)
+    errors = result["errors"]
+    # The measurements are written before anything else can fail: the plot and the table come after.
     (out / "bench.json").write_text(json.dumps(_jsonable(result), indent=2))
-    plot(result, dds_runs, ip_lat, out / "bench.png")
+    written = [out / "bench.json"]
+    try:
+        plot(result, dds_runs, ip_lat, out / "bench.png")
+        written.append(out / "bench.png")
+    except Exception as e:  # a plotting problem must not hide the numbers
+        errors.append(_pass_error("plot", e))
+        (out / "bench.json").write_text(json.dumps(_jsonable(result), indent=2))
     print(markdown_report(result))
-    print(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'}")
+    print(f"\nwrote {' and '.join(str(p) for p in written)}")
+    if errors:
+        for err in errors:
+            print(f"cleanpose-bench: FAILED {err['pass']}: {err['error']}", file=sys.stderr)
+        print(
+            f"cleanpose-bench: {len(errors)} pass(es) failed; {out / 'bench.json'} holds the passes that "
+            "finished and an 'errors' entry",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def resolve_tool_device(requested: str) -> tuple[str, str | None]:
+    """The device the node and the in-process pass run on, and why it differs from ``requested`` (None
+    when it does not). A machine without CUDA runs the benchmark on the CPU rather than failing after the
+    DDS passes, as the node itself does; the reason is printed here and kept in bench.json's notes."""
+    from cleanpose_model.device import resolve_device
+
+    choice, reason = resolve_device(requested, fallback=True)
+    if reason:
+        print(f"cleanpose-bench: {reason}", file=sys.stderr)
+    return str(choice), reason
 
 
 def device_description(device: str) -> str:
@@ -999,8 +1029,28 @@ def device_description(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path):
+def _pass_error(name: str, exc: BaseException) -> dict[str, str]:
+    if isinstance(exc, KeyboardInterrupt):
+        return {"pass": name, "error": "interrupted (Ctrl-C)"}
+    return {"pass": name, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _mode_label(rate: float | None) -> str:
+    return f"{rate:g} Hz" if rate is not None else "max (closed loop)"
+
+
+def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path, device: str | None = None):
+    """Runs the DDS passes (one per rate) and the in-process pass; returns (result, DDS runs per rate,
+    in-process latencies).
+
+    A pass that fails ends up in ``result["errors"]`` as {"pass", "error"}, and everything measured before it
+    stays in the result: iterations that finished count for their rate. A failed DDS pass ends the DDS passes
+    (the node or the transport is what failed, so the next rate would wait on it too); the in-process pass
+    does not depend on them and still runs. Ctrl-C ends the run the same way and skips what is left.
+    """
+    device = device or args.device
     notes: list[str] = []
+    errors: list[dict[str, str]] = []
     checkpoint = args.checkpoint
     trained = True
     if (not args.node_running or args.in_process) and checkpoint is None:
@@ -1016,10 +1066,16 @@ def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path):
     if not args.node_running:
         extra = dict(kv.split(":=", 1) for kv in args.param)
         node = NodeProcess(
-            node_command(checkpoint, args.device, topics, args.node_name.strip("/"), extra), out / "node.log"
+            node_command(checkpoint, device, topics, args.node_name.strip("/"), extra), out / "node.log"
         )
         pid = node.pid
     rep = None
+    dds_runs: list[list[RunResult]] = []
+    stage_ms: list[dict[str, float]] = []
+    diagnostics: dict[str, Any] = {}
+    runs: list[RunResult] = []
+    interrupted = False
+    current = "node start-up"
     try:
         rep = Replayer(bag, topics, args.node_name)
         try:
@@ -1032,6 +1088,7 @@ def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path):
             tail = node.log_tail() if node else "(not started here)"
             raise TimeoutError(f"{e}\nnode log tail:\n{tail}") from e
         frames = bag.frames
+        current = "warm-up"
         # Model load happens before the node subscribes, but the first forward passes still pay lazy
         # initialisation (allocator, kernels): keep them out of the numbers.
         for k in range(min(args.warmup, len(frames))):
@@ -1041,22 +1098,30 @@ def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path):
         gc.collect()
         gc.freeze()
         sampler = ResourceSampler(pid, period_s=args.sample_period)
-        dds_runs: list[list[RunResult]] = []
-        stage_ms: list[dict[str, float]] = []
         for rate in rates:
+            current = f"DDS {_mode_label(rate)}"
             runs = []
             for it in range(args.iterations):
                 sampler.start()
-                run = rep.run(frames, rate_hz=rate, iteration=it, answer_timeout_s=args.answer_timeout)
-                run.resources = sampler.stop()
+                try:
+                    run = rep.run(frames, rate_hz=rate, iteration=it, answer_timeout_s=args.answer_timeout)
+                finally:
+                    resources = sampler.stop()
+                run.resources = resources
                 runs.append(run)
                 time.sleep(0.5)  # let a late answer of this run land before the next starts
             dds_runs.append(runs)
             # the node's stage means over its last 100 frames: this rate's (when it sent that many)
             stage_ms.append(wait_stage_means(rep, args.node_name))
         diagnostics = dict(rep.diagnostics)
-        # accuracy from the first closed-loop (else first) iteration that has answers
-        acc_run = next((r[0] for r in dds_runs if r[0].mode == "max"), dds_runs[0][0])
+    except (Exception, KeyboardInterrupt) as e:
+        errors.append(_pass_error(current, e))
+        interrupted = isinstance(e, KeyboardInterrupt)
+        if current.startswith("DDS") and runs:
+            dds_runs.append(runs)  # the iterations of the failed rate that finished
+            stage_ms.append({})
+        if rep is not None:
+            diagnostics = dict(rep.diagnostics)
     finally:
         if rep is not None:
             rep.close()
@@ -1072,7 +1137,8 @@ def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path):
     lvo = latency_by_objects([rec for run in src_runs for rec in run.records])
     result: dict[str, Any] = {
         "tool": "cleanpose-bench",
-        "device": device_description(args.device),
+        "device": device_description(device),
+        "device_requested": args.device,
         "checkpoint": checkpoint,
         "trained_model": trained,
         "node_running": args.node_running,
@@ -1091,29 +1157,45 @@ def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path):
         "latency_vs_objects": lvo,
         "diagnostics": diagnostics,
         "notes": notes,
+        "errors": errors,
     }
-    result["accuracy"] = accuracy_section(bag, topics, acc_run)
+    if dds_runs:
+        # accuracy from the first closed-loop (else first) iteration that has answers
+        acc_run = closed[0][0] if closed else dds_runs[0][0]
+        result["accuracy"] = accuracy_section(bag, topics, acc_run)
+    else:
+        result["accuracy"] = {"skipped": "no DDS pass finished, accuracy skipped"}
     ip_lat = None
-    if args.in_process:
-        pipe = make_pipeline(checkpoint, args.device)
-        for fr in bag.frames[: min(args.warmup, len(bag.frames))]:
-            run_in_process(bag, [fr], pipe, 1)
-        ip = run_in_process(bag, bag.frames, pipe, args.iterations)
-        ip_lat = ip.pop("_lat")
-        ip["iterations"] = args.iterations
-        result["in_process"] = ip
-        if closed:
-            c = aggregate(closed[0])
-            d50, i50 = c["latency_ms"]["p50"], ip["latency_ms"]["p50"]
-            if d50 is not None and i50:
-                result["ros_overhead"] = {
-                    "p50_ms": d50 - i50,
-                    "ratio_p50": d50 / i50,
-                    "throughput_ratio": ip["throughput_hz"] / c["output_rate_hz"]
-                    if c["output_rate_hz"]
-                    else None,
-                }
+    if args.in_process and not interrupted:
+        try:
+            ip_lat = _in_process_pass(args, bag, checkpoint, device, closed, result)
+        except (Exception, KeyboardInterrupt) as e:
+            errors.append(_pass_error("in-process", e))
     return result, dds_runs, ip_lat
+
+
+def _in_process_pass(args, bag: BagFrames, checkpoint: str, device: str, closed, result: dict) -> list[float]:
+    """The same frames through FramePipeline in this process: result["in_process"] and, against the first
+    closed-loop DDS rate, result["ros_overhead"]; returns the per-frame latencies (for the plot)."""
+    pipe = make_pipeline(checkpoint, device)
+    for fr in bag.frames[: min(args.warmup, len(bag.frames))]:
+        run_in_process(bag, [fr], pipe, 1)
+    ip = run_in_process(bag, bag.frames, pipe, args.iterations)
+    ip_lat = ip.pop("_lat")
+    ip["iterations"] = args.iterations
+    result["in_process"] = ip
+    if closed:
+        c = aggregate(closed[0])
+        d50, i50 = c["latency_ms"]["p50"], ip["latency_ms"]["p50"]
+        if d50 is not None and i50:
+            result["ros_overhead"] = {
+                "p50_ms": d50 - i50,
+                "ratio_p50": d50 / i50,
+                "throughput_ratio": ip["throughput_hz"] / c["output_rate_hz"]
+                if c["output_rate_hz"]
+                else None,
+            }
+    return ip_lat
 
 
 if __name__ == "__main__":

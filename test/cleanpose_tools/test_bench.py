@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -131,3 +132,108 @@ def test_bench_real_node_small_bag(tmp_path, ros_overlay, storage, capsys):
     printed = capsys.readouterr().out
     assert "Node stages (ms" in printed and "| max (closed loop) | " in printed, printed
     assert os.environ.get("ROS_DOMAIN_ID")  # ran on the session's own domain
+
+
+class _FakeNode:
+    """Stands in for the node subprocess: records the command it was started with."""
+
+    commands: ClassVar[list[list[str]]] = []
+
+    def __init__(self, cmd, log_path, *a, **k):
+        _FakeNode.commands.append(cmd)
+        self.log_path = log_path
+        self.pid = None
+
+    def alive(self) -> bool:
+        return True
+
+    def log_tail(self) -> str:
+        return ""
+
+    def stop(self) -> int:
+        return 0
+
+
+class _FakeReplayer:
+    """Answers frame i after 5 + i ms; the closed-loop rate (rate None) raises, as a node that dies would."""
+
+    def __init__(self, bag, topics, node_name, **kw):
+        self.diagnostics: dict = {}
+
+    def wait_for_node(self, timeout_s):
+        pass
+
+    def send(self, frame):
+        return SendRecord(frame.index, frame.n_objects, 0, 0.0, 0.005)
+
+    def wait_answer(self, rec, timeout_s):
+        return True
+
+    def run(self, frames, rate_hz=None, iteration=0, answer_timeout_s=10.0):
+        if rate_hz is None:
+            raise RuntimeError("node gone")
+        recs = [
+            SendRecord(f.index, f.n_objects, i, 0.1 * i, 0.1 * i + 0.005 + 0.001 * i)
+            for i, f in enumerate(frames)
+        ]
+        return RunResult("rate", rate_hz, iteration, recs, 0.0, len(frames) * 0.1)
+
+    def close(self):
+        pass
+
+
+def _no_pipeline(checkpoint, device):
+    raise RuntimeError("in-process model failed to load")
+
+
+def test_failed_passes_keep_finished_measurements(tmp_path, monkeypatch, capsys):
+    """A pass that raises: bench.json still holds the passes that finished, an 'errors' entry names the
+    failed ones, and the exit code is 1."""
+    monkeypatch.setattr(bench, "NodeProcess", _FakeNode)
+    monkeypatch.setattr(bench, "Replayer", _FakeReplayer)
+    monkeypatch.setattr(bench, "make_pipeline", _no_pipeline)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    monkeypatch.setattr(bench, "wait_stage_means", lambda rep, name: {})
+    monkeypatch.setattr(bench, "default_checkpoint", lambda: (tmp_path / "model.safetensors", True))
+    path = write_tiny_bag(tmp_path / "bag", frames=2)
+    out = tmp_path / "out"
+    args = [str(path), "--rates", "10,max", "--iterations", "2", "--warmup", "1", "--device", "cpu"]
+    code = bench.main([*args, "--sample-period", "0", "--out", str(out)])
+    assert code == 1
+    res = json.loads((out / "bench.json").read_text())
+    assert [a["rate_hz"] for a in res["dds"]] == [10.0], "the finished 10 Hz pass is kept"
+    assert res["dds"][0]["received"] == 4 and res["dds"][0]["latency_ms"]["p50"] == pytest.approx(5.5)
+    assert res["errors"] == [
+        {"pass": "DDS max (closed loop)", "error": "RuntimeError: node gone"},
+        {"pass": "in-process", "error": "RuntimeError: in-process model failed to load"},
+    ]
+    assert "in_process" not in res
+    err = capsys.readouterr().err
+    assert "FAILED DDS max (closed loop): RuntimeError: node gone" in err and "bench.json" in err
+
+
+def test_cuda_request_without_cuda_falls_back_with_reason(tmp_path, monkeypatch, capsys):
+    """--device cuda where torch sees no CUDA: the node and the in-process pass get the CPU, and the reason
+    is printed and kept in bench.json."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.resolve_tool_device("cpu") == ("cpu", None)
+    device, reason = bench.resolve_tool_device("cuda")
+    assert device == "cpu" and "CUDA is not available" in reason
+    assert "CUDA is not available" in capsys.readouterr().err
+
+    monkeypatch.setattr(bench, "NodeProcess", _FakeNode)
+    monkeypatch.setattr(bench, "Replayer", _FakeReplayer)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    monkeypatch.setattr(bench, "wait_stage_means", lambda rep, name: {})
+    monkeypatch.setattr(bench, "default_checkpoint", lambda: (tmp_path / "model.safetensors", True))
+    _FakeNode.commands.clear()
+    path = write_tiny_bag(tmp_path / "bag", frames=2)
+    out = tmp_path / "out"
+    args = [str(path), "--rates", "10", "--iterations", "1", "--device", "cuda", "--no-in-process"]
+    assert bench.main([*args, "--sample-period", "0", "--out", str(out)]) == 0
+    assert "device:=cpu" in _FakeNode.commands[0]
+    res = json.loads((out / "bench.json").read_text())
+    assert res["device_requested"] == "cuda" and res["device"].startswith("CPU")
+    assert res["errors"] == [] and "CUDA is not available" in res["notes"][0]
