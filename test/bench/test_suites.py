@@ -112,6 +112,7 @@ def test_kernels_without_kernel_rows_no_ratio(tmp_path):
     assert any("Triton" in n for n in data["notes"])
 
 
+@pytest.mark.slow  # about 3 minutes of Triton's interpreter on 2 CPU cores
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (its CPU interpreter)")
 def test_kernels_interpreted_match_references(tmp_path):
     from benchmarks.kernels import CASES
