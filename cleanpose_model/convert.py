@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from cleanpose_model.errors import CheckpointError, DeviceUnavailableError
+from cleanpose_model.errors import CheckpointError, DeviceUnavailableError, WrongVariantError
 from cleanpose_model.io import checkpoints
 
 
@@ -50,6 +50,27 @@ def verify(net, cfg, queue, out_path: str, n_objects: int = 2) -> float:
             (a.size, b.size),
             (a.keypoints, b.keypoints),
         )
+    )
+
+
+def variant_message(exc: WrongVariantError, path: str) -> str:
+    """The loader's message, unless the file is no published network at all.
+
+    The loader names the other variant ("this is an AG-Pose checkpoint") when every FD_Encoder.* key is
+    missing, which is also true of any unrelated state_dict; when most of the missing keys are outside the
+    front-door encoder, the file shares little with either network, and naming a variant would send the user
+    to a second wrong config."""
+    other = [k for k in exc.missing if not k.startswith("FD_Encoder.")]
+    if len(other) * 2 <= len(exc.missing):
+        return str(exc)
+    # The loader's message: a heading line, the variant line, then the key report.
+    report = str(exc).splitlines()[2:]
+    return "\n".join(
+        [
+            f"{path} is not a published CleanPose or AG-Pose checkpoint: {len(other)} keys of the network "
+            f"outside FD_Encoder.* are missing from it (an unrelated state_dict?)",
+            *report,
+        ]
     )
 
 
@@ -98,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 }
             },
         )
+    except WrongVariantError as exc:
+        print(f"cleanpose-convert: error: {variant_message(exc, args.checkpoint)}", file=sys.stderr)
+        return 1
     except (CheckpointError, DeviceUnavailableError, FileNotFoundError, ValueError) as exc:
         print(f"cleanpose-convert: error: {exc}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import threading
 import time
@@ -43,17 +44,24 @@ def _fmt(v, nd=1) -> str:
     return "–" if v is None else f"{v:.{nd}f}"
 
 
-def ensure_bag(path: Path, frames: int, objects: tuple[int, int], seed: int) -> Path:
-    if (path / "metadata.yaml").exists():
+def ensure_bag(
+    path: Path, frames: int, objects: tuple[int, int], seed: int, regenerate: bool = False
+) -> Path:
+    """The synthetic bag at ``path``: made now, or the one an earlier run made with the same options (said
+    so, with its path: a bag from an older checkout may differ from what this one would render)."""
+    if (path / "metadata.yaml").exists() and not regenerate:
+        print(f"[demo] reusing the bag an earlier run generated: {path} (--regenerate makes it again)")
         return path
     from cleanpose_training.synthetic.__main__ import generate_bag
 
+    if path.exists():
+        shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     generate_bag(path, frames=frames, objects=objects, seed=seed, shadows=False)
     print(
-        f"[demo] generated synthetic bag {path} ({frames} frames, {objects[0]}-{objects[1]} objects/frame) "
-        f"in {time.perf_counter() - t0:.1f} s"
+        f"[demo] generated synthetic bag {path} ({frames} frames of one scene with {objects[0]}-{objects[1]} "
+        f"objects, the count drawn from the seed) in {time.perf_counter() - t0:.1f} s"
     )
     return path
 
@@ -171,7 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--bag", default=None, help="replay this bag instead of generating one (synthetic topics)")
     p.add_argument("--frames", type=int, default=30)
-    p.add_argument("--objects", default="1-4", help="objects per frame of the generated bag, A-B")
+    p.add_argument(
+        "--objects",
+        default="1-4",
+        help="objects in the generated scene, A-B: the count is drawn once from --seed and every frame views "
+        "that scene along a camera arc (seed 0: 4 objects, all in view)",
+    )
+    p.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="make the bag again even when an earlier run left it in --out",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=None, help="default: models/demo, else an untrained demo model")
     p.add_argument("--device", default="cpu")
@@ -216,12 +234,15 @@ def main(argv: list[str] | None = None) -> int:
             args.frames,
             objects,
             args.seed,
+            args.regenerate,
         )
     topics = TopicConfig()
     bag = load_frames(bag_path, topics)
     if not bag.frames:
         print(f"[demo] no complete frames in {bag_path}", file=sys.stderr)
         return 1
+    counts = [f.n_objects for f in bag.frames]
+    print(f"[demo] bag: {len(counts)} frames, {min(counts)}-{max(counts)} objects per frame")
     if args.checkpoint:
         checkpoint, trained = args.checkpoint, True
     else:

@@ -104,6 +104,14 @@ def test_cli_errors_are_one_line(tiny_files, tmp_path, capsys):
     assert main(["--checkpoint", str(ag_pt), "--queue", str(pkl), "--config", str(yml), "--out", out]) == 1
     assert "this is an AG-Pose checkpoint, use variant agpose" in capsys.readouterr().err
 
+    # an unrelated state_dict lacks FD_Encoder.* too, but is named as neither variant
+    other_pt = tmp_path / "unrelated.pt"
+    torch.save({"conv.weight": torch.zeros(3, 3), "fc.bias": torch.zeros(3)}, other_pt)
+    assert main(["--checkpoint", str(other_pt), "--queue", str(pkl), "--config", str(yml), "--out", out]) == 1
+    err = capsys.readouterr().err
+    assert f"{other_pt} is not a published CleanPose or AG-Pose checkpoint" in err
+    assert "AG-Pose checkpoint, use" not in err and "unexpected keys (2): conv.weight, fc.bias" in err
+
     data = pt.read_bytes()
     pt.write_bytes(data[: len(data) // 3])
     assert main(["--checkpoint", str(pt), "--queue", str(pkl), "--config", str(yml), "--out", out]) == 1

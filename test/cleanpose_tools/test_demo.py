@@ -40,3 +40,27 @@ def test_demo_reports_missing_ros_env(monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     assert demo.main(["--short"]) == 2
     assert "scripts/setup.sh" in capsys.readouterr().err
+
+
+def test_demo_bag_reuse_is_said_and_regenerate_makes_it_again(tmp_path, monkeypatch, capsys):
+    """A bag an earlier run left is reused with its path printed; --regenerate replaces it."""
+    import cleanpose_training.synthetic.__main__ as synth
+
+    made = []
+
+    def fake_generate_bag(path, **kw):
+        path.mkdir(parents=True)
+        (path / "metadata.yaml").write_text("new")
+        made.append(kw)
+
+    monkeypatch.setattr(synth, "generate_bag", fake_generate_bag)
+    bag = tmp_path / "bag_30f_1-4obj_s0"
+    bag.mkdir()
+    (bag / "metadata.yaml").write_text("old")
+    assert demo.ensure_bag(bag, 30, (1, 4), 0) == bag
+    assert f"reusing the bag an earlier run generated: {bag}" in capsys.readouterr().out
+    assert not made and (bag / "metadata.yaml").read_text() == "old"
+    assert demo.ensure_bag(bag, 30, (1, 4), 0, regenerate=True) == bag
+    assert made == [{"frames": 30, "objects": (1, 4), "seed": 0, "shadows": False}]
+    assert (bag / "metadata.yaml").read_text() == "new"
+    assert "generated synthetic bag" in capsys.readouterr().out
