@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks import harness
 from benchmarks.fixtures import REPO
-from benchmarks.node import NODE_NAME, StubEstimator, frame_messages, make_frames, node_parameters
+from benchmarks.node_inputs import NODE_NAME, StubEstimator, frame_messages, make_frames, node_parameters
 
 TOPICS = {
     "image": "/bench_dds/image",
