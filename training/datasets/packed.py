@@ -1,9 +1,8 @@
 """Packed per-object training/test set: a compact copy of a NOCS-layout dataset for machines without the
 renderer.
 
-Why: the demo model trains on a lent GPU machine that receives the working tree with a 64 MiB limit and
-cannot run
-the synthetic renderer (no open3d). Packing keeps, per object instance, exactly what the training sample needs
+Why: a GPU training machine may have no renderer (open3d) and little room for a dataset's full images. Packing
+keeps, per object instance, exactly what the training sample needs
 before its random parts (point subset, ±5 mm noise, colour augmentation), so training from the pack is the
 published per-sample pipeline (preprocessing.md §3) with the same distributions.
 
