@@ -301,3 +301,22 @@ def test_deactivate_and_activate_under_load(graph):
     RECOVERY["activate under load: first answer after"] = round(time.monotonic() - t0, 2)
     _ok(client, node, 5)
     assert node.alive()
+
+
+def test_checkpoint_swapped_through_the_lifecycle_while_frames_arrive(graph, checkpoint, tmp_path):
+    import shutil
+
+    from lifecycle_msgs.msg import Transition
+
+    client, node, s = graph
+    _ok(client, node)
+    other = tmp_path / "swapped.safetensors"
+    shutil.copy(checkpoint, other)
+    assert all(r.successful for r in client.set_params(checkpoint=str(other)))
+    t0 = time.monotonic()
+    for tr in ("DEACTIVATE", "CLEANUP", "CONFIGURE", "ACTIVATE"):
+        assert client.change_state(getattr(Transition, f"TRANSITION_{tr}")), tr
+    assert "cleaned up:" in node.log() and f"model loaded from {other}" in node.log()
+    _answer_after(client, node, s.last_sent())
+    RECOVERY["checkpoint swap (deactivate..activate): first answer after"] = round(time.monotonic() - t0, 2)
+    _ok(client, node, 5)

@@ -106,3 +106,26 @@ def test_throttled_log_shows_the_first_of_each_cause_then_waits():
     period[0] = 0.0
     t("bad_depth", "four")
     assert log.lines[-1] == ("warning", "four")
+
+
+def test_out_of_memory_is_its_own_reason_and_the_next_frame_is_served(worker):
+    w, node, log = worker
+
+    class OutOfMemoryError(RuntimeError):  # the name torch.cuda.OutOfMemoryError has
+        pass
+
+    seen = []
+
+    def process(image, *_):
+        seen.append(image)
+        if image == "huge":
+            raise OutOfMemoryError("CUDA out of memory")
+
+    w.process = process
+    w.accept(True)
+    w.put("huge", None, None)
+    _wait(lambda: node.stats.skipped.get("out_of_memory") == 1)
+    w.put("next", None, None)
+    _wait(lambda: seen == ["huge", "next"])
+    assert "error" not in node.stats.skipped
+    assert any("OutOfMemoryError" in msg for _, msg in log.lines)
