@@ -226,7 +226,8 @@ class FrameWorker:
                 "are estimated (indices here count the objects left out)",
             )
         if res.few_points:
-            counts = [int(np.count_nonzero(depth[det.masks[j]] > 0)) for j in res.few_points]
+            valid = self.node.pipeline.prepare_depth(depth) > 0  # with min_depth / max_depth applied
+            counts = [int(np.count_nonzero(valid[det.masks[j]])) for j in res.few_points]
             self._objects_skipped(
                 "few_points",
                 msg_index(res.few_points),
