@@ -27,7 +27,10 @@ class PipelineConfig:
     min_depth: float = 0.0  # m; depth outside [min_depth, max_depth] is invalid (0 = no bound)
     max_depth: float = 0.0
     class_map: list[str] = field(default_factory=lambda: list(DEFAULT_CLASS_MAP))
-    seed: int = DEFAULT_SEED  # fixed per frame: the same frame always gives the same pose
+    # Base of every object's own sampling seed (with its window, valid-pixel count and category: see
+    # cleanpose_model.preprocess.reference.object_rng): the same object gives the same pose whatever the
+    # other detections of the frame are and wherever it stands in the message.
+    seed: int = DEFAULT_SEED
     box_source: str = "mask"  # used when process() is given a raw InstanceSegmentation message
     # "auto": on a CUDA estimator the fixed-shape torch form replayed from CUDA graphs (GraphedInputBuilder,
     # same pixels), else the numpy path; "numpy" / "torch" force one ("torch" on the CPU: that form, eager).
@@ -173,10 +176,9 @@ class FramePipeline:
 
     def build_inputs(self, rgb, depth, K, masks, boxes, cats):
         """Per-object inputs on the estimator's device -> (ObjectBatch, kept, category, num_points), the last
-        three host arrays. Both paths draw the same samples from the same seed (identical poses)."""
+        three host arrays. Both paths draw the same samples from the same per-object seeds (same poses)."""
         dev = self.estimator.device
-        rng = np.random.default_rng(self.cfg.seed)
-        kw = dict(rng=rng, n_points=self.cfg.n_points, min_points=self.cfg.min_points)
+        kw = dict(object_seed=self.cfg.seed, n_points=self.cfg.n_points, min_points=self.cfg.min_points)
         mode = self.cfg.preprocess
         if mode not in ("auto", "numpy", "torch"):
             raise ValueError(f"preprocess must be 'auto', 'numpy' or 'torch', got {mode!r}")

@@ -43,6 +43,7 @@ from cleanpose_model.preprocess.reference import (
     WINDOW_CAP,
     check_frame,
     get_bbox,
+    object_rng,
     sample_indices,
 )
 from cleanpose_model.types import ObjectBatch
@@ -402,8 +403,13 @@ class GraphedInputBuilder:
         n_points: int = N_POINTS,
         min_points: int = MIN_POINTS,
         image_size: int = IMAGE_SIZE,
+        object_seed: int | None = None,
     ):
-        if rng is None:
+        if object_seed is not None and rng is not None:
+            raise ValueError(
+                "pass either rng (one stream) or object_seed (one generator per object), not both"
+            )
+        if rng is None and object_seed is None:
             rng = np.random.default_rng(DEFAULT_SEED)
         boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
         categories = np.asarray(categories, dtype=np.int64).reshape(-1)
@@ -418,17 +424,26 @@ class GraphedInputBuilder:
             self.fallbacks += 1
             big = self.buckets[-1]
             bucket = -(-n // big) * big
+        args = (rgb, depth_m, K, masks, boxes, categories, rng, n_points, min_points, image_size, bucket)
         if self._cuda:
             with torch.cuda.device(self.device):
-                return self._frame(
-                    rgb, depth_m, K, masks, boxes, categories, rng, n_points, min_points, image_size, bucket
-                )
-        return self._frame(
-            rgb, depth_m, K, masks, boxes, categories, rng, n_points, min_points, image_size, bucket
-        )
+                return self._frame(*args, object_seed)
+        return self._frame(*args, object_seed)
 
     def _frame(
-        self, rgb, depth_m, K, masks, boxes, categories, rng, n_points, min_points, image_size, bucket
+        self,
+        rgb,
+        depth_m,
+        K,
+        masks,
+        boxes,
+        categories,
+        rng,
+        n_points,
+        min_points,
+        image_size,
+        bucket,
+        object_seed=None,
     ):
         h, w = depth_m.shape
         n = masks.shape[0]
@@ -491,10 +506,16 @@ class GraphedInputBuilder:
             if self._cuda:
                 self._record_done(stream)
             return _empty(self.device, n_points, image_size)
-        # Same generator calls, same order as the numpy path (kept objects in detection order).
+        # Same generator calls, same order as the numpy path (kept objects in detection order), or the same
+        # per-object generators (`object_rng` of the same window, count and category).
         post = slot.post_host.numpy()
         for i, j in enumerate(kept):
-            post[i, :n_points] = sample_indices(int(counts[j]), n_points, rng) + 1
+            g = (
+                rng
+                if object_seed is None
+                else object_rng(object_seed, wins[j], int(counts[j]), categories[j])
+            )
+            post[i, :n_points] = sample_indices(int(counts[j]), n_points, g) + 1
         post[:m, n_points] = kept
         post[:m, n_points + 1] = categories[kept]
         # Padding rows repeat the first kept object (valid ranks, in-window pixels); they are cut off below.

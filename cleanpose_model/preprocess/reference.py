@@ -53,6 +53,18 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 DEFAULT_SEED = 0
 
 
+def object_rng(seed: int, window, num_points: int, category: int) -> np.random.Generator:
+    """The sampling generator of ONE object, seeded from its own inputs only: the base `seed`, its crop
+    window, its valid-pixel count in that window and its category. Another detection added, dropped or moved
+    in the message changes none of these, so the object's samples (and pose) stay bit-identical; a single
+    stream per frame drawn in message order would hand each object whatever the objects before it left."""
+    rmin, rmax, cmin, cmax = (int(v) for v in window)
+    entropy = [int(seed), int(category), rmin, rmax, cmin, cmax, int(num_points)]
+    if min(entropy) < 0:
+        raise ValueError(f"object seed entropy must be non-negative, got {entropy}")
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
 def get_bbox(bbox, img_width: int = 480, img_length: int = 640) -> tuple[int, int, int, int]:
     """Square crop window of the protocol. `bbox` = (y1, x1, y2, x2); img_width = number of ROWS,
     img_length = number of COLS (the original's naming). Returns (rmin, rmax, cmin, cmax), max exclusive."""
@@ -179,9 +191,11 @@ def sample_object(
     n_points: int = N_POINTS,
     image_size: int = IMAGE_SIZE,
     min_points: int = 0,
+    object_seed: tuple[int, int] | None = None,
 ) -> ObjectSample | None:
     """One object: valid pixels of `mask` (H, W, non-zero = object) inside `window`, sampled, back-projected,
     RGB window resized. None (and nothing drawn from `rng`) when it has <= `min_points` valid pixels.
+    `object_seed` = (seed, category): draw from `object_rng` of this object instead of `rng` (pass rng=None).
     Only the window is read: a full-frame float64 copy costs more than all windows of a frame."""
     rmin, rmax, cmin, cmax = window
     dwin = np.asarray(depth_m[rmin:rmax, cmin:cmax], dtype=np.float64)
@@ -191,6 +205,8 @@ def sample_object(
     n = len(candidates)
     if n <= max(min_points, 0):
         return None
+    if object_seed is not None:
+        rng = object_rng(object_seed[0], window, n, object_seed[1])
     pixels = candidates[sample_indices(n, n_points, rng)]
     side = cmax - cmin
     row, col = np.divmod(pixels, side)
@@ -271,14 +287,20 @@ def build_object_inputs_np(
     n_points: int = N_POINTS,
     min_points: int = MIN_POINTS,
     image_size: int = IMAGE_SIZE,
+    object_seed: int | None = None,
 ) -> ObjectInputs:
     """Every detection of a frame, in detection order. boxes: (n, 4) (y1, x1, y2, x2), exclusive max.
-    Objects with <= min_points valid pixels in their window are dropped (absent from `kept`)."""
+    Objects with <= min_points valid pixels in their window are dropped (absent from `kept`).
+    Sampling: one stream `rng` over the objects in detection order (the datasets' protocol), or, with
+    `object_seed`, one generator per object from `object_rng(object_seed, ...)` (order-invariant: the
+    node's path)."""
     masks = np.asarray(masks)
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
     categories = np.asarray(categories, dtype=np.int64).reshape(-1)
     check_frame(rgb, depth_m, K, masks, boxes, categories)
-    if rng is None:
+    if object_seed is not None and rng is not None:
+        raise ValueError("pass either rng (one stream) or object_seed (one generator per object), not both")
+    if rng is None and object_seed is None:
         rng = np.random.default_rng(DEFAULT_SEED)
     h, w = depth_m.shape
     n = masks.shape[0]
@@ -288,8 +310,18 @@ def build_object_inputs_np(
     choose_out = np.empty((n, n_points), np.int64)
     kept, nums, wins = [], [], []
     for j in range(n):
+        per_object = None if object_seed is None else (object_seed, int(categories[j]))
         s = sample_object(
-            rgb, depth_m, K, masks[j], get_bbox(boxes[j], h, w), rng, n_points, image_size, min_points
+            rgb,
+            depth_m,
+            K,
+            masks[j],
+            get_bbox(boxes[j], h, w),
+            rng,
+            n_points,
+            image_size,
+            min_points,
+            per_object,
         )
         if s is None:
             continue
@@ -315,6 +347,7 @@ def build_object_inputs_np(
 
 def build_object_inputs(*args, device="cpu", dtype=None, **kwargs):
     """DESIGN.md contract: `build_object_inputs_np`'s arguments (rgb uint8, depth_m, K, masks, boxes,
-    categories, rng, n_points, min_points) -> (ObjectBatch on `device` in `dtype`, kept_indices)."""
+    categories, rng, n_points, min_points, image_size, object_seed)
+    -> (ObjectBatch on `device` in `dtype`, kept_indices)."""
     objs = build_object_inputs_np(*args, **kwargs)
     return objs.to_batch(device, dtype), objs.kept
