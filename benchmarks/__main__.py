@@ -13,6 +13,7 @@ SUITES = {
     "memory": "benchmarks.memory",
     "preprocess": "benchmarks.preprocess",
     "node": "benchmarks.node",
+    "tracking": "benchmarks.tracking",
 }
 
 
