@@ -1,7 +1,6 @@
 """The one-kernel attention core (ops/triton/attention.py) equals the torch form (ops/attention.py).
 
-GPU tests; they also run on the CPU through Triton's interpreter
-(`TRITON_INTERPRET=1 pytest -m gpu test/cleanpose_model/ops`) where Triton is installed.
+GPU tests, run where triton_env says (CUDA, or the CPU through Triton's interpreter).
 """
 
 import pytest

@@ -1,13 +1,12 @@
 """The NOCS bin expectation and front-door gate kernels (ops/triton/head_tails.py) equal their torch
 references (ops/head_tails.py), in full fp32 products ("ieee") against float64.
 
-GPU tests; they also run on the CPU through Triton's interpreter
-(`TRITON_INTERPRET=1 pytest -m gpu test/cleanpose_model/ops`) where Triton is installed.
+GPU tests, run where triton_env says (CUDA, or the CPU through Triton's interpreter).
 """
 
 import pytest
 import torch
-from triton_env import DEVICE, needs_triton
+from triton_env import DEVICE, needs_triton, randn
 
 from cleanpose_model.ops import head_tails as R
 from cleanpose_model.ops.triton import head_tails as T
@@ -15,16 +14,12 @@ from cleanpose_model.ops.triton import head_tails as T
 pytestmark = [pytest.mark.gpu, needs_triton]
 
 
-def _r(*shape, gen, scale=1.0):
-    return (torch.randn(*shape, generator=gen) * scale).to(DEVICE)
-
-
 @pytest.mark.parametrize("bsz,n_kpt", [(1, 96), (4, 96), (3, 10)])
 def test_nocs_expectation(bsz, n_kpt):
     g = torch.Generator().manual_seed(bsz + n_kpt)
     cats, bins, c_in = 6, 64, 512
-    h = torch.relu(_r(bsz, n_kpt, c_in, gen=g))
-    w, b = _r(cats * 3 * bins, c_in, gen=g, scale=0.2), _r(cats * 3 * bins, gen=g)
+    h = torch.relu(randn(bsz, n_kpt, c_in, gen=g))
+    w, b = randn(cats * 3 * bins, c_in, gen=g, scale=0.2), randn(cats * 3 * bins, gen=g)
     category = torch.randint(0, cats, (bsz,), generator=g).to(DEVICE)
     got = T.nocs_expectation_triton(h, w, b, category, bins, "ieee")
     ref = R.nocs_expectation_torch(h.double(), w.double(), b.double(), category, cats, bins)
@@ -43,7 +38,7 @@ def test_front_door_gate(bsz, n_kpt):
         ln.weight.add_(0.1 * torch.randn(256, generator=g))
         ln.bias.add_(0.1 * torch.randn(256, generator=g))
     ln, aug, ori = (m.to(DEVICE) for m in (ln, aug, ori))
-    s, x, loc = (_r(bsz, n_kpt, 256, gen=g) for _ in range(3))
+    s, x, loc = (randn(bsz, n_kpt, 256, gen=g) for _ in range(3))
     with torch.no_grad():
         got = T.front_door_gate_triton(s, x, loc, ln, aug, ori)
         ref = R.front_door_gate_torch(
@@ -57,8 +52,8 @@ def test_rejects_bad_shapes():
     g = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="unsupported"):
         T.nocs_expectation_triton(
-            _r(1, 8, 64, gen=g), _r(3 * 10, 64, gen=g), _r(30, gen=g), torch.zeros(1), 10, "ieee"
+            randn(1, 8, 64, gen=g), randn(3 * 10, 64, gen=g), randn(30, gen=g), torch.zeros(1), 10, "ieee"
         )
-    both = _r(1, 8, 512, gen=g)
+    both = randn(1, 8, 512, gen=g)
     assert T.gate_supported(both[..., :256], both[..., 256:])  # row-strided slices are read in place
     assert not T.gate_supported(both[..., ::2], both[..., 256:])

@@ -1,8 +1,7 @@
 """The Triton PointNet++ kernels (ops/triton/pointnet2.py) make exactly the choices of the torch references
 (ops/pointnet2.py).
 
-GPU tests; they also run on the CPU through Triton's interpreter
-(`TRITON_INTERPRET=1 pytest -m gpu test/cleanpose_model/ops`) where Triton is installed.
+GPU tests, run where triton_env says (CUDA, or the CPU through Triton's interpreter).
 """
 
 import pytest

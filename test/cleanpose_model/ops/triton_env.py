@@ -14,3 +14,9 @@ needs_triton = pytest.mark.skipif(
     not HAVE_TRITON or not (torch.cuda.is_available() or INTERPRET),
     reason="needs Triton and CUDA (or TRITON_INTERPRET=1)",
 )
+
+
+def randn(*shape: int, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """Normal draws from ``gen`` (on the CPU, so a seed gives the same values on every device) times
+    ``scale``, on DEVICE."""
+    return (torch.randn(*shape, generator=gen) * scale).to(DEVICE)
