@@ -35,6 +35,15 @@ def _point(c) -> Point:
 _AXIS_COLORS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
+def _marker(header, ns: str, marker_id: int, marker_type: int, life: Duration, rgb) -> Marker:
+    """An opaque ADD marker of colour ``rgb`` with an identity pose (its points or position are in header's
+    frame)."""
+    m = Marker(header=header, ns=ns, id=marker_id, type=marker_type, action=Marker.ADD, lifetime=life)
+    m.pose.orientation.w = 1.0
+    m.color = ColorRGBA(r=rgb[0], g=rgb[1], b=rgb[2], a=1.0)
+    return m
+
+
 def build_markers(header, objects, axes: bool = True, lifetime_s: float = 0.0) -> MarkerArray:
     """`objects`: items with class_name, class_id, score, rotation, translation, size (in header's frame).
 
@@ -52,44 +61,22 @@ def build_markers(header, objects, axes: bool = True, lifetime_s: float = 0.0) -
         t = np.asarray(o.translation)
         size = np.asarray(o.size)
         corners = [_point(c) for c in box_corners(o.rotation, o.translation, o.size).tolist()]
-        box = Marker(
-            header=header, ns=o.class_name, id=3 * i, type=Marker.LINE_LIST, action=Marker.ADD, lifetime=life
-        )
-        box.pose.orientation.w = 1.0
+        box = _marker(header, o.class_name, 3 * i, Marker.LINE_LIST, life, (r, g, b))
         box.scale.x = 0.004
-        box.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
         box.points = [corners[k] for edge in BOX_EDGES for k in edge]
         markers.append(box)
 
-        text = Marker(
-            header=header,
-            ns=o.class_name,
-            id=3 * i + 1,
-            type=Marker.TEXT_VIEW_FACING,
-            action=Marker.ADD,
-            lifetime=life,
-        )
+        text = _marker(header, o.class_name, 3 * i + 1, Marker.TEXT_VIEW_FACING, life, (r, g, b))
         # Above the box along the object's up (y) axis.
         text.pose.position = _point((t + R[:, 1] * (float(o.size[1]) / 2 + 0.03)).tolist())
-        text.pose.orientation.w = 1.0
         text.scale.z = 0.03
-        text.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
         s = size * 100
         text.text = f"{o.class_name} {o.score:.2f}\n{s[0]:.0f}x{s[1]:.0f}x{s[2]:.0f} cm"
         markers.append(text)
 
         if axes:
-            ax = Marker(
-                header=header,
-                ns=o.class_name,
-                id=3 * i + 2,
-                type=Marker.LINE_LIST,
-                action=Marker.ADD,
-                lifetime=life,
-            )
-            ax.pose.orientation.w = 1.0
+            ax = _marker(header, o.class_name, 3 * i + 2, Marker.LINE_LIST, life, (1.0, 1.0, 1.0))
             ax.scale.x = 0.004
-            ax.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
             smax = np.max(size)
             length = 0.5 * float(smax) if smax > 0 else 0.05
             origin = _point(t.tolist())
