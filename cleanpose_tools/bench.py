@@ -1029,6 +1029,23 @@ def device_description(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def busy_machine_note(notes: list[str]) -> float | None:
+    """The 1-minute load average before the benchmark starts; a note when other work already holds half of
+    the cores. On a busy CPU-only machine torch's threads wait on each other: the in-process pass, which runs
+    torch's default thread count, measured 2-5 s per frame on 2 shared cores where 1 thread took 0.7 s."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    cores = os.cpu_count() or 1
+    if load > cores / 2:
+        notes.append(
+            f"the machine was busy before the benchmark started (load average {load:.1f} on {cores} cores): "
+            "the timings include that contention"
+        )
+    return load
+
+
 def _pass_error(name: str, exc: BaseException) -> dict[str, str]:
     if isinstance(exc, KeyboardInterrupt):
         return {"pass": name, "error": "interrupted (Ctrl-C)"}
@@ -1050,6 +1067,7 @@ def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path, device: s
     """
     device = device or args.device
     notes: list[str] = []
+    load_start = busy_machine_note(notes)
     errors: list[dict[str, str]] = []
     checkpoint = args.checkpoint
     trained = True
@@ -1158,6 +1176,7 @@ def bench(args, bag: BagFrames, topics: TopicConfig, rates, out: Path, device: s
         "diagnostics": diagnostics,
         "notes": notes,
         "errors": errors,
+        "host": {"cpu_count": os.cpu_count(), "load_average_start": load_start},
     }
     if dds_runs:
         # accuracy from the first closed-loop (else first) iteration that has answers

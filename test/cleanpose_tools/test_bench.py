@@ -237,3 +237,14 @@ def test_cuda_request_without_cuda_falls_back_with_reason(tmp_path, monkeypatch,
     res = json.loads((out / "bench.json").read_text())
     assert res["device_requested"] == "cuda" and res["device"].startswith("CPU")
     assert res["errors"] == [] and "CUDA is not available" in res["notes"][0]
+    assert res["host"]["cpu_count"] == os.cpu_count()
+
+
+def test_busy_machine_is_noted(monkeypatch):
+    cores = os.cpu_count() or 1
+    notes: list[str] = []
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (cores * 0.1, 0.0, 0.0))
+    assert bench.busy_machine_note(notes) == pytest.approx(cores * 0.1) and notes == []
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (cores * 2.0, 0.0, 0.0))
+    bench.busy_machine_note(notes)
+    assert len(notes) == 1 and f"load average {cores * 2.0:.1f} on {cores} cores" in notes[0]
