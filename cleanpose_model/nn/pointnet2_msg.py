@@ -110,6 +110,17 @@ class FeaturePropagation(nn.Module):
         interp: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         idx, weight = interp if interp is not None else self.interpolation(unknown, known)
+        return self.propagate(known_feats, idx, weight, unknown_feats)
+
+    def propagate(
+        self,
+        known_feats: torch.Tensor,
+        idx: torch.Tensor,
+        weight: torch.Tensor,
+        unknown_feats: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The feature work after the interpolation's geometry: known features interpolated at the unknown
+        points, concatenated with the skip features, through the MLP -> (B, C_out, N)."""
         feats = ops.three_interpolate(known_feats, idx, weight)
         if unknown_feats is not None:
             feats = torch.cat([feats, unknown_feats], dim=1)

@@ -6,9 +6,10 @@ one or two (`ops/triton/sa.py`).
 
 `FusedPointNet2`, `FusedSetAbstraction` and `FusedFeaturePropagation` subclass the published modules
 and keep their methods and signatures (``centres``, ``neighbours``, ``aggregate``, ``geometry``, the FP
-``forward`` with precomputed interpolation), so the graphed runner (inference/graphs.py) drives them
-piecewise on its streams. Without a precision they run the published feature code on the shared
-modules; without geometry kernels, the torch index references (`ops/pointnet2.py`).
+``forward`` with precomputed interpolation; the forms replace its feature work, ``propagate``), so the
+graphed runner (inference/graphs.py) drives them piecewise on its streams. Without a precision they run
+the published feature code on the shared modules; without geometry kernels, the torch index references
+(`ops/pointnet2.py`).
 
 The feature kernels take the folded layers (forms/pointwise.fold_for_inference: 1x1 conv + BN + ReLU as
 one ``PointwiseLinear``); the builder folds before it builds the forms. A module that is not folded (or
@@ -190,18 +191,16 @@ class FusedFeaturePropagation(FeaturePropagation):
         sq_dist, idx = index_kernels.three_nn_triton(unknown, known)
         return idx, ops.inverse_distance_weights(sq_dist)
 
-    def forward(
+    def propagate(
         self,
-        unknown: torch.Tensor,
-        known: torch.Tensor,
-        unknown_feats: torch.Tensor | None,
         known_feats: torch.Tensor,
-        interp: tuple[torch.Tensor, torch.Tensor] | None = None,
+        idx: torch.Tensor,
+        weight: torch.Tensor,
+        unknown_feats: torch.Tensor | None,
     ) -> torch.Tensor:
         meta = self._meta
         if meta is None or (unknown_feats is None) != (meta[1] == 0) or known_feats.shape[1] != meta[0]:
-            return super().forward(unknown, known, unknown_feats, known_feats, interp)
-        idx, weight = interp if interp is not None else self.interpolation(unknown, known)
+            return super().propagate(known_feats, idx, weight, unknown_feats)
         mode = self.mode or self._default_mode
         return sa_triton.feature_propagation(
             known_feats,
