@@ -50,11 +50,15 @@ FRAMES = ("camera", "world")
 
 @dataclass
 class Estimate:
+    """One estimated object, shaped like the pipeline's ObjectResult where `filtering.PoseStream` reads it."""
+
     gt: int  # GT instance id
-    category: int
+    class_id: int
     rotation: np.ndarray
     translation: np.ndarray
     size: np.ndarray
+    instance_id: str = ""
+    covariance: np.ndarray | None = None
 
 
 @dataclass
@@ -120,7 +124,7 @@ def save_sequences(seqs: list[list[SeqFrame]], path: Path) -> None:
                     str(k): [np.asarray(R).tolist(), np.asarray(t).tolist()] for k, (R, t) in f.gt.items()
                 },
                 "estimates": [
-                    [e.gt, e.category, e.rotation.tolist(), e.translation.tolist(), e.size.tolist()]
+                    [e.gt, e.class_id, e.rotation.tolist(), e.translation.tolist(), e.size.tolist()]
                     for e in f.estimates
                 ],
             }
@@ -165,46 +169,39 @@ def to_camera(T: np.ndarray, R: np.ndarray, t: np.ndarray):
 
 def evaluate(seqs: list[list[SeqFrame]], mode: str, frame: str, symmetric: frozenset, tcfg) -> dict:
     """Tracker + filters of `mode` in `frame` over every sequence -> the row's figures."""
-    from cleanpose_ros.filtering import FilterConfig, TrackFilters
-    from cleanpose_ros.tracking import CONFIRMED, Measurement, Tracker
+    from dataclasses import replace
+
+    from cleanpose_ros.filtering import FilterConfig, PoseStream
 
     switches = merged = fragments = 0
     jit_r, jit_t, err_r, err_t = [], [], [], []
     lag_num, lag_den = np.zeros(5), np.zeros(5)  # error vs shift 0..4 frames
     host_ms = []
     for seq in seqs:
-        tracker = Tracker(tcfg)
-        filters = TrackFilters(FilterConfig(mode=mode), symmetric)
+        stream = PoseStream(tcfg, FilterConfig(mode=mode), symmetric)  # the node's step, as it runs there
         labels: dict[int, list] = {}
         last: dict[int, tuple] = {}  # gt -> (frame index, R_world, t_world)
         published_cam: dict[int, dict[int, np.ndarray]] = {}  # gt -> frame -> t_cam
         for k, fr in enumerate(seq):
+            ests = fr.estimates
+            if frame == "world":
+                ests = []
+                for e in fr.estimates:
+                    R, t = to_world(fr.T_world_cam, e.rotation, e.translation)
+                    ests.append(replace(e, rotation=R, translation=t))
             t0 = time.perf_counter()
-            ms = []
-            for e in fr.estimates:
-                R, t = (
-                    (e.rotation, e.translation)
-                    if frame == "camera"
-                    else to_world(fr.T_world_cam, e.rotation, e.translation)
-                )
-                ms.append(Measurement(e.category, t, R, e.size))
-            tracks = tracker.update(ms)
-            pub = []
-            for e, m, tr in zip(fr.estimates, ms, tracks):
-                fp = filters.update(tr.id, tr.category, m.translation, m.rotation, m.size, fr.stamp)
-                if tr.state == CONFIRMED:
-                    pub.append((e, tr.label, fp))
-            filters.prune(t.id for t in tracker.live())
+            out = stream.apply(ests, [None] * len(ests), fr.stamp)  # no detector ids
             host_ms.append((time.perf_counter() - t0) * 1e3)
             owners: dict[str, set] = {}
-            for e, label, fp in pub:
+            for e in out:
+                label = e.instance_id
                 owners.setdefault(label, set()).add(e.gt)
-                sym = e.category in symmetric
+                sym = e.class_id in symmetric
                 if frame == "camera":
-                    Rc, tc = fp.rotation, fp.translation
+                    Rc, tc = e.rotation, e.translation
                     Rw, tw = to_world(fr.T_world_cam, Rc, tc)
                 else:
-                    Rw, tw = fp.rotation, fp.translation
+                    Rw, tw = e.rotation, e.translation
                     Rc, tc = to_camera(fr.T_world_cam, Rw, tw)
                 R_gt, t_gt = fr.gt[e.gt]
                 err_r.append(observable_angle_deg(Rc, R_gt, sym))
@@ -232,8 +229,8 @@ def evaluate(seqs: list[list[SeqFrame]], mode: str, frame: str, symmetric: froze
                     lag_den[s] += 1
     curve = lag_num / np.maximum(lag_den, 1)
     s = int(np.argmin(curve))
-    lag = float(s)
-    if 0 < s < 4:  # parabola through the minimum and its neighbours
+    lag = float(s) if lag_den.min() > 0 else None  # None: sequences shorter than 5 frames
+    if lag is not None and 0 < s < 4:  # parabola through the minimum and its neighbours
         a, b, c = curve[s - 1], curve[s], curve[s + 1]
         den = a - 2 * b + c
         lag = s + (0.5 * (a - c) / den if den > 0 else 0.0)

@@ -279,3 +279,44 @@ class TrackFilters:
     def prune(self, live_ids) -> None:
         live = set(live_ids)
         self.filters = {k: v for k, v in self.filters.items() if k in live}
+
+
+class PoseStream:
+    """Tracking + filtering of one camera's object stream, the node's step between the forward and the
+    outputs: `apply` takes one frame's objects (anything with class_id, translation, rotation, size;
+    `cleanpose_ros.pipeline.ObjectResult` in the node) and returns the confirmed ones with `instance_id` set
+    to the track's label and the filtered pose and covariance (`dataclasses.replace`, inputs untouched).
+    Objects of tentative tracks are left out; coasting tracks publish nothing."""
+
+    def __init__(self, tracker_config, filter_config: FilterConfig, symmetric_categories) -> None:
+        from cleanpose_ros.tracking import Tracker
+
+        self.tracker = Tracker(tracker_config)
+        self.filters = TrackFilters(filter_config, frozenset(int(c) for c in symmetric_categories))
+
+    def apply(self, objects: list, detector_ids: list, stamp: float | None) -> list:
+        import dataclasses
+
+        from cleanpose_ros.tracking import CONFIRMED, Measurement
+
+        ms = [
+            Measurement(o.class_id, o.translation, o.rotation, o.size, d)
+            for o, d in zip(objects, detector_ids)
+        ]
+        tracks = self.tracker.update(ms)
+        out = []
+        for o, m, tr in zip(objects, ms, tracks):
+            fp = self.filters.update(tr.id, tr.category, m.translation, m.rotation, m.size, stamp)
+            if tr.state == CONFIRMED:
+                out.append(
+                    dataclasses.replace(
+                        o,
+                        instance_id=tr.label,
+                        translation=fp.translation,
+                        rotation=fp.rotation,
+                        size=fp.size,
+                        covariance=fp.covariance,
+                    )
+                )
+        self.filters.prune(t.id for t in self.tracker.live())
+        return out

@@ -82,6 +82,8 @@ def detection3d_array(header, objects: list, poses: Poses):
         hyp.hypothesis.class_id = o.class_name
         hyp.hypothesis.score = float(o.score)
         _set_pose(hyp.pose.pose, t, q)
+        if getattr(o, "covariance", None) is not None:  # from the temporal filter (filtering.PoseStream)
+            hyp.pose.covariance = [float(v) for v in np.asarray(o.covariance).reshape(36)]
         d.results.append(hyp)
         _set_pose(d.bbox.center, t, q)
         d.bbox.size.x, d.bbox.size.y, d.bbox.size.z = sz

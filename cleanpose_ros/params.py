@@ -159,7 +159,8 @@ class NodeParams:
     )
     seed: int = _p(
         0,
-        "Seed of the per-frame point sampling (fixed: the same frame gives the same pose).",
+        "Base seed of each object's own point sampling (with its crop window, valid-pixel count and class: "
+        "the same object in the same frame gives the same pose whatever the other detections are).",
         range=(0, 2**31 - 1),
     )
     # --- outputs (run time) ---
@@ -177,6 +178,48 @@ class NodeParams:
         5.0,
         "Seconds between repeats of the same warning (per reason; the first one is always logged).",
         range=(0.0, 3600.0),
+    )
+    # --- tracking and filtering (configure) ---
+    tracking: bool = _p(
+        True,
+        "Associate objects across frames per class (3D box overlap + centre distance, Hungarian): "
+        "instance_id, Detection3D.id and TF frame names carry the track id (the detector's own id when it "
+        "gives one). False: each frame alone, ids = the detector's id or the detection's index.",
+        applies="configure",
+    )
+    track_max_distance: float = _p(
+        0.1,
+        "Largest centre distance (m) between an object and its track in the next frame.",
+        applies="configure",
+        range=(0.001, 10.0),
+    )
+    track_min_iou: float = _p(
+        0.0,
+        "Smallest 3D box overlap (IoU) of an object and its track; 0 = the distance alone gates.",
+        applies="configure",
+        range=(0.0, 1.0),
+    )
+    track_confirm_hits: int = _p(
+        1,
+        "Frames with a detection before a track is published (1 = at once; 2+ hides one-frame false "
+        "detections).",
+        applies="configure",
+        range=(1, 100),
+    )
+    track_max_coast: int = _p(
+        10,
+        "Frames a track survives without a detection (not published meanwhile); the same id resumes.",
+        applies="configure",
+        range=(0, 100000),
+    )
+    filter_mode: str = _p(
+        "full",
+        "Temporal filter per track: 'none', 'light' (exponential smoothing) or 'full' (constant-velocity "
+        "Kalman filters; bottle/bowl/can filter only the y axis, never the unobservable spin; outlier jumps "
+        "held until repeated; covariance into ~/detections_3d). In target_frame when set, else the camera "
+        "frame. Measured by benchmarks/tracking.py.",
+        applies="configure",
+        choices=("none", "light", "full"),
     )
     # --- diagnostics (run time) ---
     diagnostics_window: float = _p(
@@ -313,6 +356,7 @@ _SECTIONS = {
     "sync_slop": "inputs and synchronization",
     "score_threshold": "processing",
     "publish_tf": "outputs",
+    "tracking": "tracking and filtering",
     "diagnostics_window": "diagnostics",
 }
 _YAML_HEADER = """\

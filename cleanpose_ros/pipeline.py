@@ -48,6 +48,8 @@ class ObjectResult:
     translation: np.ndarray  # (3,) m
     size: np.ndarray  # (3,) m full extents
     num_points: int
+    # (6, 6) over (x, y, z, rotation about x, y, z) when the temporal filter gives one (filtering.PoseStream)
+    covariance: np.ndarray | None = None
 
 
 @dataclass

@@ -38,7 +38,9 @@ _FORBIDDEN = 1e6
 class TrackerConfig:
     max_distance: float = 0.10  # m, largest centre distance of a pair
     min_iou: float = 0.0  # smallest 3D box IoU of a pair (0: distance alone gates)
-    confirm_hits: int = 2  # hits (frames with a measurement) that confirm a track
+    # hits (frames with a measurement) that confirm a track; 1: published from its first frame, as the node
+    # did before tracking (2 or more hide one-frame false detections at the cost of a frame's delay)
+    confirm_hits: int = 1
     max_coast: int = 10  # frames a confirmed track survives without a measurement
 
     def __post_init__(self) -> None:

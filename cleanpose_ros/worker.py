@@ -15,9 +15,12 @@ import time
 
 import numpy as np
 
+from cleanpose_model.categories import dataset_of
 from cleanpose_ros import conversions
 from cleanpose_ros.detections import DetectionError, parse_instance_segmentation
 from cleanpose_ros.diagnostics import StageClock
+from cleanpose_ros.filtering import FilterConfig, PoseStream
+from cleanpose_ros.tracking import TrackerConfig
 
 
 class ThrottledLog:
@@ -50,6 +53,8 @@ class FrameWorker:
         self._accepting = False
         self._stop = threading.Event()
         self._noted_distortion = False
+        self._stream: PoseStream | None = None  # tracking + filtering of this configuration's stream
+        self._stream_frame = ""  # the frame its poses are in
         # Per-stage times (ms) of the last frame that produced outputs (also averaged into diagnostics).
         self.last_stage_ms: dict[str, float] = {}
         self._thread = threading.Thread(target=self._loop, name="cleanpose_worker", daemon=True)
@@ -188,6 +193,9 @@ class FrameWorker:
                 header, objects = node.target.apply(p.target_frame, image.header, res.objects)
             except LookupError as e:
                 return self._skip("tf", f"target_frame '{p.target_frame}': {e}")
+        # stable ids + temporal filter, in the output frame (a fixed one when target_frame is set)
+        objects = self._track(det_msg, det, objects, header)
+        clk.lap("tracking")
         # publish
         node.outputs.publish(p, header, objects, (rgb, K, image.header, res.objects), clk)
         node.stats.on_output(time.monotonic() - t_arrival, self._age_s(header), len(objects))
@@ -197,6 +205,32 @@ class FrameWorker:
         stages.update(clk.ms)
         self.last_stage_ms = stages
         node.stats.on_stages(stages)
+
+    def _track(self, det_msg, det, objects: list, header) -> list:
+        """Objects with instance_id = their track's label and the filtered pose (filtering.PoseStream, made
+        on the first frame from the configure-time parameters); unchanged when `tracking` is off."""
+        p = self.node.p
+        if not p.tracking:
+            return objects
+        if self._stream is not None and self._stream_frame != header.frame_id:
+            # tracks and filter states hold poses of one frame: target_frame changed (or the camera's frame)
+            self._stream = None
+        if self._stream is None:
+            self._stream_frame = header.frame_id
+            # the symmetric classes of the model's category set (NOCS: bottle, bowl, can)
+            cats = dataset_of(self.node.pipeline.estimator.categories)
+            self._stream = PoseStream(
+                TrackerConfig(p.track_max_distance, p.track_min_iou, p.track_confirm_hits, p.track_max_coast),
+                FilterConfig(mode=p.filter_mode),
+                cats.symmetric_ids if cats is not None else (),
+            )
+        # the detector's own id where it gives one (Detections.instance_ids holds the index otherwise)
+        msg_dets = det_msg.detections
+        ids = []
+        for o in objects:
+            j = det.index[o.detection_index] if det.index is not None else o.detection_index
+            ids.append(str(msg_dets[j].id) or None)
+        return self._stream.apply(objects, ids, header.stamp.sec + header.stamp.nanosec * 1e-9)
 
     def _report_selection(self, det, res, depth) -> None:
         """Log and count the objects the pipeline left out (class map, score, count, depth)."""

@@ -14,6 +14,7 @@ from cleanpose_ros.filtering import (
     UNOBSERVED_VARIANCE,
     FilterConfig,
     PoseFilter,
+    PoseStream,
     TrackFilters,
     rotation_error,
     y_alignment,
@@ -144,3 +145,38 @@ def test_rotation_error_helpers_and_track_filters():
     assert list(tf.filters) == [2]
     with pytest.raises(ValueError, match="filter mode"):
         FilterConfig(mode="heavy")
+
+
+def _objects(xs, cat=5, ids=None):
+    from cleanpose_ros.pipeline import ObjectResult
+
+    return [
+        ObjectResult(
+            "mug", cat, 0.9, ids[i] if ids else str(i), i, np.eye(3), np.array([x, 0, 0.8]), SIZE, 100
+        )
+        for i, x in enumerate(xs)
+    ]
+
+
+def test_pose_stream_sets_track_ids_filters_and_leaves_inputs_untouched():
+    from cleanpose_ros.tracking import TrackerConfig
+
+    stream = PoseStream(
+        TrackerConfig(max_distance=0.05, confirm_hits=2), FilterConfig(mode="full"), [0, 1, 3]
+    )
+    first = _objects([0.0, 0.1])
+    assert stream.apply(first, [None, None], 0.0) == []  # tentative: not published yet
+    g = np.random.default_rng(0)
+    ids = None
+    for k in range(1, 10):
+        objs = _objects([0.0 + g.normal(0, 0.003), 0.1 + g.normal(0, 0.003)])
+        order = [1, 0] if k % 2 else [0, 1]
+        out = stream.apply([objs[i] for i in order], [None, None], k / 30)
+        by_x = {round(float(o.translation[0]), 1): o.instance_id for o in out}
+        ids = ids or by_x
+        assert by_x == ids and all(o.covariance.shape == (6, 6) for o in out)
+    assert sorted(ids.values()) == ["1", "2"]
+    assert all(o.covariance is None and o.instance_id == str(i) for i, o in enumerate(first))
+    # the detector's ids are published as they are
+    (o,) = PoseStream(TrackerConfig(), FilterConfig(mode="none"), []).apply(_objects([0.0]), ["cup-7"], 0.0)
+    assert o.instance_id == "cup-7" and o.covariance is None

@@ -57,7 +57,7 @@ def test_shuffled_objects_of_one_category_keep_their_ids_and_states_advance():
 
 
 def test_categories_are_tracked_apart_and_a_far_jump_starts_a_new_track():
-    tr = Tracker(TrackerConfig(max_distance=0.05))
+    tr = Tracker(TrackerConfig(max_distance=0.05, confirm_hits=2))
     a, b = tr.update([m(5, 0.0), m(1, 0.0)])
     assert a.id != b.id
     # same place, categories swapped in the message: each stays with its own category
@@ -81,7 +81,7 @@ def test_coasting_track_is_resumed_and_ends_after_max_coast_tentative_after_one_
     for _ in range(4):
         tr.update([])
     assert tr.live() == [] and tr.ended == 1
-    (u,) = tr.update([m(3, 0.5)])
+    (u,) = tr.update([m(3, 0.5)])  # tentative (confirm_hits 2)
     tr.update([])
     assert tr.live() == [] and tr.ended == 2 and u.state != CONFIRMED
 
@@ -106,6 +106,7 @@ def test_detector_ids_are_honoured_and_published_as_labels():
     # without an id the label is the track number
     (c,) = tr.update([m(1, 0.0)])
     assert c.label == str(c.id) and c.detector_id is None
+    assert c.state == CONFIRMED  # the default confirm_hits 1: published from its first frame
 
 
 def test_min_iou_gate_and_bad_config():
@@ -116,3 +117,52 @@ def test_min_iou_gate_and_bad_config():
     for bad in (dict(max_distance=0.0), dict(min_iou=1.5), dict(confirm_hits=0), dict(max_coast=-1)):
         with pytest.raises(ValueError):
             TrackerConfig(**bad)
+
+
+def test_worker_publishes_track_ids_and_honours_detector_ids():
+    """FrameWorker._track (the node's step after the forward): objects without a detector id get track ids
+    that follow them through reordered frames; `tracking` off leaves the objects as the pipeline gave them."""
+    from types import SimpleNamespace
+
+    from cleanpose_ros.params import NodeParams
+    from cleanpose_ros.pipeline import ObjectResult
+    from cleanpose_ros.worker import FrameWorker
+
+    log = SimpleNamespace(**{k: lambda *a, **kw: None for k in ("info", "warning", "error", "debug")})
+    node = SimpleNamespace(
+        p=NodeParams(),
+        pipeline=SimpleNamespace(
+            estimator=SimpleNamespace(categories=["bottle", "bowl", "camera", "can", "laptop", "mug"])
+        ),
+        get_logger=lambda: log,
+    )
+    worker = FrameWorker(node)
+    try:
+        header = SimpleNamespace(stamp=SimpleNamespace(sec=0, nanosec=0), frame_id="camera")
+        seen = {}
+        for k in range(6):
+            xs = [0.0, 0.2, 0.4] if k % 2 == 0 else [0.4, 0.0, 0.2]
+            det_ids = ["", "", ""] if k < 5 else ["", "", "77"]
+            msg = SimpleNamespace(detections=[SimpleNamespace(id=i) for i in det_ids])
+            det = SimpleNamespace(index=None)
+            objs = [
+                ObjectResult("mug", 5, 0.9, str(j), j, np.eye(3), np.array([x, 0, 1.0]), SIZE, 50)
+                for j, x in enumerate(xs)
+            ]
+            header.stamp.sec = k
+            out = worker._track(msg, det, objs, header)
+            assert len(out) == 3
+            for o in out:
+                x = round(float(o.translation[0]), 1)
+                if k < 5:
+                    assert seen.setdefault(x, o.instance_id) == o.instance_id
+        assert sorted(seen.values()) == ["1", "2", "3"]
+        assert out[2].instance_id == "77"  # the detector's id wins (a new track)
+        # another output frame (target_frame changed): a new tracker, numbering from 1 again (the detector-id
+        # object is taken first and holds number 1 under its label "77")
+        header.frame_id = "world"
+        assert sorted(o.instance_id for o in worker._track(msg, det, objs, header)) == ["2", "3", "77"]
+        node.p.tracking = False
+        assert worker._track(msg, det, objs, header) is objs
+    finally:
+        worker.stop()
