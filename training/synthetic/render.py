@@ -278,11 +278,14 @@ class Renderer:
         """n standard-normal float32 values: a window of a fixed pool at a random offset.
 
         Drawing fresh normals for every pixel cost a fifth of a frame; a shifted window of a large fixed pool
-        is statistically the same per frame and keeps the output a pure function of the generator's state.
+        is statistically the same per frame and keeps the output a pure function of the generator's state and
+        n. The offset's range depends on n only, never on how far earlier frames of this process grew the
+        pool (the pool's values are one seeded stream, so a longer pool keeps the shorter one as its prefix):
+        a frame rendered in a fresh worker process equals the same frame rendered after others.
         """
-        if len(_NOISE_POOL) < n + 1:
+        if len(_NOISE_POOL) < 2 * n:
             _grow_noise_pool(2 * n)
-        start = int(rng.integers(0, len(_NOISE_POOL) - n))
+        start = int(rng.integers(0, n))
         return _NOISE_POOL[start : start + n]
 
     def _sensor_depth(

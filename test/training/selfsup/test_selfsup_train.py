@@ -7,14 +7,16 @@ import csv
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
+from cleanpose_model.categories import NOCS
 from cleanpose_model.estimator import load_estimator
 from cleanpose_model.families.selfsup import SelfSupEstimator
 from cleanpose_training.selfsup import train
-from cleanpose_training.selfsup.data import UnlabeledNocs
+from cleanpose_training.selfsup.data import RenderedShapes, UnlabeledNocs
 from cleanpose_training.synthetic.__main__ import generate_nocs
 
 SMOKE = Path(__file__).resolve().parents[3] / "training" / "configs" / "selfsup_smoke.yaml"
@@ -144,6 +146,25 @@ def test_unlabeled_nocs_objects(dataset):
     s = next(s for s in (data[i] for i in range(len(data))) if s is not None)
     assert s.rgb.shape == (3, 64, 64) and s.pts.shape == (128, 3) and s.target is None
     assert 0.2 < float(s.pts[:, 2].mean()) < 2.0 and 0 <= s.category < 6
+
+
+def test_stage1_sample_does_not_depend_on_earlier_renders():
+    """A sample is a function of its index only, whatever this process rendered before: the renderer's
+    noise pool grows with the largest frame seen, and the noise window once depended on its length, so a
+    sample drawn after a larger render (another test's 160x120 data set) differed from the same sample in
+    a fresh render worker and the workers test below failed when run after the others."""
+    from cleanpose_training.synthetic.render import Renderer
+    from cleanpose_training.synthetic.scene import Camera, random_views, sample_scene
+
+    data = RenderedShapes(0, 64, 128, 256, 128, 96)
+    first = data[1]
+    rng = np.random.default_rng(5)
+    scene = sample_scene(rng, 1, NOCS.names, distractors=(0, 0))
+    Renderer(scene, Camera.real275(320, 240), shadows=False).render(random_views(rng, scene, 1)[0], rng)
+    again = data[1]
+    assert vars(first).keys() == vars(again).keys()
+    for name, value in vars(first).items():
+        np.testing.assert_array_equal(value, getattr(again, name), err_msg=name)
 
 
 def test_stage1_render_workers_draw_the_same_samples(config, tmp_path):
