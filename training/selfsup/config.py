@@ -4,9 +4,9 @@ stages; the CLI picks the stage."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import ClassVar
 
-from cleanpose_model.config import dataclass_from_yaml
+from cleanpose_model.config import YamlConfig
 
 
 @dataclass
@@ -42,14 +42,15 @@ class Stage2Config:
 
 
 @dataclass
-class SelfSupTrainConfig:
+class SelfSupTrainConfig(YamlConfig):
+    """``from_yaml`` / ``from_dict`` / ``to_dict`` as the other training configs (errors name the key path
+    under ``config``, as TrainConfig's)."""
+
+    section: ClassVar[str] = "config"
+
     model: str = "selfsup"
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 1000
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> SelfSupTrainConfig:
-        return dataclass_from_yaml(cls, path)
