@@ -177,3 +177,13 @@ def test_stage2_assignment_workers_give_the_same_weights(config, dataset, tmp_pa
     serial = _run(config, tmp_path / "serial", 2, 2, "--data", str(dataset))
     pooled = _run(config, tmp_path / "pooled", 2, 2, "--data", str(dataset), "--workers", "2")
     _assert_identical(_weights(serial), _weights(pooled))
+
+
+def test_config_rejects_a_misspelt_key(config, tmp_path):
+    cfg = yaml.safe_load(config.read_text())
+    assert train.SelfSupTrainConfig.from_yaml(config).stage1.batch_size == cfg["stage1"]["batch_size"] == 2
+    cfg["stage1"]["iteratons"] = cfg["stage1"].pop("iterations")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match=r"config\.stage1: unknown keys \['iteratons'\]"):
+        train.SelfSupTrainConfig.from_yaml(bad)
