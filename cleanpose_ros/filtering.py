@@ -88,6 +88,9 @@ def y_alignment(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def rotation_error(r_pred: np.ndarray, r_meas: np.ndarray, symmetric: bool) -> np.ndarray:
     """Left error vector e with R_meas ~ exp(e) R_pred (observable part only for symmetric objects)."""
+    if np.array_equal(r_pred, r_meas):
+        # exactly zero, not log(R R^T)'s rounding: the same frame again gives the same pose, bit for bit
+        return np.zeros(3)
     if symmetric:
         return y_alignment(r_pred[:, 1], r_meas[:, 1])
     return Rotation.from_matrix(r_meas @ r_pred.T).as_rotvec()

@@ -129,6 +129,17 @@ def test_outlier_is_held_until_it_repeats_then_accepted():
     assert f.update(far, flip, SIZE, 15 * DT).held
 
 
+@pytest.mark.parametrize("mode", ["light", "full"])
+def test_the_same_measurement_again_gives_the_same_pose_bit_for_bit(mode):
+    R = Rotation.from_euler("xyz", [10, 70, -30], degrees=True).as_matrix()
+    f = PoseFilter(FilterConfig(mode=mode), symmetric=False)
+    first = f.update(np.array([0.1, 0.2, 0.9]), R, SIZE, 0.0)
+    for k in range(1, 5):
+        again = f.update(np.array([0.1, 0.2, 0.9]), R, SIZE, k * DT)
+        assert np.array_equal(again.rotation, first.rotation)
+        assert np.array_equal(again.translation, first.translation) and np.array_equal(again.size, first.size)
+
+
 def test_rotation_error_helpers_and_track_filters():
     a, b = np.array([0, 1.0, 0]), np.array([0, 0, 1.0])
     np.testing.assert_allclose(y_alignment(a, b), [math.pi / 2, 0, 0])
