@@ -25,6 +25,8 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
+    from cleanpose_model.ops.triton.pointnet2 import _load_xyz
+
     @triton.jit
     def _hidden_from_offsets(dx, dy, dz, w1_ptr, b1_ptr, HID: tl.constexpr):
         """relu(d @ W1^T + b1) for offsets d (R,) x 3 -> (R, HID); a 3-wide contraction as FMAs."""
@@ -66,9 +68,7 @@ if HAVE_TRITON:
         xi = tl.load(x_ptr + pid * 3)
         yi = tl.load(x_ptr + pid * 3 + 1)
         zi = tl.load(x_ptr + pid * 3 + 2)
-        xj = tl.load(base + j * 3, mask=ok, other=0.0)
-        yj = tl.load(base + j * 3 + 1, mask=ok, other=0.0)
-        zj = tl.load(base + j * 3 + 2, mask=ok, other=0.0)
+        xj, yj, zj = _load_xyz(base, j, ok)
         h1 = _hidden_from_offsets(xi - xj, yi - yj, zi - zj, w1_ptr, b1_ptr, HID)
         for c0 in tl.static_range(0, C, BLOCK_C):
             cc = c0 + tl.arange(0, BLOCK_C)
