@@ -66,14 +66,21 @@ def _self_block(attend, blk: SelfAttnBlock, query: torch.Tensor) -> torch.Tensor
     return query + _ffn(blk.ffn, blk.norm2(query))
 
 
-class FusedAttnLayer(nn.Module):
-    """`AttnLayer` (cross-attention to one memory, self-attention, FFN per block) for inference."""
+class _FusedLayer(nn.Module):
+    """A published layer's blocks (shared, not copied) with the attention core of ``precision``."""
 
-    def __init__(self, layer: AttnLayer, precision: str | None) -> None:
+    def __init__(self, layer: AttnLayer | SelfAttnLayer, precision: str | None) -> None:
         super().__init__()
         self.attn_blocks = layer.attn_blocks  # shared
         self.precision = precision
         self._attend = attention_core(precision)
+
+
+class FusedAttnLayer(_FusedLayer):
+    """`AttnLayer` (cross-attention to one memory, self-attention, FFN per block) for inference."""
+
+    def __init__(self, layer: AttnLayer, precision: str | None) -> None:
+        super().__init__(layer, precision)
         c = self.attn_blocks[0].norm1.normalized_shape[0]
         w = [b.multihead_attn.in_proj_weight[c:] for b in self.attn_blocks]
         bias = [b.multihead_attn.in_proj_bias[c:] for b in self.attn_blocks]
@@ -90,14 +97,8 @@ class FusedAttnLayer(nn.Module):
         return query
 
 
-class FusedSelfAttnLayer(nn.Module):
+class FusedSelfAttnLayer(_FusedLayer):
     """`SelfAttnLayer` for inference."""
-
-    def __init__(self, layer: SelfAttnLayer, precision: str | None) -> None:
-        super().__init__()
-        self.attn_blocks = layer.attn_blocks  # shared
-        self.precision = precision
-        self._attend = attention_core(precision)
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         for blk in self.attn_blocks:
