@@ -278,14 +278,16 @@ class Renderer:
         """n standard-normal float32 values: a window of a fixed pool at a random offset.
 
         Drawing fresh normals for every pixel cost a fifth of a frame; a shifted window of a large fixed pool
-        is statistically the same per frame and keeps the output a pure function of the generator's state and
-        n. The offset's range depends on n only, never on how far earlier frames of this process grew the
-        pool (the pool's values are one seeded stream, so a longer pool keeps the shorter one as its prefix):
-        a frame rendered in a fresh worker process equals the same frame rendered after others.
+        is statistically the same per frame and keeps the output a pure function of the generator's state.
+        The offsets span twice a frame's largest request (the colour noise, 3 values per pixel) whatever
+        earlier frames of this process left in the pool (one seeded stream: a longer pool keeps a shorter one
+        as its prefix), so a frame rendered after others, of any size, equals the same frame rendered in a
+        fresh process (a render worker); a process of one resolution draws what it always drew.
         """
-        if len(_NOISE_POOL) < 2 * n:
-            _grow_noise_pool(2 * n)
-        start = int(rng.integers(0, n))
+        span = 6 * self.camera.height * self.camera.width
+        if len(_NOISE_POOL) < span:
+            _grow_noise_pool(span)
+        start = int(rng.integers(0, span - n))
         return _NOISE_POOL[start : start + n]
 
     def _sensor_depth(
