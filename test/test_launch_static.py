@@ -501,6 +501,8 @@ def test_launch_parser_follows_opaque_function_helpers(tmp_path: Path) -> None:
 def test_readme_documents_every_launch_argument() -> None:
     _skip_without(LAUNCH_FILES, "launch/*.py")
     readme = (REPO_ROOT / "README.md").read_text()
-    table = set(re.findall(r"^\| `(\w+)` \|", readme.split("Launch arguments\n", 1)[1].split("\n### ", 1)[0], re.M))
+    table = set(
+        re.findall(r"^\| `(\w+)` \|", readme.split("Launch arguments\n", 1)[1].split("\n### ", 1)[0], re.M)
+    )
     declared = {name for path in LAUNCH_FILES for name in LaunchFile(path).declared_arguments}
     assert table == declared, f"README launch table {sorted(table)} != launch arguments {sorted(declared)}"
