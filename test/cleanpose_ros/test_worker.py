@@ -75,21 +75,31 @@ def test_deactivation_empties_the_slot(worker):
     assert seen == ["a"]
 
 
-def test_a_failing_frame_is_counted_and_the_thread_goes_on(worker):
-    w, node, log = worker
+class OutOfMemoryError(RuntimeError):  # the name torch.cuda.OutOfMemoryError has
+    pass
+
+
+def _fail_then_serve(worker, exc: Exception, reason: str) -> None:
+    """A frame whose processing raises ``exc`` is counted under ``reason`` and the next frame is served."""
+    w, node, _ = worker
     seen = []
 
     def process(image, *_):
         seen.append(image)
         if image == "bad":
-            raise RuntimeError("boom")
+            raise exc
 
     w.process = process
     w.accept(True)
     w.put("bad", None, None)
-    _wait(lambda: node.stats.skipped.get("error") == 1)
+    _wait(lambda: node.stats.skipped.get(reason) == 1)
     w.put("good", None, None)
     _wait(lambda: seen == ["bad", "good"])
+
+
+def test_a_failing_frame_is_counted_and_the_thread_goes_on(worker):
+    _fail_then_serve(worker, RuntimeError("boom"), "error")
+    log = worker[2]
     assert any(level == "error" and "RuntimeError: boom" in msg for level, msg in log.lines)
 
 
@@ -109,23 +119,6 @@ def test_throttled_log_shows_the_first_of_each_cause_then_waits():
 
 
 def test_out_of_memory_is_its_own_reason_and_the_next_frame_is_served(worker):
-    w, node, log = worker
-
-    class OutOfMemoryError(RuntimeError):  # the name torch.cuda.OutOfMemoryError has
-        pass
-
-    seen = []
-
-    def process(image, *_):
-        seen.append(image)
-        if image == "huge":
-            raise OutOfMemoryError("CUDA out of memory")
-
-    w.process = process
-    w.accept(True)
-    w.put("huge", None, None)
-    _wait(lambda: node.stats.skipped.get("out_of_memory") == 1)
-    w.put("next", None, None)
-    _wait(lambda: seen == ["huge", "next"])
-    assert "error" not in node.stats.skipped
-    assert any("OutOfMemoryError" in msg for _, msg in log.lines)
+    _fail_then_serve(worker, OutOfMemoryError("CUDA out of memory"), "out_of_memory")
+    assert "error" not in worker[1].stats.skipped
+    assert any("OutOfMemoryError" in msg for _, msg in worker[2].lines)
