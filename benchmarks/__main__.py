@@ -14,6 +14,7 @@ SUITES = {
     "preprocess": "benchmarks.preprocess",
     "node": "benchmarks.node",
     "tracking": "benchmarks.tracking",
+    "soak": "benchmarks.soak",
 }
 
 
