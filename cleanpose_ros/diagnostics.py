@@ -7,9 +7,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from cleanpose_ros.params import NodeParams
 
 
 class StageClock:
@@ -34,17 +34,6 @@ SYNCED_INPUTS = ("image", "depth", "detections")
 INPUTS = (*SYNCED_INPUTS, "camera_info")
 # Input-set problems found ahead of the worker (sync.SyncMonitor): each is a message or set not used.
 INPUT_PROBLEMS = ("sync_miss", "duplicate_stamp", "stale_stamp")
-
-
-@dataclass
-class Thresholds:
-    """When /diagnostics leaves OK (the diagnostics parameters). Shares are over the last `window` s."""
-
-    window: float = 1.0
-    stale_timeout: float = 2.0
-    warn_skip_share: float = 0.2
-    warn_drop_share: float = 0.5
-    min_input_rate: float = 0.0  # 0: no rate check
 
 
 class NodeStats:
@@ -73,6 +62,8 @@ class NodeStats:
         self._lat: deque[float] = deque(maxlen=window)
         self._age: deque[float] = deque(maxlen=window)
         self._msg_t: dict[str, deque[float]] = {k: deque(maxlen=window) for k in INPUTS}
+        # Lifetime messages per input: a publisher that counts what it sent gets the transport's losses.
+        self.messages: dict[str, int] = dict.fromkeys(INPUTS, 0)
         self._window = window
         self._stages: dict[str, deque[float]] = {}  # stage name -> last `window` frame times (ms)
         # (monotonic time, what, kind, count) for the recent window; what in set/drop/skip/processed/objects/
@@ -93,6 +84,7 @@ class NodeStats:
             q = self._msg_t.get(name)
             if q is not None:
                 q.append(time.monotonic())
+                self.messages[name] += 1
 
     def on_input(self) -> None:
         with self._lock:
@@ -190,6 +182,7 @@ class NodeStats:
             for name, q in self._msg_t.items():
                 d[f"input_{name}_rate_hz"] = round(sum(1 for t in q if t >= now - window) / window, 2)
                 d[f"input_{name}_age_s"] = round(now - q[-1], 2) if q else "never"
+                d[f"input_{name}_messages"] = self.messages[name]
             d.update(
                 {
                     "inputs": self.inputs,
@@ -324,16 +317,17 @@ def node_status(
     device: str,
     active: bool,
     sync_pending: int,
-    th: Thresholds | None = None,
+    p: NodeParams | None = None,
     topics: dict[str, str] | None = None,
 ) -> tuple[int, str, dict[str, float | int | str]]:
     """(level, message, values) of the node's /diagnostics status. ERROR: a synchronized input went silent
     for `stale_timeout` s, or the frame path raised in the window. WARN: no message yet on an input, a skip or
     drop share over its threshold, an input rate under `min_input_rate`. Else OK. Judged on the recent window
-    only, so the level returns to OK within one window (plus one publishing period) of recovery."""
-    th = th or Thresholds()
+    only, so the level returns to OK within one window (plus one publishing period) of recovery. The thresholds
+    are the diagnostics parameters of `p` (default: NodeParams' defaults)."""
+    p = p or NodeParams()
     topics = topics or {}
-    s = stats.snapshot(th.window)
+    s = stats.snapshot(p.diagnostics_window)
     s.update(gpu_memory(device))
     s["rss_mb"] = f"{rss_mb():.1f}"
     s["device"] = device
@@ -348,25 +342,25 @@ def node_status(
         age, topic = s[f"input_{name}_age_s"], topics.get(name, name)
         if age == "never":
             warns.append(f"no message on '{topic}' yet")
-        elif age > th.stale_timeout:
+        elif age > p.stale_timeout:
             errors.append(f"'{topic}' stale: no message for {age:.1f} s")
-        elif th.min_input_rate > 0 and s[f"input_{name}_rate_hz"] < th.min_input_rate:
+        elif p.min_input_rate > 0 and s[f"input_{name}_rate_hz"] < p.min_input_rate:
             warns.append(
-                f"'{topic}' at {s[f'input_{name}_rate_hz']} Hz, below min_input_rate {th.min_input_rate} Hz"
+                f"'{topic}' at {s[f'input_{name}_rate_hz']} Hz, below min_input_rate {p.min_input_rate} Hz"
             )
-    if s["window_skip_share"] > th.warn_skip_share:
+    if s["window_skip_share"] > p.warn_skip_share:
         warns.append(
-            f"{100 * s['window_skip_share']:.0f}% of input sets not used in the last {th.window:g} s "
+            f"{100 * s['window_skip_share']:.0f}% of input sets not used in the last {p.diagnostics_window:g} s "
             f"({s['window_skip_reasons']}; see log)"
         )
-    if s["window_object_skip_share"] > th.warn_skip_share:
+    if s["window_object_skip_share"] > p.warn_skip_share:
         warns.append(
-            f"{100 * s['window_object_skip_share']:.0f}% of objects left out in the last {th.window:g} s "
+            f"{100 * s['window_object_skip_share']:.0f}% of objects left out in the last {p.diagnostics_window:g} s "
             f"({s['window_object_skip_reasons']}; see log)"
         )
-    if s["window_drop_share"] > th.warn_drop_share:
+    if s["window_drop_share"] > p.warn_drop_share:
         warns.append(
-            f"{100 * s['window_drop_share']:.0f}% of input sets dropped in the last {th.window:g} s "
+            f"{100 * s['window_drop_share']:.0f}% of input sets dropped in the last {p.diagnostics_window:g} s "
             "(model slower than the input: latest-only)"
         )
     if errors:
