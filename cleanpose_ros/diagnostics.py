@@ -7,9 +7,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from cleanpose_ros.params import NodeParams
 
 
 class StageClock:
@@ -34,17 +35,6 @@ SYNCED_INPUTS = ("image", "depth", "detections")
 INPUTS = (*SYNCED_INPUTS, "camera_info")
 # Input-set problems found ahead of the worker (sync.SyncMonitor): each is a message or set not used.
 INPUT_PROBLEMS = ("sync_miss", "duplicate_stamp", "stale_stamp")
-
-
-@dataclass
-class Thresholds:
-    """When /diagnostics leaves OK (the diagnostics parameters). Shares are over the last `window` s."""
-
-    window: float = 1.0
-    stale_timeout: float = 2.0
-    warn_skip_share: float = 0.2
-    warn_drop_share: float = 0.5
-    min_input_rate: float = 0.0  # 0: no rate check
 
 
 class NodeStats:
@@ -328,16 +318,18 @@ def node_status(
     device: str,
     active: bool,
     sync_pending: int,
-    th: Thresholds | None = None,
+    p: NodeParams | None = None,
     topics: dict[str, str] | None = None,
 ) -> tuple[int, str, dict[str, float | int | str]]:
     """(level, message, values) of the node's /diagnostics status. ERROR: a synchronized input went silent
     for `stale_timeout` s, or the frame path raised in the window. WARN: no message yet on an input, a skip or
     drop share over its threshold, an input rate under `min_input_rate`. Else OK. Judged on the recent window
-    only, so the level returns to OK within one window (plus one publishing period) of recovery."""
-    th = th or Thresholds()
+    only, so the level returns to OK within one window (plus one publishing period) of recovery. The
+    thresholds are the diagnostics parameters of `p` (default: NodeParams' defaults)."""
+    p = p or NodeParams()
+    window = p.diagnostics_window
     topics = topics or {}
-    s = stats.snapshot(th.window)
+    s = stats.snapshot(window)
     s.update(gpu_memory(device))
     s["rss_mb"] = f"{rss_mb():.1f}"
     s["device"] = device
@@ -352,25 +344,25 @@ def node_status(
         age, topic = s[f"input_{name}_age_s"], topics.get(name, name)
         if age == "never":
             warns.append(f"no message on '{topic}' yet")
-        elif age > th.stale_timeout:
+        elif age > p.stale_timeout:
             errors.append(f"'{topic}' stale: no message for {age:.1f} s")
-        elif th.min_input_rate > 0 and s[f"input_{name}_rate_hz"] < th.min_input_rate:
+        elif p.min_input_rate > 0 and s[f"input_{name}_rate_hz"] < p.min_input_rate:
             warns.append(
-                f"'{topic}' at {s[f'input_{name}_rate_hz']} Hz, below min_input_rate {th.min_input_rate} Hz"
+                f"'{topic}' at {s[f'input_{name}_rate_hz']} Hz, below min_input_rate {p.min_input_rate} Hz"
             )
-    if s["window_skip_share"] > th.warn_skip_share:
+    if s["window_skip_share"] > p.warn_skip_share:
         warns.append(
-            f"{100 * s['window_skip_share']:.0f}% of input sets not used in the last {th.window:g} s "
+            f"{100 * s['window_skip_share']:.0f}% of input sets not used in the last {window:g} s "
             f"({s['window_skip_reasons']}; see log)"
         )
-    if s["window_object_skip_share"] > th.warn_skip_share:
+    if s["window_object_skip_share"] > p.warn_skip_share:
         warns.append(
-            f"{100 * s['window_object_skip_share']:.0f}% of objects left out in the last {th.window:g} s "
+            f"{100 * s['window_object_skip_share']:.0f}% of objects left out in the last {window:g} s "
             f"({s['window_object_skip_reasons']}; see log)"
         )
-    if s["window_drop_share"] > th.warn_drop_share:
+    if s["window_drop_share"] > p.warn_drop_share:
         warns.append(
-            f"{100 * s['window_drop_share']:.0f}% of input sets dropped in the last {th.window:g} s "
+            f"{100 * s['window_drop_share']:.0f}% of input sets dropped in the last {window:g} s "
             "(model slower than the input: latest-only)"
         )
     if errors:

@@ -29,7 +29,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from cleanpose_ros import params
 from cleanpose_ros.class_map import ClassMap
-from cleanpose_ros.diagnostics import DiagnosticsPublisher, NodeStats, Thresholds, node_status
+from cleanpose_ros.diagnostics import DiagnosticsPublisher, NodeStats, node_status
 from cleanpose_ros.outputs import Outputs
 from cleanpose_ros.pipeline import FramePipeline, PipelineConfig
 from cleanpose_ros.sync import InputSynchronizer
@@ -258,15 +258,7 @@ class CleanPoseNode(LifecycleNode):
         if self._sync is not None:
             self._sync.poll()  # sync misses are found late when nothing arrives any more
         pending = self._sync.pending() if self._sync is not None else 0
-        p = self.p
-        th = Thresholds(
-            window=p.diagnostics_window,
-            stale_timeout=p.stale_timeout,
-            warn_skip_share=p.warn_skip_share,
-            warn_drop_share=p.warn_drop_share,
-            min_input_rate=p.min_input_rate,
-        )
-        return node_status(self.stats, self.device, self._active, pending, th, self.topics)
+        return node_status(self.stats, self.device, self._active, pending, self.p, self.topics)
 
     # ------------------------------------------------------------------------------------------ model
     def _resolve_device(self) -> str:

@@ -10,10 +10,11 @@ from types import SimpleNamespace
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 
-from cleanpose_ros.diagnostics import NodeStats, Thresholds, node_status
+from cleanpose_ros.diagnostics import NodeStats, node_status
+from cleanpose_ros.params import NodeParams
 from cleanpose_ros.sync import SyncMonitor
 
-TH = Thresholds(window=0.3, stale_timeout=0.5, warn_skip_share=0.2, warn_drop_share=0.5)
+TH = NodeParams(diagnostics_window=0.3, stale_timeout=0.5, warn_skip_share=0.2, warn_drop_share=0.5)
 
 
 def _feed(stats, names=("image", "depth", "detections")):
@@ -85,7 +86,7 @@ def test_frame_errors_are_error_drops_warn_rate_warns():
         st2.on_drop()
     level, msg, _ = node_status(st2, "cpu", True, 0, TH)
     assert level == DiagnosticStatus.WARN and "dropped" in msg
-    th = Thresholds(window=0.3, stale_timeout=5, min_input_rate=100.0)
+    th = NodeParams(diagnostics_window=0.3, stale_timeout=5.0, min_input_rate=100.0)
     level, msg, _ = node_status(st2, "cpu", True, 0, th)
     assert level == DiagnosticStatus.WARN and "below min_input_rate" in msg
     assert node_status(st2, "cpu", False, 0, th)[:2] == (DiagnosticStatus.OK, "inactive")
