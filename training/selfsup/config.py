@@ -16,6 +16,7 @@ class Stage1Config:
     lr: float = 1e-3
     render_width: int = 160
     render_height: int = 120
+    time_budget_s: float = 0.0  # as Stage2Config's
 
 
 @dataclass
@@ -39,6 +40,17 @@ class Stage2Config:
     freeze_decoder: bool = True
     update_memory: bool = True
     weights: Stage2Weights = field(default_factory=Stage2Weights)
+    # Input other than a NOCS-layout ``data`` root (one of the three): rosbag2 recordings, or one Wild6D
+    # category folder (``wild6d_category`` names it; ``wild6d_list`` its optional sequence list).
+    bags: list[str] = field(default_factory=list)
+    wild6d: str = ""
+    wild6d_category: str = ""
+    wild6d_list: str = ""
+    # "" (the full model) or one of ABLATIONS (cleanpose_training.selfsup.train applies it).
+    ablation: str = ""
+    # Wall-clock limit of the stage in seconds (0: none): the run stops (and saves) at the first step past
+    # it, so study runs fit a fixed GPU budget; a time-limited run is not reproducible step for step.
+    time_budget_s: float = 0.0
 
 
 @dataclass

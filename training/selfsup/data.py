@@ -7,13 +7,26 @@ step k draws exactly the samples an uninterrupted run draws, with no sampler sta
 - ``UnlabeledNocs`` (stage 2): a NOCS-layout folder written by ``cleanpose_training.synthetic nocs`` (or the
   real dataset's layout), read as a robot would record it: colour, depth, instance mask, the category of each
   instance (``meta.txt``: what a segmenter reports) and the intrinsics. Pose files (``*_label.pkl``,
-  ``obj_models/``, ``segmentation_results/``) are never opened."""
+  ``obj_models/``, ``segmentation_results/``) are never opened.
+- ``UnlabeledWild6D`` (stage 2): Wild6D's published training layout, one category per root:
+  ``<root>/<object>/<sequence>/images/<i>.jpg`` with ``<i>-depth.png`` (uint16 mm) and ``<i>-mask.png``
+  (one object, non-zero), and ``<root>/<object>/<sequence>/metadata`` (JSON: ``K`` as 9 numbers in
+  column-major order, ``w``, ``h``, ``fps``). The sequence list (the category's ``train_list_all.txt``:
+  ``<object index>_<sequence index>`` into the sorted folder names) is optional: every sequence otherwise.
+  Wild6D's training videos carry no pose.
+- ``UnlabeledBag`` (stage 2): rosbag2 recordings (MCAP or sqlite3, read with ``rosbags``, no ROS needed) on
+  the topics the node subscribes to (the launch file's defaults: ``BAG_TOPICS``): colour, aligned depth,
+  camera info and the segmenter's ``cleanpose_msgs/InstanceSegmentation``; any ground-truth topic in the
+  bag is never read."""
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import yaml
@@ -124,3 +137,204 @@ class UnlabeledNocs:
         if len(objs) == 0:
             return None
         return Sample(objs.rgb[0], objs.pts[0], objs.choose[0], cat)
+
+
+def object_sample(rgb, depth_m, K, mask, category: int, rng, image_size: int, n_points: int, min_points: int):
+    """One unlabeled object as the node preprocesses it, or None (empty mask, too few depth points)."""
+    box = mask_to_box(mask)
+    if box is None:
+        return None
+    objs = build_object_inputs_np(
+        rgb, depth_m, K, mask[None], [box], [category], rng,
+        n_points=n_points, min_points=min_points, image_size=image_size,
+    )  # fmt: skip
+    if len(objs) == 0:
+        return None
+    return Sample(objs.rgb[0], objs.pts[0], objs.choose[0], category)
+
+
+class UnlabeledWild6D:
+    """Stage-2 samples of one Wild6D category folder: every frame with a mask of every listed sequence."""
+
+    def __init__(self, root, category: str, seed: int, image_size: int, n_points: int, min_points: int = 50,
+                 sequence_list: str | Path | None = None):  # fmt: skip
+        self.root = Path(root)
+        if category not in NOCS.names:
+            raise ValueError(f"Wild6D category {category!r} is not one of {list(NOCS.names)}")
+        self.category = NOCS.names.index(category)
+        self.seed, self.image_size, self.n_points, self.min_points = seed, image_size, n_points, min_points
+        objects = sorted(p for p in self.root.iterdir() if p.is_dir())
+        if sequence_list:
+            pairs = [
+                tuple(int(x) for x in e.split("_")[-2:]) for e in Path(sequence_list).read_text().split()
+            ]
+        else:
+            pairs = [
+                (i, j) for i, o in enumerate(objects) for j in range(sum(p.is_dir() for p in o.iterdir()))
+            ]
+        self.items: list[tuple[Path, np.ndarray]] = []  # (frame prefix, K)
+        for oi, si in pairs:
+            seq = sorted(p for p in objects[oi].iterdir() if p.is_dir())[si]
+            meta = json.loads((seq / "metadata").read_text())
+            K = np.asarray(meta["K"], np.float64).reshape(3, 3).T  # stored column-major
+            masks = sorted((seq / "images").glob("*-mask.png"), key=lambda q: int(q.name.split("-")[0]))
+            self.items += [(m.with_name(m.name[: -len("-mask.png")]), K) for m in masks]
+        if not self.items:
+            raise ValueError(f"{self.root}: no Wild6D frames (<object>/<sequence>/images/<i>-mask.png)")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Sample | None:
+        prefix, K = self.items[index % len(self.items)]
+        rgb = read_rgb(f"{prefix}.jpg")
+        mask = read_mask_channel(f"{prefix}-mask.png") > 0
+        depth = cv2.imread(f"{prefix}-depth.png", cv2.IMREAD_UNCHANGED)
+        if depth is None:
+            raise FileNotFoundError(f"{prefix}-depth.png: missing or unreadable depth image")
+        return object_sample(
+            rgb, depth.astype(np.float32) / 1000.0, K, mask, self.category,
+            np.random.default_rng([self.seed, index]), self.image_size, self.n_points, self.min_points,
+        )  # fmt: skip
+
+
+def _bag_topics() -> dict[str, str]:
+    from cleanpose_training.synthetic import bag_writer as bw
+
+    return {
+        "image": bw.TOPIC_COLOR,
+        "depth": bw.TOPIC_DEPTH,
+        "info": bw.TOPIC_INFO,
+        "detections": bw.TOPIC_DETECTIONS,
+    }
+
+
+# The topics the node subscribes to as its launch file remaps them by default (test_selfsup_inputs checks they
+# equal launch/cleanpose.launch.py's): a robot's recording of what the node was fed trains with no flag.
+BAG_TOPICS = _bag_topics()
+
+
+def _image_array(msg) -> np.ndarray:
+    """sensor_msgs/Image as (H,W[,C]) array: colour as RGB uint8, depth as float32 metres."""
+    enc = msg.encoding.lower()
+    data = np.asarray(msg.data, np.uint8)
+    if enc in ("16uc1", "mono16"):
+        rows = data.reshape(msg.height, msg.step).view("<u2" if not msg.is_bigendian else ">u2")
+        return rows[:, : msg.width].astype(np.float32) / 1000.0
+    if enc == "32fc1":
+        rows = data.reshape(msg.height, msg.step).view("<f4" if not msg.is_bigendian else ">f4")
+        return np.nan_to_num(rows[:, : msg.width].astype(np.float32), nan=0.0, posinf=0.0)
+    ch = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1}.get(enc)
+    if ch is None:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r}")
+    img = data.reshape(msg.height, msg.step)[:, : msg.width * ch].reshape(msg.height, msg.width, ch)
+    if enc.startswith("bgr"):
+        img = img[..., [2, 1, 0]]
+    elif enc.startswith("rgb"):
+        img = img[..., :3]
+    return np.ascontiguousarray(img if ch > 1 else img[..., 0])
+
+
+def _instance_masks(seg, height: int, width: int) -> list[np.ndarray]:
+    """Full-frame boolean mask of each detection of a cleanpose_msgs/InstanceSegmentation (both formats)."""
+    n = len(seg.detections)
+    if seg.format == 1:  # FORMAT_LABEL_IMAGE: pixel value k + 1 marks detection k
+        lab = _image_array(seg.label_image) if seg.label_image.encoding.lower() != "16uc1" else (
+            np.asarray(seg.label_image.data, np.uint8).reshape(seg.label_image.height, -1).view("<u2")
+        )  # fmt: skip
+        return [lab == k + 1 for k in range(n)]
+    out = []
+    for k, m in enumerate(seg.masks[:n]):
+        full = np.zeros((height, width), bool)
+        ox = int(seg.mask_offset_x[k]) if len(seg.mask_offset_x) > k else 0
+        oy = int(seg.mask_offset_y[k]) if len(seg.mask_offset_y) > k else 0
+        arr = _image_array(m) > 0
+        h, w = min(arr.shape[0], height - oy), min(arr.shape[1], width - ox)
+        full[oy : oy + h, ox : ox + w] = arr[:h, :w]
+        out.append(full)
+    return out
+
+
+class UnlabeledBag:
+    """Stage-2 samples of one or more rosbag2 recordings: every detection of every colour frame that has a
+    depth and a detections message of the same header stamp (within ``slop_s``, as the node's approximate-time
+    sync) and a camera info at or before it. Detections whose class is not a model category are skipped and
+    counted (``skipped``, named once on stderr). The recorded CDR bytes are kept; frames decode on demand."""
+
+    def __init__(self, bags, seed: int, image_size: int, n_points: int, min_points: int = 50,
+                 topics: dict[str, str] | None = None, slop_s: float = 0.02):  # fmt: skip
+        from rosbags.highlevel import AnyReader
+
+        from cleanpose_training.synthetic.types import typestore
+
+        self.topics = {**BAG_TOPICS, **(topics or {})}
+        self.seed, self.image_size, self.n_points, self.min_points = seed, image_size, n_points, min_points
+        self.frames: list[dict] = []  # role -> deserialized message
+        self.items: list[tuple[int, int, int]] = []  # (frame, detection, category)
+        self.skipped: dict[str, int] = {}
+        store = typestore()
+        for bag in [Path(b) for b in ([bags] if isinstance(bags, (str, Path)) else bags)]:
+            with AnyReader([bag], default_typestore=store) as reader:
+                found = {c.topic: c.msgtype for c in reader.connections}
+                missing = {r: t for r, t in self.topics.items() if t not in found}
+                if missing:
+                    raise ValueError(
+                        f"bag {bag} lacks topic(s) {missing}; it holds {sorted(found)} (name them with "
+                        "--image-topic / --depth-topic / --info-topic / --detections-topic)"
+                    )
+                role_of = {t: r for r, t in self.topics.items()}
+                conns = [c for c in reader.connections if c.topic in role_of]
+                msgs: dict[str, list] = {r: [] for r in self.topics}
+                for conn, _t, raw in reader.messages(connections=conns):
+                    role = role_of[conn.topic]
+                    msg = reader.deserialize(raw, conn.msgtype)
+                    st = msg.header.stamp
+                    msgs[role].append((st.sec * 10**9 + st.nanosec, msg))
+                for v in msgs.values():
+                    v.sort(key=lambda x: x[0])
+                self._pair(msgs, int(slop_s * 1e9))
+        if self.skipped:
+            print(f"UnlabeledBag: skipped detections of unknown classes: {self.skipped}", file=sys.stderr)
+        if not self.items:
+            raise ValueError(f"no usable detections in {bags} (topics {self.topics})")
+
+    def _pair(self, msgs: dict[str, list], slop: int) -> None:
+        stamps = {r: np.array([s for s, _ in v], np.int64) for r, v in msgs.items()}
+        for stamp, image in msgs["image"]:
+            frame = {"image": image}
+            for role in ("depth", "detections"):
+                if not len(stamps[role]):
+                    break
+                j = int(np.argmin(np.abs(stamps[role] - stamp)))
+                if abs(int(stamps[role][j]) - stamp) > slop:
+                    break
+                frame[role] = msgs[role][j][1]
+            j = int(np.searchsorted(stamps["info"], stamp, side="right")) - 1
+            if len(frame) < 3 or not len(stamps["info"]):
+                continue
+            frame["info"] = msgs["info"][max(j, 0)][1]  # constant on most robots: an early one is fine
+            f = len(self.frames)
+            self.frames.append(frame)
+            for k, det in enumerate(frame["detections"].detections):
+                name = det.results[0].hypothesis.class_id.strip().lower() if det.results else ""
+                if name in NOCS.names:
+                    self.items.append((f, k, NOCS.names.index(name)))
+                else:
+                    self.skipped[name] = self.skipped.get(name, 0) + 1
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Sample | None:
+        f, k, cat = self.items[index % len(self.items)]
+        frame = self.frames[f]
+        rgb = _image_array(frame["image"])
+        depth = _image_array(frame["depth"])
+        if rgb.ndim != 3 or depth.shape != rgb.shape[:2]:
+            raise ValueError(f"bag frame {f}: colour {rgb.shape} and depth {depth.shape} differ in size")
+        K = np.asarray(frame["info"].k, np.float64).reshape(3, 3)
+        mask = _instance_masks(frame["detections"], *depth.shape)[k]
+        return object_sample(
+            rgb, depth, K, mask, cat, np.random.default_rng([self.seed, index]),
+            self.image_size, self.n_points, self.min_points,
+        )  # fmt: skip
