@@ -66,19 +66,6 @@ def default_checkpoint() -> Path | None:
     return None
 
 
-def pipeline_config(p: params.NodeParams) -> PipelineConfig:
-    return PipelineConfig(
-        score_threshold=p.score_threshold,
-        max_objects=p.max_objects,
-        min_points=p.min_points,
-        min_depth=p.min_depth,
-        max_depth=p.max_depth,
-        class_map=list(p.class_map),
-        seed=p.seed,
-        box_source=p.box_source,
-    )
-
-
 class CleanPoseNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
@@ -290,7 +277,7 @@ class CleanPoseNode(LifecycleNode):
             cuda_graphs=self.p.cuda_graphs and self.device.startswith("cuda"),
             compile=self.p.torch_compile and self.p.cuda_graphs and self.device.startswith("cuda"),
         )
-        self.pipeline = FramePipeline(self.estimator, pipeline_config(self.p))
+        self.pipeline = FramePipeline(self.estimator, PipelineConfig.from_params(self.p))
         if self.p.warmup if warm is None else warm:
             self.estimator.warmup(n_objects=min(self.p.max_objects, 8))
         # Everything alive now (torch, the model, rclpy) lives as long as the node: move it out of the cyclic
@@ -328,7 +315,7 @@ class CleanPoseNode(LifecycleNode):
             getattr(live, f) != getattr(self.p, f) for f in _RUNTIME_PIPELINE_FIELDS
         ):
             try:
-                self.pipeline.update_config(pipeline_config(live))
+                self.pipeline.update_config(PipelineConfig.from_params(live))
             except ValueError as e:
                 return SetParametersResult(successful=False, reason=str(e))
         pending = params.pending_changes(self.p, new, [c.name for c in changes])

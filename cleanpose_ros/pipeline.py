@@ -9,32 +9,45 @@
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from cleanpose_model.preprocess import DEFAULT_SEED, GraphedInputBuilder, build_object_inputs_np
-from cleanpose_ros.class_map import DEFAULT_CLASS_MAP, ClassMap
+from cleanpose_model.preprocess import GraphedInputBuilder, build_object_inputs_np
+from cleanpose_ros.class_map import ClassMap
+from cleanpose_ros.params import NodeParams
+
+# Defaults of the PipelineConfig fields that are node parameters: the node's own (their meaning is described
+# there).
+_NODE = NodeParams()
 
 
 @dataclass
 class PipelineConfig:
-    score_threshold: float = 0.0
-    max_objects: int = 20
-    min_points: int = 16
+    score_threshold: float = _NODE.score_threshold
+    max_objects: int = _NODE.max_objects
+    min_points: int = _NODE.min_points
     n_points: int = 1024
-    min_depth: float = 0.0  # m; depth outside [min_depth, max_depth] is invalid (0 = no bound)
-    max_depth: float = 0.0
-    class_map: list[str] = field(default_factory=lambda: list(DEFAULT_CLASS_MAP))
+    min_depth: float = _NODE.min_depth  # m; depth outside [min_depth, max_depth] is invalid (0 = no bound)
+    max_depth: float = _NODE.max_depth
+    class_map: list[str] = field(default_factory=lambda: list(_NODE.class_map))
     # Base of every object's own sampling seed (with its window, valid-pixel count and category: see
     # cleanpose_model.preprocess.reference.object_rng): the same object gives the same pose whatever the
     # other detections of the frame are and wherever it stands in the message.
-    seed: int = DEFAULT_SEED
-    box_source: str = "mask"  # used when process() is given a raw InstanceSegmentation message
+    seed: int = _NODE.seed
+    box_source: str = _NODE.box_source  # used when process() is given a raw InstanceSegmentation message
     # "auto": on a CUDA estimator the fixed-shape torch form replayed from CUDA graphs (GraphedInputBuilder,
     # same pixels), else the numpy path; "numpy" / "torch" force one ("torch" on the CPU: that form, eager).
     preprocess: str = "auto"
+
+    @classmethod
+    def from_params(cls, p: NodeParams) -> PipelineConfig:
+        """The node's values of the fields that are node parameters (copies: the node edits its own); the
+        others keep their defaults."""
+        node = set(p.names())
+        return cls(**{f.name: copy.copy(getattr(p, f.name)) for f in fields(cls) if f.name in node})
 
 
 @dataclass
