@@ -268,6 +268,7 @@ class DiagnosticsPublisher:
     def __init__(self, node, name: str, hardware_id: str, period: float, fill):
         self._node, self._name, self._hw, self._fill = node, name, hardware_id, fill
         self._pub = self._timer = self._updater = None
+        self._more: list[tuple[str, object]] = []  # further (name, fill) statuses: add()
         try:
             import diagnostic_updater
 
@@ -280,18 +281,24 @@ class DiagnosticsPublisher:
             self._timer = node.create_timer(period, self.publish_now)
             self.backend = "diagnostic_msgs"
 
-    def _fill_updater(self, stat):
-        level, message, values = self._fill()
+    def _fill_updater(self, stat, fill=None):
+        level, message, values = (fill or self._fill)()
         stat.summary(level, message)
         for k, v in values.items():
             stat.add(k, str(v))
         return stat
 
-    def status(self) -> DiagnosticStatus:
-        level, message, values = self._fill()
+    def add(self, name: str, fill) -> None:
+        """One more status (another camera of the node) in the same /diagnostics messages."""
+        self._more.append((name, fill))
+        if self._updater is not None:
+            self._updater.add(name, lambda stat, fill=fill: self._fill_updater(stat, fill))
+
+    def status(self, name: str | None = None, fill=None) -> DiagnosticStatus:
+        level, message, values = (fill or self._fill)()
         return DiagnosticStatus(
             level=level,
-            name=self._name,
+            name=name or self._name,
             message=message,
             hardware_id=self._hw,
             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
@@ -302,7 +309,7 @@ class DiagnosticsPublisher:
             return
         msg = DiagnosticArray()
         msg.header.stamp = self._node.get_clock().now().to_msg()
-        msg.status = [self.status()]
+        msg.status = [self.status()] + [self.status(n, f) for n, f in self._more]
         self._pub.publish(msg)
 
     def close(self) -> None:

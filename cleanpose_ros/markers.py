@@ -1,8 +1,12 @@
 """RViz MarkerArray for one frame: a DELETEALL first (no stale boxes from earlier frames, the most common
-complaint about pose visualisers), then per object a LINE_LIST box, a TEXT_VIEW_FACING label (class, score,
-size in cm) and optionally an RGB axes LINE_LIST. ns = class name, ids unique within the frame."""
+complaint about pose visualisers), then per object a LINE_LIST box, a TEXT_VIEW_FACING label
+(`<class> #<track id>`, score, size in cm) and optionally an RGB axes LINE_LIST. ns = class name, ids unique
+within the frame. With trails (Trails, parameter trail_length): one LINE_STRIP per object through its track's
+last published positions, ns "trails"."""
 
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 from builtin_interfaces.msg import Duration
@@ -44,8 +48,43 @@ def _marker(header, ns: str, marker_id: int, marker_type: int, life: Duration, r
     return m
 
 
-def build_markers(header, objects, axes: bool = True, lifetime_s: float = 0.0) -> MarkerArray:
-    """`objects`: items with class_name, class_id, score, rotation, translation, size (in header's frame).
+class Trails:
+    """The last `length` published positions of each track (class, instance id) of one output stream.
+
+    A track not published for `forget` updates is dropped (bounded memory over any run); a change of the
+    output frame starts every trail again (positions of two frames never share a line)."""
+
+    def __init__(self, length: int, forget: int = 30):
+        self.length, self.forget = int(length), max(int(forget), 1)
+        self._frame = ""
+        self._n = 0
+        self._tracks: dict[tuple[str, str], tuple[int, deque]] = {}
+
+    def update(self, frame_id: str, objects) -> list[list]:
+        """Adds this frame's positions; returns each object's trail (oldest first, this frame's last)."""
+        if frame_id != self._frame:
+            self._frame, self._tracks = frame_id, {}
+        self._n += 1
+        out = []
+        for o in objects:
+            key = (o.class_name, str(o.instance_id))
+            _, q = self._tracks.get(key, (0, None))
+            if q is None or q.maxlen != self.length:
+                q = deque(q or (), maxlen=self.length)
+            q.append(np.asarray(o.translation, np.float64).tolist())
+            self._tracks[key] = (self._n, q)
+            out.append(list(q))
+        if len(self._tracks) > len(objects):
+            cut = self._n - self.forget
+            self._tracks = {k: v for k, v in self._tracks.items() if v[0] > cut}
+        return out
+
+
+def build_markers(
+    header, objects, axes: bool = True, lifetime_s: float = 0.0, trails: list | None = None
+) -> MarkerArray:
+    """`objects`: items with class_name, class_id, score, instance_id, rotation, translation, size (in
+    header's frame). `trails`: per object its trail positions (Trails.update), drawn when 2 or more.
 
     Coordinates go to host floats once per object (`tolist`), and a box's 24 edge ends refer to its 8 corner
     Points (the message holds the same values; it is serialised, never mutated, after this)."""
@@ -71,7 +110,7 @@ def build_markers(header, objects, axes: bool = True, lifetime_s: float = 0.0) -
         text.pose.position = _point((t + R[:, 1] * (float(o.size[1]) / 2 + 0.03)).tolist())
         text.scale.z = 0.03
         s = size * 100
-        text.text = f"{o.class_name} {o.score:.2f}\n{s[0]:.0f}x{s[1]:.0f}x{s[2]:.0f} cm"
+        text.text = f"{o.class_name} #{o.instance_id}\n{o.score:.2f} {s[0]:.0f}x{s[1]:.0f}x{s[2]:.0f} cm"
         markers.append(text)
 
         if axes:
@@ -90,5 +129,10 @@ def build_markers(header, objects, axes: bool = True, lifetime_s: float = 0.0) -
             ax.points = pts
             ax.colors = cols
             markers.append(ax)
+        if trails is not None and len(trails[i]) >= 2:
+            line = _marker(header, "trails", i, Marker.LINE_STRIP, life, (r, g, b))
+            line.scale.x = 0.003
+            line.points = [_point(c) for c in trails[i]]
+            markers.append(line)
     arr.markers = markers
     return arr

@@ -2,7 +2,8 @@
 object of a known category, from synchronized RGB, registered depth, CameraInfo and instance masks.
 
 This module is the lifecycle and the wiring only; what runs per frame is elsewhere:
-    worker.py        the one-slot mailbox, the worker thread and the frame path (messages -> poses -> publish)
+    cameras.py       one state per camera of `cameras` and the mailbox gathering every camera's latest set
+    worker.py        the worker thread and the frame path (messages -> one batched forward -> publish)
     pipeline.py      detections -> per-object inputs -> one batched forward -> poses (no ROS types)
     outputs.py       the output publishers and message builders (poses, Detection3DArray, markers, TF, image)
     target_frame.py  poses re-expressed in `target_frame` through TF
@@ -28,6 +29,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image
 
 from cleanpose_ros import params
+from cleanpose_ros.cameras import Camera, input_topic
 from cleanpose_ros.class_map import ClassMap
 from cleanpose_ros.diagnostics import DiagnosticsPublisher, NodeStats, node_status
 from cleanpose_ros.outputs import Outputs
@@ -78,20 +80,28 @@ class CleanPoseNode(LifecycleNode):
         self.estimator = None
         self.pipeline: FramePipeline | None = None
         self.device = "cpu"
-        self.camera_info: CameraInfo | None = None  # the latest one (cached, not synchronized)
+        # one per entry of the `cameras` parameter, made at configure; camera 0 counts into self.stats
+        self.cameras: list[Camera] = []
         self.outputs: Outputs | None = None
         self.target: TargetFrame | None = None
         self.worker: FrameWorker | None = None
         self._diag: DiagnosticsPublisher | None = None
-        self._sync: InputSynchronizer | None = None
-        self._info_sub = None
         self._active = False
         # input name -> resolved topic (remaps, namespace), for log lines and diagnostics; set at activate
         self.topics: dict[str, str] = {}
 
     def topic(self, name: str) -> str:
-        """The topic of input `name` (image, depth, detections, camera_info) as subscribed."""
+        """The topic of input `name` (image, depth, detections, camera_info) of camera 0 as subscribed."""
         return self.topics.get(name, name)
+
+    @property
+    def camera_info(self) -> CameraInfo | None:
+        """Camera 0's latest CameraInfo (cached, not synchronized)."""
+        return self.cameras[0].camera_info if self.cameras else None
+
+    @property
+    def _sync(self) -> InputSynchronizer | None:
+        return self.cameras[0].sync if self.cameras else None
 
     @property
     def camera_info_topic(self) -> str:
@@ -112,16 +122,29 @@ class CleanPoseNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {e}")
             self.estimator = self.pipeline = self.p = None
             return TransitionCallbackReturn.FAILURE
-        self.outputs = Outputs(self)
+        self.cameras = [
+            Camera(i, ns, self.stats if i == 0 else NodeStats()) for i, ns in enumerate(self.p.cameras)
+        ]
+        for cam in self.cameras:  # one /tf broadcaster for all: camera 0's
+            cam.outputs = Outputs(self, cam.namespace, None if cam.index == 0 else self.cameras[0].outputs.tf)
+        self.outputs = self.cameras[0].outputs
         self.target = TargetFrame(self)
         if self.p.target_frame:
             self.target.prepare()
+        name = f"{self.get_name()}: pose estimation"
         self._diag = DiagnosticsPublisher(
-            self, f"{self.get_name()}: pose estimation", self.device, self.p.diagnostics_period, self._status
+            self,
+            name if len(self.cameras) == 1 else f"{name} {self.cameras[0].namespace}",
+            self.device,
+            self.p.diagnostics_period,
+            self._status,
         )
+        for cam in self.cameras[1:]:  # one status per camera
+            self._diag.add(f"{name} {cam.namespace}", lambda cam=cam: self._camera_status(cam))
         self.worker = FrameWorker(self)
         self.get_logger().info(
             f"configured: device {self.device}, {self._precision_text()}, "
+            f"{len(self.cameras)} camera(s) {[c.namespace for c in self.cameras]}, "
             f"categories {self.estimator.categories}, tf {self.outputs.tf.backend}, "
             f"diagnostics {self._diag.backend}"
         )
@@ -155,33 +178,48 @@ class CleanPoseNode(LifecycleNode):
             if p.input_reliability == "best_effort"
             else ReliabilityPolicy.RELIABLE,
         )
-        from cleanpose_msgs.msg import InstanceSegmentation
-
-        self._sync = InputSynchronizer(
-            self,
-            [(Image, "image"), (Image, "depth"), (InstanceSegmentation, "detections")],
-            qos,
-            p.sync_queue_size,
-            p.sync_slop,
-            self.worker.put,
-            names=["image", "depth", "detections"],
-            report=self._on_input_problem,
-            on_message=self.stats.on_message,
-            time_jump=p.time_jump_threshold,
-        )
-        # CameraInfo is cached, not synchronized: a missing CameraInfo then gives a clear log line per frame
-        # instead of a synchronizer that silently never fires.
-        self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_info, qos)
-        self.topics = {n: s.topic_name for n, s in zip(self._sync.names, self._sync.subscriptions)}
-        self.topics["camera_info"] = self._info_sub.topic_name
+        for cam in self.cameras:
+            self._subscribe(cam, qos)
+        self.topics = dict(self.cameras[0].topics)
         self._active = True
         self.worker.accept(True)
-        subs = ", ".join(s.topic_name for s in [*self._sync.subscriptions, self._info_sub])
+        subs = ", ".join(
+            s.topic_name for c in self.cameras for s in [*c.sync.subscriptions, c.info_sub] if s is not None
+        )
         self.get_logger().info(
             f"active: subscribed to {subs} (sync {self._sync.backend}, slop {p.sync_slop} s, "
             f"queue {p.sync_queue_size}, QoS {p.input_reliability}/{p.input_depth})"
         )
         return super().on_activate(state)
+
+    def _subscribe(self, cam: Camera, qos) -> None:
+        """The synchronized inputs and the CameraInfo subscription of one camera (its namespace prefix)."""
+        p = self.p
+        from cleanpose_msgs.msg import InstanceSegmentation
+
+        cam.sync = InputSynchronizer(
+            self,
+            [
+                (Image, input_topic(cam.namespace, "image")),
+                (Image, input_topic(cam.namespace, "depth")),
+                (InstanceSegmentation, input_topic(cam.namespace, "detections")),
+            ],
+            qos,
+            p.sync_queue_size,
+            p.sync_slop,
+            lambda *msgs: self.worker.put(*msgs, camera=cam.index),
+            names=["image", "depth", "detections"],
+            report=lambda *a: self._on_input_problem(*a, cam=cam),
+            on_message=cam.stats.on_message,
+            time_jump=p.time_jump_threshold,
+        )
+        # CameraInfo is cached, not synchronized: a missing CameraInfo then gives a clear log line per frame
+        # instead of a synchronizer that silently never fires.
+        cam.info_sub = self.create_subscription(
+            CameraInfo, input_topic(cam.namespace, "camera_info"), cam.on_info, qos
+        )
+        cam.topics = {n: s.topic_name for n, s in zip(cam.sync.names, cam.sync.subscriptions)}
+        cam.topics["camera_info"] = cam.info_sub.topic_name
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
@@ -205,12 +243,13 @@ class CleanPoseNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _unsubscribe(self) -> None:
-        if self._sync is not None:
-            self._sync.close()
-            self._sync = None
-        if self._info_sub is not None:
-            self.destroy_subscription(self._info_sub)
-            self._info_sub = None
+        for cam in self.cameras:
+            if cam.sync is not None:
+                cam.sync.close()
+                cam.sync = None
+            if cam.info_sub is not None:
+                self.destroy_subscription(cam.info_sub)
+                cam.info_sub = None
 
     def _teardown(self) -> None:
         """Undo configure (and activate): back to the unconfigured state."""
@@ -219,33 +258,50 @@ class CleanPoseNode(LifecycleNode):
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
-        for part in (self.outputs, self.target, self._diag):
-            if part is not None:
+        for part in (*(c.outputs for c in self.cameras[1:]), self.outputs, self.target, self._diag):
+            if part is not None:  # camera 0's outputs (owner of the shared /tf broadcaster) last
                 part.close()
         self.outputs = self.target = self._diag = None
+        self.cameras = []
         self._release_model()
         self.p = None
 
     def _on_info(self, msg: CameraInfo) -> None:
-        self.stats.on_message("camera_info")
-        self.camera_info = msg
+        """Camera 0's CameraInfo (benchmarks feed the frame path through this)."""
+        self.cameras[0].on_info(msg)
 
-    def _on_input_problem(self, kind: str, name: str, text: str, gap_s: float | None) -> None:
+    def _on_input_problem(
+        self, kind: str, name: str, text: str, gap_s: float | None, cam: Camera | None = None
+    ) -> None:
         """A message or set the synchronizer will not pass on (sync.SyncMonitor): counted and logged."""
+        cam = cam or self.cameras[0]
         if kind == "time_jump":
-            self.stats.on_time_jump()
+            cam.stats.on_time_jump()
             if self.worker is not None:
-                self.worker.log(kind, f"time jump on '{self.topic(name)}': {text}")
+                self.worker.log(f"{cam.tag}:{kind}", f"time jump on '{cam.topic(name)}': {text}")
             return
-        self.stats.on_input_problem(kind, gap_s)
+        cam.stats.on_input_problem(kind, gap_s)
         if self.worker is not None:
-            self.worker.log(kind, f"input not used ({kind}) on '{self.topic(name)}': {text}")
+            self.worker.log(f"{cam.tag}:{kind}", f"input not used ({kind}) on '{cam.topic(name)}': {text}")
 
     def _status(self):
-        if self._sync is not None:
-            self._sync.poll()  # sync misses are found late when nothing arrives any more
-        pending = self._sync.pending() if self._sync is not None else 0
-        return node_status(self.stats, self.device, self._active, pending, self.p, self.topics)
+        return self._camera_status(self.cameras[0])
+
+    def _camera_status(self, cam: Camera):
+        """One camera's /diagnostics status (camera 0's is the node's with one camera)."""
+        if cam.sync is not None:
+            cam.sync.poll()  # sync misses are found late when nothing arrives any more
+        pending = cam.sync.pending() if cam.sync is not None else 0
+        level, message, values = node_status(
+            cam.stats, self.device, self._active, pending, self.p, cam.topics
+        )
+        if len(self.cameras) > 1:
+            # the shared forward: sets / forwards > 1 when the cameras' objects share it
+            w = self.worker
+            values["camera"] = cam.namespace
+            values["forwards"] = w.forwards if w is not None else 0
+            values["forward_sets"] = w.forward_sets if w is not None else 0
+        return level, message, values
 
     # ------------------------------------------------------------------------------------------ model
     def _resolve_device(self) -> str:
@@ -279,7 +335,8 @@ class CleanPoseNode(LifecycleNode):
         )
         self.pipeline = FramePipeline(self.estimator, PipelineConfig.from_params(self.p))
         if self.p.warmup if warm is None else warm:
-            self.estimator.warmup(n_objects=min(self.p.max_objects, 8))
+            # every camera's objects share one forward: warm (capture) the batch sizes several cameras make
+            self.estimator.warmup(n_objects=min(self.p.max_objects, 8) * len(self.p.cameras))
         # Everything alive now (torch, the model, rclpy) lives as long as the node: move it out of the cyclic
         # collector's reach, so a full collection scans only per-frame garbage instead of the ~10^6 objects
         # the imports made (an unfrozen gen-2 pass stalls the frame it lands on by tens of ms).

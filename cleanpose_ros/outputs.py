@@ -1,5 +1,8 @@
 """The node's per-frame outputs: its lifecycle publishers and the messages built from one frame's poses.
 
+Each camera of the node has its own Outputs: ~/<name> for the single camera (cameras == [""]), ~/<ns>/<name>
+for a camera of namespace <ns>; /tf is shared (one broadcaster for the node).
+
     ~/poses          cleanpose_msgs/ObjectPoseArray    pose_array()
     ~/detections_3d  vision_msgs/Detection3DArray      detection3d_array() (when vision_msgs is installed)
     ~/markers        visualization_msgs/MarkerArray    markers.build_markers()
@@ -19,10 +22,11 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from cleanpose_ros import conversions
+from cleanpose_ros.cameras import output_topic
 from cleanpose_ros.debug_image import draw_debug_image
 from cleanpose_ros.diagnostics import StageClock
 from cleanpose_ros.geometry_utils import quat_xyzw
-from cleanpose_ros.markers import build_markers
+from cleanpose_ros.markers import Trails, build_markers
 from cleanpose_ros.tf_publisher import TfPublisher, make_transform, object_frame
 
 
@@ -100,39 +104,46 @@ def object_transforms(header, prefix: str, objects: list, poses: Poses) -> list:
 
 
 class Outputs:
-    """The output publishers of one configured node (lifecycle publishers: they publish only while active)."""
+    """The output publishers of one camera of a configured node (lifecycle publishers: they publish only while
+    active). `namespace`: the camera's entry in `cameras`; `tf`: a TfPublisher to share (made when None)."""
 
-    def __init__(self, node):
+    def __init__(self, node, namespace: str = "", tf: TfPublisher | None = None):
         from cleanpose_msgs.msg import ObjectPoseArray
         from visualization_msgs.msg import MarkerArray
 
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._node = node
+        name = lambda n: output_topic(namespace, n)  # noqa: E731
         self.publishers = {
-            "poses": node.create_lifecycle_publisher(ObjectPoseArray, "~/poses", qos),
-            "markers": node.create_lifecycle_publisher(MarkerArray, "~/markers", qos),
-            "debug_image": node.create_lifecycle_publisher(Image, "~/debug_image", qos),
+            "poses": node.create_lifecycle_publisher(ObjectPoseArray, name("poses"), qos),
+            "markers": node.create_lifecycle_publisher(MarkerArray, name("markers"), qos),
+            "debug_image": node.create_lifecycle_publisher(Image, name("debug_image"), qos),
         }
+        self.trails: Trails | None = None
         try:
             from vision_msgs.msg import Detection3DArray
 
             self.publishers["detections_3d"] = node.create_lifecycle_publisher(
-                Detection3DArray, "~/detections_3d", qos
+                Detection3DArray, name("detections_3d"), qos
             )
         except ImportError:
             node.get_logger().info("vision_msgs not installed: ~/detections_3d is not published")
-        self.tf = TfPublisher(node)
-        if not self.tf.available:
+        self._own_tf = tf is None
+        self.tf = TfPublisher(node) if tf is None else tf
+        if self._own_tf and not self.tf.available:
             node.get_logger().warning("neither tf2_ros nor tf2_msgs is installed: object TF frames are off")
 
     def _subscribed(self, key: str) -> bool:
         pub = self.publishers.get(key)
         return pub is not None and pub.get_subscription_count() > 0
 
-    def publish(self, p, header, objects: list, camera: tuple, clk: StageClock) -> None:
+    def publish(
+        self, p, header, objects: list, camera: tuple, clk: StageClock, tf_prefix: str | None = None
+    ) -> None:
         """Publishes each output of one frame that has a subscriber. `p`: NodeParams (output switches);
         `header`/`objects`: in the output frame; `camera`: (rgb, K, image header, objects in the camera
-        frame) for the debug image. `clk` books one stage per output built."""
+        frame) for the debug image. `clk` books one stage per output built. `tf_prefix`: the object frames'
+        prefix (the camera's; p.tf_prefix when None)."""
         want_poses = self._subscribed("poses")
         want_d3d = self._subscribed("detections_3d")
         want_tf = p.publish_tf and bool(objects) and self.tf.available and self.tf.subscribed()
@@ -144,11 +155,22 @@ class Outputs:
         if want_d3d:
             self.publishers["detections_3d"].publish(detection3d_array(header, objects, poses))
             clk.lap("detections_3d")
+        trails = None
+        if getattr(p, "trail_length", 0) > 0:
+            # kept whether or not anyone watches, so a viewer that joins sees trails at once
+            if self.trails is None or self.trails.length != p.trail_length:
+                self.trails = Trails(p.trail_length)
+            trails = self.trails.update(header.frame_id, objects)
+        elif self.trails is not None:
+            self.trails = None
         if p.publish_markers and self._subscribed("markers"):
-            self.publishers["markers"].publish(build_markers(header, objects, axes=p.marker_axes))
+            self.publishers["markers"].publish(
+                build_markers(header, objects, axes=p.marker_axes, trails=trails)
+            )
             clk.lap("markers")
         if want_tf:
-            self.tf.send(object_transforms(header, p.tf_prefix, objects, poses))
+            prefix = p.tf_prefix if tf_prefix is None else tf_prefix
+            self.tf.send(object_transforms(header, prefix, objects, poses))
             clk.lap("tf")
         if p.publish_debug_image and self._subscribed("debug_image"):
             rgb, K, image_header, cam_objects = camera
@@ -160,4 +182,5 @@ class Outputs:
         for pub in self.publishers.values():
             self._node.destroy_lifecycle_publisher(pub)
         self.publishers = {}
-        self.tf.close()
+        if self._own_tf:
+            self.tf.close()

@@ -114,6 +114,22 @@ class NodeParams:
         applies="configure",
         choices=("mask", "detection"),
     )
+    cameras: list = _p(  # noqa: RUF009 - _p returns a dataclasses.field
+        [""],
+        "Camera namespaces served by this node, one entry per camera: its inputs are <entry>/image, "
+        "<entry>/depth, <entry>/camera_info, <entry>/detections, its outputs ~/<entry>/poses (and the other "
+        'outputs), its TF frames <tf_prefix><entry>_<class>_<id>, its own /diagnostics status. [""] = '
+        "one camera with the plain topic names. The objects of the latest set of every camera go through "
+        "one batched forward per cycle; tracks are per camera.",
+        applies="configure",
+    )
+    camera_wait: float = _p(
+        0.01,
+        "Several cameras: once one camera's set is ready, wait at most this many seconds for the other "
+        "live cameras' sets so they share the forward (a camera without a set for stale_timeout is not "
+        "waited for).",
+        range=(0.0, 1.0),
+    )
     autostart: bool = _p(
         True,
         "Configure and activate on start-up (plain launches without a lifecycle manager).",
@@ -168,6 +184,11 @@ class NodeParams:
     tf_prefix: str = _p("cleanpose_", "Object TF frame name = <tf_prefix><class>_<instance id>.")
     publish_markers: bool = _p(True, "Publish ~/markers (DELETEALL, boxes, labels).")
     marker_axes: bool = _p(True, "Add an RGB axes marker per object.")
+    trail_length: int = _p(
+        0,
+        "Markers: a line through the last N published positions of each track (0 = no trails).",
+        range=(0, 1000),
+    )
     publish_debug_image: bool = _p(False, "Publish ~/debug_image (projected boxes and axes over the RGB).")
     target_frame: str = _p(
         "",
@@ -267,6 +288,8 @@ class NodeParams:
                 raise ValueError(f"{f.name} must be in [{m['range'][0]}, {m['range'][1]}], got {v}")
         if self.min_depth > 0 and self.max_depth > 0 and self.min_depth >= self.max_depth:
             raise ValueError(f"min_depth ({self.min_depth}) must be below max_depth ({self.max_depth})")
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras must be a non-empty list of distinct namespaces, got {self.cameras}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -320,7 +343,7 @@ def from_node(node) -> NodeParams:
 
 def with_changes(p: NodeParams, changes) -> NodeParams:
     """A copy of `p` with the rclpy Parameters in `changes` applied (unknown names are ignored)."""
-    new = replace(p, class_map=list(p.class_map))
+    new = replace(p, class_map=list(p.class_map), cameras=list(p.cameras))
     for prm in changes:
         if prm.name in NodeParams.names():
             v = prm.value

@@ -77,6 +77,19 @@ class FrameResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class PreparedFrame:
+    """One frame's selection and per-object inputs (FramePipeline.prepare), waiting for the forward."""
+
+    det: object  # detections.Detections
+    idx: list  # detection index of each selected object
+    res: FrameResult  # filled by forward()
+    batch: object  # ObjectBatch on the estimator's device
+    kept: np.ndarray  # indices into idx of the objects with enough points (the batch's rows)
+    category: np.ndarray
+    num_points: np.ndarray
+
+
 class FrameUploader:
     """Host frame (depth, rgb, masks) -> device tensors in ONE copy, through a pinned staging buffer kept
     across frames (grown when a frame needs more).
@@ -227,6 +240,12 @@ class FramePipeline:
         """`timings_ms`: "select" (parse when given a message, filters, depth bounds), "build_inputs",
         "forward" (model + host copy), "results"; "preprocess" = select + build_inputs, "inference" =
         forward."""
+        return self.forward([self.prepare(rgb, depth_m, K, det)])[0]
+
+    def prepare(self, rgb: np.ndarray, depth_m: np.ndarray, K: np.ndarray, det, own_copy: bool = False):
+        """One frame up to its per-object inputs (PreparedFrame). `own_copy`: the inputs must outlive the next
+        frame's prepare (several frames in one forward): the CUDA builder's outputs are its static buffers,
+        which the next frame overwrites, so they are copied."""
         t0 = time.perf_counter()
         if hasattr(det, "format") and hasattr(det, "detections"):  # a raw cleanpose_msgs/InstanceSegmentation
             from cleanpose_ros.detections import parse_instance_segmentation
@@ -240,6 +259,8 @@ class FramePipeline:
         else:
             masks, boxes = det.masks[idx], det.boxes[idx]
         batch, kept, category, num_points = self.build_inputs(rgb, depth, K, masks, boxes, cats)
+        if own_copy and len(kept) and self._builder is not None:
+            batch = type(batch)(**{f.name: getattr(batch, f.name).clone() for f in fields(batch)})
         res.skipped_few_points = len(idx) - len(kept)
         if res.skipped_few_points:
             kept_set = {int(k) for k in kept}
@@ -249,27 +270,61 @@ class FramePipeline:
         tm["select"] = (ts - t0) * 1e3
         tm["build_inputs"] = (t1 - ts) * 1e3
         tm["preprocess"] = (t1 - t0) * 1e3
-        if len(kept) == 0:
-            tm["forward"] = tm["inference"] = tm["results"] = 0.0
-            return res
+        return PreparedFrame(det, idx, res, batch, kept, category, num_points)
+
+    def forward(self, frames: list[PreparedFrame]) -> list[FrameResult]:
+        """The objects of every prepared frame in ONE batched forward (estimator.predict called once, or not
+        at all when no frame has an object), split back into one FrameResult per frame. Each frame's
+        "forward" time is the shared forward's; "forward_frames" says how many frames shared it."""
+        live = [f for f in frames if len(f.kept)]
+        for f in frames:
+            if not len(f.kept):
+                f.res.timings_ms.update(forward=0.0, inference=0.0, results=0.0)
+        if not live:
+            return [f.res for f in frames]
+        t1 = time.perf_counter()
+        if len(live) == 1:
+            batch = live[0].batch
+        else:
+            import torch
+
+            b0 = live[0].batch
+            batch = type(b0)(
+                **{
+                    fl.name: torch.cat(
+                        [
+                            getattr(f.batch, fl.name).reshape((-1, *getattr(f.batch, fl.name).shape[1:]))
+                            for f in live
+                        ]
+                    )
+                    for fl in fields(b0)
+                }
+            )
         out = self.estimator.predict(batch).as_numpy()
         t2 = time.perf_counter()
-        tm["forward"] = tm["inference"] = (t2 - t1) * 1e3
-        for i, k in enumerate(kept):
-            j = idx[int(k)]
-            cat = int(category[i])
-            res.objects.append(
-                ObjectResult(
-                    class_name=self.class_map.name(cat),
-                    class_id=cat,
-                    score=float(det.scores[j]),
-                    instance_id=det.instance_ids[j],
-                    detection_index=j,
-                    rotation=out["rotation"][i].astype(np.float64),
-                    translation=out["translation"][i].astype(np.float64),
-                    size=out["size"][i].astype(np.float64),
-                    num_points=int(num_points[i]),
+        start = 0
+        for f in live:
+            res, det, tm = f.res, f.det, f.res.timings_ms
+            tm["forward"] = tm["inference"] = (t2 - t1) * 1e3
+            tm["forward_frames"] = float(len(live))
+            t3 = time.perf_counter()
+            for i, k in enumerate(f.kept):
+                j = f.idx[int(k)]
+                cat = int(f.category[i])
+                r = start + i
+                res.objects.append(
+                    ObjectResult(
+                        class_name=self.class_map.name(cat),
+                        class_id=cat,
+                        score=float(det.scores[j]),
+                        instance_id=det.instance_ids[j],
+                        detection_index=j,
+                        rotation=out["rotation"][r].astype(np.float64),
+                        translation=out["translation"][r].astype(np.float64),
+                        size=out["size"][r].astype(np.float64),
+                        num_points=int(f.num_points[i]),
+                    )
                 )
-            )
-        tm["results"] = (time.perf_counter() - t2) * 1e3
-        return res
+            start += len(f.kept)
+            tm["results"] = (time.perf_counter() - t3) * 1e3
+        return [f.res for f in frames]

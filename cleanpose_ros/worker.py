@@ -1,11 +1,14 @@
-"""The node's worker: a one-slot mailbox filled by the executor thread and a thread that runs each frame.
+"""The node's worker: a one-slot-per-camera mailbox filled by the executor thread and a thread that runs
+each cycle.
 
-The executor thread only synchronizes inputs and puts the newest set in the slot; a set that arrives while
-the slot is still full replaces it and counts as dropped, so latency never builds up behind a slow model and
-memory stays bounded. The worker thread takes the set and runs the frame path, one straight line:
+The executor thread only synchronizes inputs and puts the newest set of a camera in that camera's slot
+(cameras.CameraSlots); a set that arrives while the slot is still full replaces it and counts as that
+camera's drop, so latency never builds up behind a slow model and memory stays bounded. The worker thread
+takes the waiting set of every camera at once (one cycle) and runs the frame path, one straight line:
 
-    messages -> numpy (conversions) -> detections -> per-object inputs -> one batched forward -> poses
-    (FramePipeline) -> [target frame] -> publish (Outputs)
+    per camera: messages -> numpy (conversions) -> detections -> per-object inputs (FramePipeline.prepare)
+    all cameras: ONE batched forward (FramePipeline.forward)
+    per camera: poses -> [target frame] -> tracking + filter -> publish (the camera's Outputs)
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 
 from cleanpose_model.categories import dataset_of
 from cleanpose_ros import conversions
+from cleanpose_ros.cameras import CameraSlots
 from cleanpose_ros.detections import DetectionError, parse_instance_segmentation
 from cleanpose_ros.diagnostics import StageClock
 from cleanpose_ros.filtering import FilterConfig, PoseStream
@@ -40,45 +44,88 @@ class ThrottledLog:
         getattr(self._logger, level)(msg)
 
 
+class _Frame:
+    """One camera's set on its way through a cycle."""
+
+    __slots__ = ("K", "cam", "clk", "depth", "det", "det_msg", "image", "pre", "prepared", "rgb", "t_arrival")
+
+    def __init__(self, cam, image, det_msg, t_arrival, clk, pre):
+        self.cam, self.image, self.det_msg, self.t_arrival, self.clk, self.pre = (
+            cam,
+            image,
+            det_msg,
+            t_arrival,
+            clk,
+            pre,
+        )
+        self.det = self.rgb = self.K = self.depth = self.prepared = None
+
+
+class _SingleCamera:
+    """The camera view of a node without `cameras` (tests' stand-in nodes, the single-module layout): its
+    stats, CameraInfo and topics are the node's own."""
+
+    def __init__(self, node):
+        self._node = node
+        self.index, self.namespace, self.tag = 0, "", ""
+        self.stream, self.stream_frame, self.noted_distortion = None, "", False
+
+    stats = property(lambda self: self._node.stats)
+    camera_info = property(lambda self: getattr(self._node, "camera_info", None))
+    outputs = property(lambda self: getattr(self._node, "outputs", None))
+
+    def topic(self, name: str) -> str:
+        return self._node.topic(name) if hasattr(self._node, "topic") else name
+
+    def tf_prefix(self, prefix: str) -> str:
+        return prefix
+
+    def label(self) -> str:
+        return "camera"
+
+
 class FrameWorker:
-    """Runs the frame path of `node` (a configured CleanPoseNode: reads its `p`, `pipeline`, `camera_info`,
-    `outputs`, `target`, `stats`) on a thread of its own."""
+    """Runs the frame path of `node` (a configured CleanPoseNode: reads its `p`, `pipeline`, `cameras` (each
+    with its CameraInfo, stats, outputs), `target`) on a thread of its own."""
 
     def __init__(self, node):
         self.node = node
         self.log = ThrottledLog(node.get_logger(), lambda: node.p.log_throttle)
-        self._cv = threading.Condition()
-        self._slot = None
+        n = len(getattr(node, "cameras", None) or [None])
+        self._slots = CameraSlots(
+            n,
+            lambda i: self.camera(i).stats,
+            wait=lambda: getattr(node.p, "camera_wait", 0.0),
+            stale=lambda: getattr(node.p, "stale_timeout", 2.0),
+        )
+        self._cv = self._slots.cv
         self._busy = False
-        self._accepting = False
         self._stop = threading.Event()
-        self._noted_distortion = False
-        self._stream: PoseStream | None = None  # tracking + filtering of this configuration's stream
-        self._stream_frame = ""  # the frame its poses are in
+        self._single = _SingleCamera(node)
+        # Forwards run and camera sets they carried (lifetime): with several cameras, sets / forwards > 1 is
+        # the batching at work (published in every camera's diagnostics).
+        self.forwards = 0
+        self.forward_sets = 0
         # Per-stage times (ms) of the last frame that produced outputs (also averaged into diagnostics).
         self.last_stage_ms: dict[str, float] = {}
         self._thread = threading.Thread(target=self._loop, name="cleanpose_worker", daemon=True)
         self._thread.start()
 
+    def camera(self, index: int):
+        cams = getattr(self.node, "cameras", None)
+        return cams[index] if cams else self._single
+
     # ------------------------------------------------------------------------------------------ mailbox
     def accept(self, on: bool) -> None:
-        """Take input sets (active) or drop them and empty the slot (inactive)."""
+        """Take input sets (active) or drop them and empty the slots (inactive)."""
         with self._cv:
-            self._accepting = on
+            self._slots.accepting = on
             if not on:
-                self._slot = None
+                self._slots.clear()
 
-    def put(self, image, depth, detections) -> None:
-        """Executor thread: the newest synchronized set replaces any set still waiting."""
-        t_sync = time.monotonic()
-        self.node.stats.on_input()
-        with self._cv:
-            if not self._accepting:
-                return
-            if self._slot is not None:
-                self.node.stats.on_drop()
-            self._slot = (image, depth, detections, t_sync, time.time_ns())
-            self._cv.notify()
+    def put(self, image, depth, detections, camera: int = 0) -> None:
+        """Executor thread: the newest synchronized set of `camera` replaces any set of it still waiting."""
+        self._slots.put(camera, (image, depth, detections, time.monotonic(), time.time_ns()))
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -89,27 +136,32 @@ class FrameWorker:
     def stop(self) -> None:
         self._stop.set()
         with self._cv:
-            self._slot = None
-            self._accepting = False
+            self._slots.clear()
+            self._slots.accepting = False
             self._cv.notify_all()
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            items = self._slots.take(self._stop)
+            if items is None:
+                return
+            if not items:
+                continue
             with self._cv:
-                while self._slot is None and not self._stop.is_set():
-                    self._cv.wait(0.5)
-                if self._stop.is_set():
-                    return
-                item, self._slot = self._slot, None
                 self._busy = True
             try:
-                self.process(*item)
-            except Exception as e:  # one bad frame must never end the worker
+                if len(items) == 1:
+                    ((index, item),) = items.items()
+                    self.process(*item, index)
+                else:
+                    self.process_cycle(items)
+            except Exception as e:  # one bad cycle must never end the worker
                 kind = "out_of_memory" if type(e).__name__ == "OutOfMemoryError" else "error"
                 if kind == "out_of_memory":
                     _empty_cuda_cache()  # so the next frame gets the memory this one could not
-                self.node.stats.on_skip(kind)
+                for index in items:
+                    self.camera(index).stats.on_skip(kind)
                 self.log(kind, f"frame skipped: unexpected {type(e).__name__}: {e}", "error")
             finally:
                 with self._cv:
@@ -117,45 +169,87 @@ class FrameWorker:
                     self._cv.notify_all()
 
     # ------------------------------------------------------------------------------------------ frame path
-    def _skip(self, kind: str, msg: str) -> None:
-        """The whole frame is not used: one counter, one throttled log line per reason kind."""
-        self.node.stats.on_skip(kind)
-        self.log(kind, f"frame skipped ({kind}): {msg}")
+    def _skip(self, cam, kind: str, msg: str) -> None:
+        """The whole frame is not used: one counter, one throttled log line per reason kind (and camera)."""
+        cam.stats.on_skip(kind)
+        where = f" ({cam.label()})" if cam.namespace else ""
+        self.log(f"{cam.tag}:{kind}", f"frame skipped ({kind}){where}: {msg}")
 
-    def _objects_skipped(self, kind: str, indices: list[int], msg: str, level: str = "warning") -> None:
+    def _objects_skipped(self, cam, kind: str, indices: list[int], msg: str, level: str = "warning") -> None:
         """Objects of a used frame left out: counted per object, one throttled line per reason kind."""
         if not indices:
             return
-        self.node.stats.on_objects_skipped(kind, len(indices))
+        cam.stats.on_objects_skipped(kind, len(indices))
         shown = ", ".join(map(str, indices[:8])) + (", ..." if len(indices) > 8 else "")
         self.log(
-            f"objects:{kind}",
-            f"{len(indices)} object(s) left out ({kind}) on '{self.node.topic('detections')}' "
+            f"{cam.tag}:objects:{kind}",
+            f"{len(indices)} object(s) left out ({kind}) on '{cam.topic('detections')}' "
             f"[detection {shown}]: {msg}",
             level,
         )
 
-    def process(self, image, depth_msg, det_msg, t_arrival: float, wall_ns: int | None = None) -> None:
-        """One synchronized set. `t_arrival`: time.monotonic() when the set was complete; `wall_ns`: the wall
-        clock then (time.time_ns()), for the "receive" stage (header stamp -> set complete)."""
-        node, p = self.node, self.node.p
-        pipeline, info = node.pipeline, node.camera_info
+    def process(
+        self, image, depth_msg, det_msg, t_arrival: float, wall_ns: int | None = None, camera: int = 0
+    ) -> None:
+        """One synchronized set of one camera. `t_arrival`: time.monotonic() when the set was complete;
+        `wall_ns`: the wall clock then (time.time_ns()), for the "receive" stage (header stamp -> set
+        complete)."""
+        self.process_cycle({camera: (image, depth_msg, det_msg, t_arrival, wall_ns)})
+
+    def process_cycle(self, items: dict[int, tuple]) -> None:
+        """One cycle: the waiting set of each camera in `items` (camera index -> (image, depth, detections,
+        t_arrival, wall_ns)); the objects of all of them go through one forward."""
+        pipeline = self.node.pipeline
         if pipeline is None:
             return
-        clk = StageClock()
-        pre = _pre_stages(image.header.stamp, t_arrival, wall_ns)
-        # messages -> numpy
+        frames = []
+        for index, (image, depth_msg, det_msg, t_arrival, wall_ns) in items.items():
+            cam = self.camera(index)
+            f = _Frame(
+                cam,
+                image,
+                det_msg,
+                t_arrival,
+                StageClock(),
+                _pre_stages(image.header.stamp, t_arrival, wall_ns),
+            )
+            try:
+                ok = self._prepare(f, depth_msg, own_copy=len(items) > 1)
+            except Exception as e:  # this camera's set only: the others still go through
+                if len(items) == 1:
+                    raise
+                kind = "out_of_memory" if type(e).__name__ == "OutOfMemoryError" else "error"
+                cam.stats.on_skip(kind)
+                self.log(kind, f"frame skipped ({cam.label()}): unexpected {type(e).__name__}: {e}", "error")
+                ok = False
+            if ok:
+                frames.append(f)
+        if not frames:
+            return
+        results = pipeline.forward([f.prepared for f in frames])
+        if any(len(f.prepared.kept) for f in frames):
+            self.forwards += 1
+            self.forward_sets += sum(1 for f in frames if len(f.prepared.kept))
+        for f, res in zip(frames, results):
+            f.clk.lap("pipeline")
+            self._finish(f, res)
+
+    def _prepare(self, f: _Frame, depth_msg, own_copy: bool) -> bool:
+        """messages -> numpy -> detections -> per-object inputs; False (counted, logged) when skipped."""
+        node, p, cam, image = self.node, self.node.p, f.cam, f.image
+        info = cam.camera_info
         for key, m in (("image", image), ("depth", depth_msg)):
             if int(m.width) * int(m.height) > p.max_image_pixels:
-                return self._skip(
+                self._skip(
+                    cam,
                     "too_large",
-                    f"'{node.topic(key)}' is {m.width}x{m.height} = {int(m.width) * int(m.height)} pixels, "
+                    f"'{cam.topic(key)}' is {m.width}x{m.height} = {int(m.width) * int(m.height)} pixels, "
                     f"more than max_image_pixels {p.max_image_pixels}",
                 )
+                return False
         if info is None:
-            return self._skip(
-                "no_camera_info", f"no CameraInfo received yet on '{node.topic('camera_info')}'"
-            )
+            self._skip(cam, "no_camera_info", f"no CameraInfo received yet on '{cam.topic('camera_info')}'")
+            return False
         steps = (
             ("bad_camera_info", "camera_info", lambda: conversions.camera_info_to_K(info)),
             ("bad_image", "image", lambda: conversions.rgb_from_image(image)),
@@ -166,60 +260,71 @@ class FrameWorker:
             try:
                 arrays.append(convert())
             except conversions.ConversionError as e:
-                return self._skip(kind, f"'{node.topic(key)}': {e}")
-        K, rgb, depth = arrays
-        clk.lap("convert")
-        if reason := self._check_sizes(rgb, depth, info):
-            return self._skip(*reason)
+                self._skip(cam, kind, f"'{cam.topic(key)}': {e}")
+                return False
+        f.K, f.rgb, f.depth = arrays
+        f.clk.lap("convert")
+        if reason := self._check_sizes(cam, f.rgb, f.depth, info):
+            self._skip(cam, *reason)
+            return False
         # detections
-        h, w = rgb.shape[:2]
+        h, w = f.rgb.shape[:2]
         try:
-            det = parse_instance_segmentation(det_msg, h, w, p.box_source, p.max_detections)
+            f.det = parse_instance_segmentation(f.det_msg, h, w, p.box_source, p.max_detections)
         except DetectionError as e:
-            return self._skip("bad_detections", f"'{node.topic('detections')}': {e}")
+            self._skip(cam, "bad_detections", f"'{cam.topic('detections')}': {e}")
+            return False
         by_kind: dict[str, list[tuple[int, str]]] = {}
-        for j, kind, reason in det.rejected:
+        for j, kind, reason in f.det.rejected:
             by_kind.setdefault(kind, []).append((j, reason))
         for kind, items in by_kind.items():
-            self._objects_skipped(kind, [j for j, _ in items], items[0][1])
-        clk.lap("detections")
-        # per-object inputs -> one batched forward -> poses (camera optical frame)
-        res = pipeline.process(rgb, depth, K, det)
-        clk.lap("pipeline")
-        self._report_selection(det, res, depth)
+            self._objects_skipped(cam, kind, [j for j, _ in items], items[0][1])
+        f.clk.lap("detections")
+        # per-object inputs (the forward is shared with the cycle's other cameras)
+        f.prepared = node.pipeline.prepare(f.rgb, f.depth, f.K, f.det, own_copy=own_copy)
+        return True
+
+    def _finish(self, f: _Frame, res) -> None:
+        """poses (camera optical frame) -> [target frame] -> tracking + filter -> the camera's outputs."""
+        node, p, cam, image = self.node, self.node.p, f.cam, f.image
+        clk = f.clk
+        self._report_selection(cam, f.det, res, f.depth)
         header, objects = image.header, res.objects
         if p.target_frame:
             try:
                 header, objects = node.target.apply(p.target_frame, image.header, res.objects)
             except LookupError as e:
-                return self._skip("tf", f"target_frame '{p.target_frame}': {e}")
+                return self._skip(cam, "tf", f"target_frame '{p.target_frame}': {e}")
         # stable ids + temporal filter, in the output frame (a fixed one when target_frame is set)
-        objects = self._track(det_msg, det, objects, header)
+        objects = self._track(cam, f.det_msg, f.det, objects, header)
         clk.lap("tracking")
         # publish
-        node.outputs.publish(p, header, objects, (rgb, K, image.header, res.objects), clk)
-        node.stats.on_output(time.monotonic() - t_arrival, self._age_s(header), len(objects))
+        cam.outputs.publish(
+            p, header, objects, (f.rgb, f.K, image.header, res.objects), clk, cam.tf_prefix(p.tf_prefix)
+        )
+        cam.stats.on_output(time.monotonic() - f.t_arrival, self._age_s(header), len(objects))
         clk.lap("stats")
-        stages = dict(pre)
+        stages = dict(f.pre)
         stages.update((k, res.timings_ms[k]) for k in ("select", "build_inputs", "forward", "results"))
         stages.update(clk.ms)
         self.last_stage_ms = stages
-        node.stats.on_stages(stages)
+        cam.stats.on_stages(stages)
 
-    def _track(self, det_msg, det, objects: list, header) -> list:
-        """Objects with instance_id = their track's label and the filtered pose (filtering.PoseStream, made
-        on the first frame from the configure-time parameters); unchanged when `tracking` is off."""
+    def _track(self, cam, det_msg, det, objects: list, header) -> list:
+        """Objects with instance_id = their track's label and the filtered pose (filtering.PoseStream of the
+        camera, made on its first frame from the configure-time parameters); unchanged when `tracking` is
+        off. Tracks are per camera, also in a shared target_frame (cameras.py says why)."""
         p = self.node.p
         if not p.tracking:
             return objects
-        if self._stream is not None and self._stream_frame != header.frame_id:
+        if cam.stream is not None and cam.stream_frame != header.frame_id:
             # tracks and filter states hold poses of one frame: target_frame changed (or the camera's frame)
-            self._stream = None
-        if self._stream is None:
-            self._stream_frame = header.frame_id
+            cam.stream = None
+        if cam.stream is None:
+            cam.stream_frame = header.frame_id
             # the symmetric classes of the model's category set (NOCS: bottle, bowl, can)
             cats = dataset_of(self.node.pipeline.estimator.categories)
-            self._stream = PoseStream(
+            cam.stream = PoseStream(
                 TrackerConfig(p.track_max_distance, p.track_min_iou, p.track_confirm_hits, p.track_max_coast),
                 FilterConfig(mode=p.filter_mode),
                 cats.symmetric_ids if cats is not None else (),
@@ -230,9 +335,9 @@ class FrameWorker:
         for o in objects:
             j = det.index[o.detection_index] if det.index is not None else o.detection_index
             ids.append(str(msg_dets[j].id) or None)
-        return self._stream.apply(objects, ids, header.stamp.sec + header.stamp.nanosec * 1e-9)
+        return cam.stream.apply(objects, ids, header.stamp.sec + header.stamp.nanosec * 1e-9)
 
-    def _report_selection(self, det, res, depth) -> None:
+    def _report_selection(self, cam, det, res, depth) -> None:
         """Log and count the objects the pipeline left out (class map, score, count, depth)."""
         p = self.node.p
 
@@ -242,6 +347,7 @@ class FrameWorker:
         if res.skipped_unknown_class:
             unknown = [j for j in range(len(det)) if det.class_ids[j] in set(res.skipped_unknown_class)]
             self._objects_skipped(
+                cam,
                 "unknown_class",
                 msg_index(unknown),
                 f"unknown classes {sorted(set(res.skipped_unknown_class))} (add them to the class_map "
@@ -250,10 +356,11 @@ class FrameWorker:
         if res.skipped_low_score:
             low = [j for j in range(len(det)) if det.scores[j] < p.score_threshold]
             self._objects_skipped(
-                "low_score", msg_index(low), f"score below score_threshold {p.score_threshold}", "info"
+                cam, "low_score", msg_index(low), f"score below score_threshold {p.score_threshold}", "info"
             )
         if res.skipped_max_objects:
             self._objects_skipped(
+                cam,
                 "over_max_objects",
                 list(range(res.skipped_max_objects)),
                 f"{res.n_detections} detections, only the max_objects {p.max_objects} highest-scoring "
@@ -263,28 +370,29 @@ class FrameWorker:
             valid = self.node.pipeline.prepare_depth(depth) > 0  # with min_depth / max_depth applied
             counts = [int(np.count_nonzero(valid[det.masks[j]])) for j in res.few_points]
             self._objects_skipped(
+                cam,
                 "few_points",
                 msg_index(res.few_points),
-                f"{counts[0]} valid depth pixels in the mask on '{self.node.topic('depth')}' (more than "
+                f"{counts[0]} valid depth pixels in the mask on '{cam.topic('depth')}' (more than "
                 f"min_points {p.min_points} needed; NaN, inf, zero, negative and out-of-range depth are "
                 "invalid)",
             )
 
-    def _check_sizes(self, rgb, depth, info) -> tuple[str, str] | None:
+    def _check_sizes(self, cam, rgb, depth, info) -> tuple[str, str] | None:
         """(kind, reason) when depth or CameraInfo do not belong to the colour image."""
         h, w = rgb.shape[:2]
         if depth.shape != (h, w):
             return "size_mismatch", (
-                f"depth '{self.node.topic('depth')}' is {depth.shape[1]}x{depth.shape[0]} but the colour "
+                f"depth '{cam.topic('depth')}' is {depth.shape[1]}x{depth.shape[0]} but the colour "
                 f"image is {w}x{h} (depth must be registered to the colour camera)"
             )
         if info.width and info.height and (info.width, info.height) != (w, h):
             return "info_mismatch", (
-                f"CameraInfo '{self.node.topic('camera_info')}' is {info.width}x{info.height} but the "
+                f"CameraInfo '{cam.topic('camera_info')}' is {info.width}x{info.height} but the "
                 f"colour image is {w}x{h}: the intrinsics do not belong to this image"
             )
-        if not self._noted_distortion and conversions.has_distortion(info):
-            self._noted_distortion = True
+        if not cam.noted_distortion and conversions.has_distortion(info):
+            cam.noted_distortion = True
             self.node.get_logger().info(
                 "CameraInfo has non-zero distortion: it is ignored (the network expects the image as given; "
                 "rectify upstream for best accuracy)"

@@ -268,7 +268,7 @@ def test_marker_structure():
     pts = np.array([[p.x, p.y, p.z] for p in box.points])
     np.testing.assert_allclose(pts.min(0), [-0.05, -0.1, 0.85])
     np.testing.assert_allclose(pts.max(0), [0.05, 0.1, 1.15])
-    assert "mug 0.90" in arr.markers[2].text and "10x20x30 cm" in arr.markers[2].text
+    assert arr.markers[2].text.startswith("mug #3\n") and "0.90 10x20x30 cm" in arr.markers[2].text
     assert len({m.id for m in arr.markers[1:]}) == 6
 
 
