@@ -252,7 +252,7 @@ class SelfSupTrainer:
         self.opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         self.opt.step()
-        return {k: float(v) for k, v in terms.items()}
+        return {k: float(v.detach()) for k, v in terms.items()}
 
     def run(self, iterations: int) -> Path:
         """Train to step ``iterations`` (or the time budget); returns the servable model's path."""
