@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from synthetic_scene import rgbd_scene
 
 from cleanpose_model.preprocess.graphed import GraphedInputBuilder, resize_uint8_like_cv2, window_side
 from cleanpose_model.preprocess.reference import build_object_inputs_np, mask_to_box
@@ -33,11 +34,6 @@ def _scene(seed=0, h=480, w=640):
 
 def _border_scene():
     """8 windows touching every border and corner, sides 40 to the 440 cap, one object of exactly 17 px."""
-    g = np.random.default_rng(4)
-    h, w = 480, 640
-    rgb = g.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    depth = g.uniform(0.3, 2.0, (h, w)).astype(np.float32)
-    depth[g.random((h, w)) < 0.1] = 0.0
     boxes = [
         (0, 0, 30, 25),
         (470, 620, 480, 640),
@@ -48,9 +44,8 @@ def _border_scene():
         (20, 20, 470, 620),
         (240, 320, 241, 337),
     ]
-    masks = np.zeros((len(boxes), h, w), bool)
-    for k, (y1, x1, y2, x2) in enumerate(boxes):
-        masks[k, y1:y2, x1:x2] = g.random((y2 - y1, x2 - x1)) < 0.8 if k < 7 else True
+    rgb, depth, masks = rgbd_scene(np.random.default_rng(4), 480, 640, boxes, (0.3, 2.0), holes=0.1, fill=0.8)
+    masks[7, 240, 320:337] = True  # the 17 px object: every pixel
     depth[240, 320:337] = 0.7
     return rgb, depth, masks, np.array(boxes)
 

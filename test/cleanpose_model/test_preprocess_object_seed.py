@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic_scene import rgbd_scene
 
 from cleanpose_model.preprocess.graphed import GraphedInputBuilder
 from cleanpose_model.preprocess.reference import build_object_inputs_np, mask_to_box
@@ -15,20 +16,15 @@ K = np.array([[400.0, 0, 160.0], [0, 400.0, 120.0], [0, 0, 1]])
 
 def _scene(seed=0, h=240, w=320):
     """5 objects, two of one category with the same box size (distinct windows), one with too few pixels."""
-    g = np.random.default_rng(seed)
-    rgb = g.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    depth = g.uniform(0.4, 1.5, (h, w)).astype(np.float32)
-    depth[g.random((h, w)) < 0.15] = 0.0
-    spans = [
-        (10, 60, 20, 90),
-        (100, 150, 20, 90),
-        (30, 200, 150, 300),
-        (200, 203, 5, 8),
-        (150, 238, 200, 318),
+    boxes = [
+        (10, 20, 60, 90),
+        (100, 20, 150, 90),
+        (30, 150, 200, 300),
+        (200, 5, 203, 8),
+        (150, 200, 238, 318),
     ]
-    masks = np.zeros((len(spans), h, w), bool)
-    for k, (y1, y2, x1, x2) in enumerate(spans):
-        masks[k, y1:y2, x1:x2] = g.random((y2 - y1, x2 - x1)) < 0.8
+    rgb, depth, masks = rgbd_scene(np.random.default_rng(seed), h, w, boxes, (0.4, 1.5), holes=0.15, fill=0.8)
+    # the boxes of the drawn masks (a 0.8 fill can leave a box's edge row empty)
     boxes = np.array([mask_to_box(m) for m in masks])
     cats = np.array([5, 5, 4, 3, 1])
     return rgb, depth, masks, boxes, cats

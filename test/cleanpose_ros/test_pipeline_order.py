@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_scene import rgbd_scene
 
 from cleanpose_ros.detections import Detections
 
@@ -16,20 +17,15 @@ DEMO = Path(__file__).resolve().parents[2] / "models" / "demo" / "demo.safetenso
 
 
 def _frame(h=240, w=320):
-    g = np.random.default_rng(5)
-    rgb = g.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    depth = g.uniform(0.5, 1.0, (h, w)).astype(np.float32)
-    spans = [
-        (20, 90, 30, 110),
-        (150, 230, 200, 300),
-        (100, 140, 0, 60),
-        (30, 80, 200, 260),
-        (160, 220, 40, 120),
+    boxes = [
+        (20, 30, 90, 110),
+        (150, 200, 230, 300),
+        (100, 0, 140, 60),
+        (30, 200, 80, 260),
+        (160, 40, 220, 120),
     ]
-    masks = np.zeros((len(spans), h, w), bool)
-    for k, (y1, y2, x1, x2) in enumerate(spans):
-        masks[k, y1:y2, x1:x2] = True
-    boxes = np.array([(y1, x1, y2, x2) for y1, y2, x1, x2 in spans], np.int64)
+    rgb, depth, masks = rgbd_scene(np.random.default_rng(5), h, w, boxes, (0.5, 1.0))
+    boxes = np.array(boxes, np.int64)
     names = ["mug", "laptop", "bowl", "mug", "can"]
     K = np.array([[300.0, 0, w / 2], [0, 300.0, h / 2], [0, 0, 1]])
     return rgb, depth, K, masks, boxes, names
