@@ -1,0 +1,221 @@
+"""Several cameras through one worker (cleanpose_ros/cameras.py, worker.py): the latest set of every camera
+goes through ONE estimator.predict per cycle, each camera gets back exactly its own objects (the poses it gets
+alone), the mailbox is latest-only per camera, waits for live cameras only, and one camera's bad set does not
+cost the others their frame."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import ros_harness as H
+
+from cleanpose_ros import params
+from cleanpose_ros.cameras import Camera, CameraSlots, input_topic, output_topic, tag
+from cleanpose_ros.diagnostics import NodeStats
+from cleanpose_ros.markers import Trails, build_markers
+
+
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, level):
+        return lambda msg: self.lines.append((level, msg))
+
+
+class _Outputs:
+    """Records what the worker publishes for one camera."""
+
+    def __init__(self):
+        self.frames = []
+
+    def publish(self, p, header, objects, camera, clk, tf_prefix=None):
+        self.frames.append((header, objects, tf_prefix))
+
+
+def _node(pipeline, namespaces, **over):
+    p = params.NodeParams(cameras=list(namespaces), device="cpu", tracking=False, **over)
+    cams = [Camera(i, ns, NodeStats()) for i, ns in enumerate(namespaces)]
+    for c in cams:
+        c.outputs = _Outputs()
+    log = _Log()
+    node = SimpleNamespace(
+        p=p, pipeline=pipeline, cameras=cams, stats=cams[0].stats, target=None, get_logger=lambda: log
+    )
+    node.get_clock = lambda: SimpleNamespace(now=lambda: SimpleNamespace(nanoseconds=0))
+    return node, log
+
+
+@pytest.fixture(scope="module")
+def pipeline(checkpoint):
+    from cleanpose_ros.pipeline import FramePipeline
+
+    return FramePipeline.from_checkpoint(str(checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return H.synthetic_frames(2, seed=4, objects=(1, 2))
+
+
+def _set(fr, ns):
+    img, dep, det = H.frame_messages(fr, ns)
+    return img, dep, det, time.monotonic(), None
+
+
+def test_names_of_a_camera():
+    assert (input_topic("", "image"), output_topic("", "poses"), tag("")) == ("image", "~/poses", "")
+    assert input_topic("/robot/cam_left/", "depth") == "/robot/cam_left/depth"
+    assert output_topic("/robot/cam_left", "poses") == "~/robot_cam_left/poses"
+    assert Camera(1, "cam_b", NodeStats()).tf_prefix("cleanpose_") == "cleanpose_cam_b_"
+    assert Camera(0, "", NodeStats()).tf_prefix("cleanpose_") == "cleanpose_"
+    with pytest.raises(ValueError, match="distinct"):
+        params.NodeParams(cameras=["a", "a"]).validate()
+    with pytest.raises(ValueError, match="non-empty"):
+        params.NodeParams(cameras=[]).validate()
+
+
+def test_two_cameras_share_one_forward_and_get_their_own_poses(pipeline, frames):
+    from cleanpose_ros.worker import FrameWorker
+
+    node, _ = _node(pipeline, ["cam_a", "cam_b"])
+    w = FrameWorker(node)
+    try:
+        for cam, fr in zip(node.cameras, frames):
+            cam.camera_info = H.info_msg(fr.K, fr.rgb.shape[1], fr.rgb.shape[0])
+        calls = []
+        predict = pipeline.estimator.predict
+
+        def counting(batch):
+            calls.append(len(batch))
+            return predict(batch)
+
+        pipeline.estimator.predict = counting
+        try:
+            w.process_cycle({0: _set(frames[0], 10**18), 1: _set(frames[1], 10**18 + 1)})
+            batched_calls = list(calls)
+            alone = []
+            for fr in frames:  # each frame alone, for the reference poses
+                img, dep, det, *_ = _set(fr, 10**18)
+                alone.append(pipeline.process(_rgb(img), _depth(dep), fr.K, _det(det, fr)).objects)
+        finally:
+            pipeline.estimator.predict = predict
+        n = [len(fr.category_ids) for fr in frames]
+        assert batched_calls == [sum(n)], batched_calls  # ONE forward with both cameras' objects
+        assert (w.forwards, w.forward_sets) == (1, 2)
+        for cam, fr, ref in zip(node.cameras, frames, alone):
+            ((_, objects, prefix),) = cam.outputs.frames
+            assert len(objects) == len(fr.category_ids) == len(ref)
+            assert prefix == f"cleanpose_{cam.tag}_"
+            assert cam.stats.processed == 1
+            for o, r in zip(objects, ref):  # the camera's own objects, in its own order
+                assert (o.class_name, o.instance_id) == (r.class_name, r.instance_id)
+                np.testing.assert_allclose(o.translation, r.translation, atol=1e-4)
+                np.testing.assert_allclose(o.rotation, r.rotation, atol=1e-3)
+    finally:
+        w.stop()
+
+
+def _rgb(img):
+    from cleanpose_ros import conversions
+
+    return conversions.rgb_from_image(img)
+
+
+def _depth(dep):
+    from cleanpose_ros import conversions
+
+    return conversions.depth_from_image(dep)
+
+
+def _det(det_msg, fr):
+    from cleanpose_ros.detections import parse_instance_segmentation
+
+    return parse_instance_segmentation(det_msg, fr.rgb.shape[0], fr.rgb.shape[1])
+
+
+def test_a_bad_set_of_one_camera_skips_only_that_camera(pipeline, frames):
+    from cleanpose_ros.worker import FrameWorker
+
+    node, log = _node(pipeline, ["cam_a", "cam_b"])
+    w = FrameWorker(node)
+    try:
+        fr = frames[0]
+        node.cameras[0].camera_info = H.info_msg(fr.K, fr.rgb.shape[1], fr.rgb.shape[0])
+        # cam_b has no CameraInfo yet: its set is skipped (counted on cam_b, logged naming its topic)
+        w.process_cycle({0: _set(fr, 10**18), 1: _set(fr, 10**18)})
+        a, b = node.cameras
+        assert a.stats.processed == 1 and len(a.outputs.frames) == 1
+        assert b.stats.processed == 0 and b.stats.skipped == {"no_camera_info": 1} and not b.outputs.frames
+        assert any("cam_b/camera_info" in m for _, m in log.lines), log.lines
+        assert w.forwards == 1 and w.forward_sets == 1
+    finally:
+        w.stop()
+
+
+def _slots(n, wait, stale=2.0):
+    stats = [NodeStats() for _ in range(n)]
+    return CameraSlots(n, lambda i: stats[i], wait=lambda: wait, stale=lambda: stale), stats
+
+
+def test_slots_latest_only_per_camera():
+    slots, stats = _slots(2, 0.0)
+    slots.accepting = True
+    for item in ("a1", "a2", "a3"):
+        slots.put(0, (item,))
+    slots.put(1, ("b1",))
+    assert slots.take(threading.Event()) == {0: ("a3",), 1: ("b1",)}
+    assert (stats[0].inputs, stats[0].dropped, stats[1].dropped) == (3, 2, 0)
+
+
+def test_slots_wait_for_a_live_camera_but_not_for_a_stale_one():
+    slots, _ = _slots(2, 1.0, stale=0.3)
+    slots.accepting = True
+    slots.put(0, ("a0",))
+    slots.put(1, ("b0",))
+    slots.take(threading.Event())  # both cameras are live now
+    slots.put(0, ("a1",))
+    threading.Timer(0.1, lambda: slots.put(1, ("b1",))).start()
+    t0 = time.monotonic()
+    got = slots.take(threading.Event())
+    assert got == {0: ("a1",), 1: ("b1",)}  # waited for cam 1's set: one cycle for both
+    assert 0.05 < time.monotonic() - t0 < 0.9
+    time.sleep(0.35)  # camera 1 stops: stale after 0.3 s
+    slots.put(0, ("a2",))
+    t0 = time.monotonic()
+    assert slots.take(threading.Event()) == {0: ("a2",)}
+    assert time.monotonic() - t0 < 0.2  # not waited for (camera_wait is 1 s)
+
+
+def test_marker_text_carries_the_track_and_trails_follow_it():
+    from std_msgs.msg import Header
+    from visualization_msgs.msg import Marker
+
+    from cleanpose_ros.pipeline import ObjectResult
+
+    def obj(tid, x):
+        return ObjectResult("mug", 5, 0.9, tid, 0, np.eye(3), np.array([x, 0, 1.0]), np.full(3, 0.1), 100)
+
+    trails = Trails(3)
+    for k in range(5):
+        objs = [obj("7", 0.01 * k), obj("8", -0.01 * k)]
+        got = trails.update("cam", objs)
+    assert [len(t) for t in got] == [3, 3]
+    np.testing.assert_allclose([p[0] for p in got[0]], [0.02, 0.03, 0.04])  # the last 3, oldest first
+    arr = build_markers(Header(frame_id="cam"), objs, axes=False, trails=got)
+    texts = [m.text for m in arr.markers if m.type == Marker.TEXT_VIEW_FACING]
+    assert [t.split("\n")[0] for t in texts] == ["mug #7", "mug #8"]
+    strips = [m for m in arr.markers if m.type == Marker.LINE_STRIP]
+    assert [len(m.points) for m in strips] == [3, 3] and {m.ns for m in strips} == {"trails"}
+    assert len({(m.ns, m.id) for m in arr.markers[1:]}) == len(arr.markers) - 1
+    # a new output frame starts every trail again; a track gone for `forget` updates is dropped
+    assert [len(t) for t in trails.update("world", objs)] == [1, 1]
+    short = Trails(5, forget=2)
+    short.update("cam", [obj("1", 0.0)])
+    for _ in range(3):
+        short.update("cam", [obj("2", 0.0)])
+    assert [len(t) for t in short.update("cam", [obj("1", 0.0)])] == [1]
