@@ -8,7 +8,11 @@ import threading
 import time
 from collections import deque
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+try:
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+except ImportError:  # the counters (NodeStats, StageClock) and the worker that fills them stay importable
+    # without ROS (the GPU test machine); publishing and node_status need the package and fail without it
+    DiagnosticArray = DiagnosticStatus = KeyValue = None
 
 from cleanpose_ros.params import NodeParams
 
