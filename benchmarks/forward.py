@@ -103,6 +103,48 @@ def modes_for(device: str, modes: list[str], report: harness.Report) -> list[str
     return ["exact"]
 
 
+# The published rows: its code's default flags (it sets none: torch's defaults, cuDNN TF32 on), and TF32
+# off for matmul and cuDNN (the fp32 comparison for our exact mode).
+PUBLISHED_FLAGS = (("published", None), ("published_tf32_off", False))
+
+
+def published_comparisons(
+    report: harness.Report, outputs: dict, modes: list[str], objects: list[int]
+) -> None:
+    """Speed-ups of our modes over each published row (published / ours, medians of this run) and the
+    largest pose difference between them."""
+    index = {(r["tree"], r["mode"], r["objects"]): r for r in report.rows}
+    out = []
+    for n in objects:
+        for flags, _ in PUBLISHED_FLAGS:
+            pub = index.get(("published", flags, n))
+            for mode in modes:
+                ours = index.get(("current", mode, n))
+                if pub is None or ours is None:
+                    continue
+                out.append(
+                    {
+                        "objects": n,
+                        "published": flags,
+                        "ours": mode,
+                        "published_median_ms": pub["median_ms"],
+                        "ours_median_ms": ours["median_ms"],
+                        "speedup": pub["median_ms"] / ours["median_ms"],
+                        "max_pose_diff": max_pose_difference(
+                            outputs[("published", flags, n)], outputs[("current", mode, n)]
+                        ),
+                    }
+                )
+    report.data["published_comparisons"] = out
+    if not out:
+        report.note("no published comparison: no row of ours beside a published row")
+        return
+    print(
+        "\n## Ours vs the published forward (published / ours, same run)\n\n"
+        + report.table(out, list(out[0]))
+    )
+
+
 def add_tree_arguments(ap) -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--variant", default="cleanpose", choices=("cleanpose", "agpose"))
@@ -121,6 +163,21 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=None, help="passes over all rows (default 3 with a baseline, else 1)"
     )
     ap.add_argument("--compile", action="store_true", help="torch.compile before CUDA graph capture (CUDA)")
+    ap.add_argument(
+        "--published-root",
+        type=Path,
+        default=None,
+        help="a checkout of the published CleanPose code (extension built; never committed): its forward "
+        "with our weights and inputs, in the current tree's process, rows 'published' (default flags) and "
+        "'published_tf32_off' (benchmarks/published.py)",
+    )
+    ap.add_argument(
+        "--published-dinov2",
+        type=Path,
+        default=None,
+        help="a facebookresearch/dinov2 checkout for the published network's backbone (default: our "
+        "reference ViT, same weights)",
+    )
     args = harness.finish_args(ap.parse_args(argv), objects=[1, 6, 16], quick_objects=[1, 2])
     from cleanpose_model.device import resolve_device
 
@@ -138,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
                 procs.append(TreeProcess(name, root, fixture, device, args.variant))
             check_same_weights(procs)
             report.data["trees"] = {p.name: {"root": str(p.root), **p.info} for p in procs}
+            if args.published_root is not None:
+                report.data["published"] = procs[0].request(
+                    op="published_setup",
+                    root=str(args.published_root.resolve()),
+                    dinov2=str(args.published_dinov2.resolve()) if args.published_dinov2 else None,
+                )
             step = 0
             for _ in range(rounds):
                 for mode in modes:
@@ -156,6 +219,18 @@ def main(argv: list[str] | None = None) -> int:
                             )
                             samples.setdefault((p.name, mode, n), []).extend(r["samples_ms"])
                             outputs[(p.name, mode, n)] = r["outputs"]
+                if args.published_root is not None:
+                    for n in args.objects:
+                        for flags, tf32 in PUBLISHED_FLAGS:
+                            r = procs[0].request(
+                                op="time_published",
+                                objects=n,
+                                warmup=args.warmup,
+                                iterations=args.iterations,
+                                tf32=tf32,
+                            )
+                            samples.setdefault(("published", flags, n), []).extend(r["samples_ms"])
+                            outputs[("published", flags, n)] = r["outputs"]
         finally:
             for p in procs:
                 p.close()
@@ -188,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             key = (c["mode"], c["objects"])
             c["max_pose_diff"] = max_pose_difference(outputs[("current", *key)], outputs[("baseline", *key)])
         report.print_comparisons(("mode", "objects"), "Current tree vs baseline tree")
+    if args.published_root:
+        published_comparisons(report, outputs, modes, args.objects)
     report.write(args.out)
     return 0
 

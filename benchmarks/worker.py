@@ -9,6 +9,8 @@ Protocol: one JSON request per stdin line, one reply per request on stdout as a 
     {"op": "setup", "fixture": PATH, "device": "cuda", "variant": "cleanpose"}
     {"op": "time", "mode": "exact"|"fast", "objects": N, "warmup": W, "iterations": K, "compile": false}
     {"op": "memory", "mode": "exact"|"fast", "objects": N}     (N = 0: weights only, nothing run)
+    {"op": "published_setup", "root": DIR, "dinov2": DIR|null}   (the published code, benchmarks/published.py)
+    {"op": "time_published", "objects": N, "warmup": W, "iterations": K, "tf32": null|false}
     {"op": "quit"}
 """
 
@@ -114,6 +116,59 @@ class Worker:
             },
         }
 
+    def published_setup(self, root: str, dinov2: str | None = None) -> dict:
+        """The published network of the checkout at ``root`` with this worker's weights, in this process
+        (its rows share the process, device and inputs with ours). Its queue: per category the 12 entries
+        of our "spread" mode, of which its forward draws all 12 in a random order (the work of its default
+        12-of-N draw); the reply's ``max_pose_diff_same_queue`` compares its poses with our exact forward
+        given those same entries, on the fixture's smallest batch."""
+        import published
+
+        est = self.estimator("exact")
+        queue = est.queue
+        if queue is None:
+            raise ValueError("the published CleanPose network needs a confounder queue (variant cleanpose)")
+        selected = queue.gather(torch.arange(queue.cat_num), queue.indices("spread"))
+        self.published = published.PublishedNet(
+            root, self.net.state_dict(), selected, self.net.rgb_extractor, self.device, dinov2
+        )
+        n = min(int(k.split("/")[0]) for k in self.fixture if k.endswith("/rgb"))
+        b = self.batch(n)
+        pub = self.published(b.rgb, b.pts, b.choose, b.category)
+        feats = selected[b.category.to(selected.device)]
+        with torch.inference_mode():
+            ours = est._forward(feats)(b.rgb, b.pts, b.choose, b.category, queue_feats=feats)
+        diff = max(
+            float((pub[k].float() - ours[k].float()).abs().max())
+            for k in ("pred_rotation", "pred_translation", "pred_size")
+        )
+        return {
+            "root": str(self.published.root),
+            "dinov2": self.published.dinov2,
+            "parity_objects": n,
+            "max_pose_diff_same_queue": diff,
+        }
+
+    def time_published(self, objects: int, warmup: int, iterations: int, tf32: bool | None) -> dict:
+        import published
+
+        fwd, b = self.published, self.batch(objects)
+        last = {}
+
+        def call():
+            last["out"] = fwd(b.rgb, b.pts, b.choose, b.category)
+
+        with published.tf32(tf32):
+            samples = harness.time_call(call, self.device, warmup=warmup, iterations=iterations)
+        out = last["out"]
+        keys = {"rotation": "pred_rotation", "translation": "pred_translation", "size": "pred_size"}
+        return {
+            "samples_ms": samples,
+            "outputs": {
+                k: out[v].detach().float().cpu().reshape(objects, -1).tolist() for k, v in keys.items()
+            },
+        }
+
     def memory(self, mode: str, objects: int) -> dict:
         """Memory of this process after building the estimator and, for objects > 0, one forward (with CUDA
         graphs: their capture for every bucket up to ``objects``)."""
@@ -154,6 +209,10 @@ def serve() -> int:
                 reply = worker.time(**req)
             elif op == "memory":
                 reply = worker.memory(**req)
+            elif op == "published_setup":
+                reply = worker.published_setup(**req)
+            elif op == "time_published":
+                reply = worker.time_published(**req)
             else:
                 raise ValueError(f"unknown op {op!r}")
         except Exception:
