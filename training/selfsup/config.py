@@ -10,13 +10,21 @@ from cleanpose_model.config import YamlConfig
 
 
 @dataclass
-class Stage1Config:
+class StageConfig:
+    """The settings both stages have."""
+
     iterations: int = 20000
     batch_size: int = 16
     lr: float = 1e-3
+    # Wall-clock limit of the stage in seconds (0: none): the run stops (and saves) at the first step past
+    # it, so study runs fit a fixed GPU budget; a time-limited run is not reproducible step for step.
+    time_budget_s: float = 0.0
+
+
+@dataclass
+class Stage1Config(StageConfig):
     render_width: int = 160
     render_height: int = 120
-    time_budget_s: float = 0.0  # as Stage2Config's
 
 
 @dataclass
@@ -30,9 +38,7 @@ class Stage2Weights:
 
 
 @dataclass
-class Stage2Config:
-    iterations: int = 20000
-    batch_size: int = 16
+class Stage2Config(StageConfig):
     lr: float = 1e-4
     data: str = ""
     split: str = "train"
@@ -48,9 +54,6 @@ class Stage2Config:
     wild6d_list: str = ""
     # "" (the full model) or one of ABLATIONS (cleanpose_training.selfsup.train applies it).
     ablation: str = ""
-    # Wall-clock limit of the stage in seconds (0: none): the run stops (and saves) at the first step past
-    # it, so study runs fit a fixed GPU budget; a time-limited run is not reproducible step for step.
-    time_budget_s: float = 0.0
 
 
 @dataclass

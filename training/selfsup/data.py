@@ -4,6 +4,10 @@ step k draws exactly the samples an uninterrupted run draws, with no sampler sta
 - ``RenderedShapes`` (stage 1): single objects of the procedural category shapes (the stand-in for ShapeNet),
   one random view each, cropped by the same preprocessing the node uses; the target is the object's canonical
   (NOCS) surface point cloud.
+- ``NocsShapes`` (stage 1, where no renderer is installed, e.g. a GPU box without Open3D): the objects of
+  a labelled NOCS-layout split rendered beforehand (``cleanpose_training.synthetic nocs``), each with its
+  model's canonical surface points (``obj_models/<split>.pkl``, via the label's ``model_list``) as the
+  target: the same kind of sample as ``RenderedShapes``, from a fixed set of views.
 - ``UnlabeledNocs`` (stage 2): a NOCS-layout folder written by ``cleanpose_training.synthetic nocs`` (or the
   real dataset's layout), read as a robot would record it: colour, depth, instance mask, the category of each
   instance (``meta.txt``: what a segmenter reports) and the intrinsics. Pose files (``*_label.pkl``,
@@ -338,3 +342,37 @@ class UnlabeledBag:
             rgb, depth, K, mask, cat, np.random.default_rng([self.seed, index]),
             self.image_size, self.n_points, self.min_points,
         )  # fmt: skip
+
+
+class NocsShapes:
+    """Stage-1 samples from a labelled NOCS-layout split: the object crop and its CAD model's canonical points
+    (``shape_points`` drawn from the stored model cloud). Objects with too few depth points are skipped."""
+
+    def __init__(self, root, split: str, seed: int, image_size: int, n_points: int, shape_points: int):
+        from cleanpose_training.datasets import safe_pickle
+
+        self.objects = UnlabeledNocs(root, split, seed, image_size, n_points)
+        self.seed, self.shape_points = seed, shape_points
+        self.models = safe_pickle.load(Path(root) / "obj_models" / f"{split}.pkl")
+        self.model_of: list[str] = []
+        labels: dict[str, dict] = {}
+        for rel, inst, _ in self.objects.items:
+            if rel not in labels:
+                labels[rel] = safe_pickle.load(Path(root) / f"{rel}_label.pkl")
+            lab = labels[rel]
+            self.model_of.append(lab["model_list"][lab["instance_ids"].index(inst)])
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __getitem__(self, index: int) -> Sample:
+        """Sample ``index``; an object without enough depth points is replaced by the next one."""
+        for k in range(index, index + len(self)):
+            s = self.objects[k]
+            if s is not None:
+                cloud = self.models[self.model_of[k % len(self)]]
+                rng = np.random.default_rng([self.seed, index, 1])
+                pick = rng.choice(len(cloud), self.shape_points, replace=len(cloud) < self.shape_points)
+                s.target = np.asarray(cloud, np.float32)[pick]
+                return s
+        raise RuntimeError("no object of the stage-1 split has enough depth points")

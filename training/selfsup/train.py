@@ -34,6 +34,7 @@ from cleanpose_training import distributed
 from cleanpose_training.selfsup.config import SelfSupTrainConfig
 from cleanpose_training.selfsup.data import (
     BAG_TOPICS,
+    NocsShapes,
     RenderedShapes,
     UnlabeledBag,
     UnlabeledNocs,
@@ -107,9 +108,15 @@ class SelfSupTrainer:
         mcfg = self.net.cfg
         if stage == 1:
             s1 = cfg.stage1
-            self.data = RenderedShapes(
-                cfg.seed, mcfg.image_size, mcfg.n_points, mcfg.shape_points, s1.render_width, s1.render_height
-            )
+            if s1.data:
+                self.data = NocsShapes(
+                    s1.data, s1.split, cfg.seed, mcfg.image_size, mcfg.n_points, mcfg.shape_points
+                )
+            else:
+                self.data = RenderedShapes(
+                    cfg.seed, mcfg.image_size, mcfg.n_points, mcfg.shape_points, s1.render_width,
+                    s1.render_height,
+                )  # fmt: skip
         else:
             self.data = self._stage2_data(mcfg, topics)
             if cfg.stage2.freeze_decoder:
@@ -258,7 +265,7 @@ class SelfSupTrainer:
         """Train to step ``iterations`` (or the time budget); returns the servable model's path."""
         path = self.out / SCALARS_FILE
         main = self.dist.is_main
-        budget = float(getattr(self.scfg, "time_budget_s", 0.0) or 0.0)
+        budget = float(self.scfg.time_budget_s or 0.0)
         bar, tb = self._progress_bar(iterations) if main else None, self._tensorboard() if main else None
         writer = None
         with path.open("a", newline="") if main else open("/dev/null", "w") as fh:
@@ -375,7 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="training/configs/selfsup.yaml")
     p.add_argument("--out", required=True, help="run directory (resumed when it holds a train_state.pt)")
     p.add_argument("--iterations", type=int, help="override the stage's iteration count (smoke runs)")
-    p.add_argument("--data", help="stage 2: NOCS-layout root (overrides stage2.data)")
+    p.add_argument(
+        "--data", help="NOCS-layout root: stage 2's unlabeled frames, or stage 1's pre-rendered shapes"
+    )
+    p.add_argument("--split", help="the split of --data (default: the stage's config, 'train')")
     p.add_argument("--bag", nargs="+", help="stage 2: rosbag2 recordings (overrides stage2.bags)")
     p.add_argument("--wild6d", help="stage 2: a Wild6D category folder (overrides stage2.wild6d)")
     p.add_argument("--wild6d-category", help="the category of --wild6d (a model category name)")
@@ -401,7 +411,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cfg = SelfSupTrainConfig.from_yaml(args.config)
     s2 = cfg.stage2
-    if args.data or args.bag or args.wild6d:  # a command-line input replaces the config's
+    if args.split:
+        (cfg.stage1 if args.stage == 1 else s2).split = args.split
+    if args.stage == 1:
+        cfg.stage1.data = args.data or cfg.stage1.data
+    elif args.data or args.bag or args.wild6d:  # a command-line input replaces the config's
         s2.data, s2.bags, s2.wild6d = args.data or "", list(args.bag or []), args.wild6d or ""
     s2.wild6d_category = args.wild6d_category or s2.wild6d_category
     s2.wild6d_list = args.wild6d_list or s2.wild6d_list

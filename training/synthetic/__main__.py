@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .bag_writer import BagOptions, write_bag
 from .nocs_writer import MaskNoise, NocsWriter
-from .render import DepthNoise, Frame, Lighting, Renderer
+from .render import Frame, Lighting, Renderer
 from .scene import Camera, Scene, arc_trajectory, random_views, sample_scene
 from .shapes import CATEGORIES
 
@@ -95,10 +95,14 @@ def generate_nocs(
     mask_noise: MaskNoise | None = None,
     min_valid_depth_pixels: int = 64,
     progress: bool = False,
+    style: str = "a",
     **scene,
 ) -> NocsWriter:
     """A NOCS/DPDN-layout split of ``scenes`` x ``frames`` random views; ``scene``: :class:`SceneSpec`
-    fields."""
+    fields; ``style``: ``a`` (default) or ``b``, a second domain (``synthetic/style.py``)."""
+    from . import style as styles
+
+    styles.check_style(style)
     spec = SceneSpec(**scene)
     writer = NocsWriter(
         out,
@@ -110,12 +114,13 @@ def generate_nocs(
     )
     bar = tqdm(total=scenes * frames, unit="frame", disable=not progress, desc=f"nocs/{split}")
     for k, rng in enumerate(scene_rngs(seed, f"nocs/{split}", scenes)):
-        layout = spec.sample(rng)
+        layout = styles.restyle_scene(spec.sample(rng), np.random.default_rng([seed, k, 0x5B]), style)
         writer.add_scene_models(layout, rng)
         renderer = spec.renderer(layout)
         for i, T in enumerate(random_views(rng, layout, frames)):
-            frame = renderer.render(T, rng, lighting=Lighting.random(rng), noise=DepthNoise())
-            writer.write_frame(k + 1, i, frame, rng)
+            light, noise = styles.lighting(rng, style), styles.depth_noise(style)
+            frame = renderer.render(T, rng, lighting=light, noise=noise)
+            writer.write_frame(k + 1, i, styles.restyle_frame(frame, style), rng)
             bar.update(1)
     bar.close()
     writer.finish()
@@ -258,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                 help="write segmentation_results pickles (auto: for every split but 'train')",
             )
             s.add_argument("--min-valid-depth", type=int, default=64)
+            s.add_argument(
+                "--style", choices=["a", "b"], default="a", help="b: a second domain (synthetic/style.py)"
+            )
         elif name == "bag":
             s.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
             s.add_argument("--rate", type=float, default=30.0, help="camera rate (Hz) of the stamps")
@@ -292,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             mask_noise=args.mask_noise,
             min_valid_depth_pixels=args.min_valid_depth,
             progress=True,
+            style=args.style,
             **scene,
         )
         n = args.scenes * args.frames
