@@ -39,8 +39,8 @@ def input_topic(namespace: str, name: str) -> str:
 
 
 def output_topic(namespace: str, name: str) -> str:
-    """~/<name> for the single camera, ~/<ns>/<name> otherwise."""
-    t = tag(namespace)
+    """~/<name> for the single camera, ~/<ns>/<name> otherwise (`name` with or without its "~/")."""
+    t, name = tag(namespace), name.removeprefix("~/")
     return f"~/{t}/{name}" if t else f"~/{name}"
 
 

@@ -215,8 +215,9 @@ class CleanPoseNode(LifecycleNode):
         )
         # CameraInfo is cached, not synchronized: a missing CameraInfo then gives a clear log line per frame
         # instead of a synchronizer that silently never fires.
+        info_type, info_name = (CameraInfo, "camera_info")  # the camera's <ns>/camera_info
         cam.info_sub = self.create_subscription(
-            CameraInfo, input_topic(cam.namespace, "camera_info"), cam.on_info, qos
+            info_type, input_topic(cam.namespace, info_name), cam.on_info, qos
         )
         cam.topics = {n: s.topic_name for n, s in zip(cam.sync.names, cam.sync.subscriptions)}
         cam.topics["camera_info"] = cam.info_sub.topic_name

@@ -113,18 +113,19 @@ class Outputs:
 
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._node = node
-        name = lambda n: output_topic(namespace, n)  # noqa: E731
+        # (type, single-camera name) pairs: a camera of namespace <ns> publishes ~/<ns>/<name>
+        outputs = ((ObjectPoseArray, "~/poses"), (MarkerArray, "~/markers"), (Image, "~/debug_image"))
         self.publishers = {
-            "poses": node.create_lifecycle_publisher(ObjectPoseArray, name("poses"), qos),
-            "markers": node.create_lifecycle_publisher(MarkerArray, name("markers"), qos),
-            "debug_image": node.create_lifecycle_publisher(Image, name("debug_image"), qos),
+            name[2:]: node.create_lifecycle_publisher(t, output_topic(namespace, name), qos)
+            for t, name in outputs
         }
         self.trails: Trails | None = None
         try:
             from vision_msgs.msg import Detection3DArray
 
+            t, name = (Detection3DArray, "~/detections_3d")
             self.publishers["detections_3d"] = node.create_lifecycle_publisher(
-                Detection3DArray, name("detections_3d"), qos
+                t, output_topic(namespace, name), qos
             )
         except ImportError:
             node.get_logger().info("vision_msgs not installed: ~/detections_3d is not published")

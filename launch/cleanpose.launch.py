@@ -1,9 +1,13 @@
 """ros2 launch cleanpose_ros cleanpose.launch.py [namespace:=...] [image:=...] [depth:=...]
     [camera_info:=...] [detections:=...] [checkpoint:=...] [device:=cuda|cpu] [params_file:=...]
-    [use_rviz:=true] [log_level:=info] [autostart:=true|false]
+    [use_rviz:=true] [log_level:=info] [autostart:=true|false] [cameras:=cam_left,cam_right]
 
 Starts cleanpose_node as a lifecycle node. With autostart (the params file's default) it configures and
 activates itself; with autostart:=false a lifecycle manager (or `ros2 lifecycle set`) drives it.
+
+Several cameras (cameras:=a,b or config/two_cameras.yaml): camera `a` reads a/image, a/depth, a/camera_info,
+a/detections and publishes ~/a/poses etc.; the image/depth/camera_info/detections arguments remap only the
+single camera's plain names.
 
 Node parameter values come from the params file (config/cleanpose.yaml, generated from
 cleanpose_ros/params.py, the one source of defaults); this file repeats none of them and overrides only what
@@ -32,6 +36,8 @@ def _nodes(context):
         overrides["checkpoint"] = arg("checkpoint")
     if arg("device"):
         overrides["device"] = arg("device")
+    if arg("cameras"):
+        overrides["cameras"] = [c.strip() for c in arg("cameras").split(",")]
     use_rviz = arg("use_rviz").lower() in ("1", "true", "yes")
     if use_rviz:
         overrides["publish_debug_image"] = True  # the RViz config shows it
@@ -96,6 +102,12 @@ def generate_launch_description():
             "params_file",
             default_value=os.path.join(share, "config", "cleanpose.yaml"),
             description="Parameters file",
+        ),
+        DeclareLaunchArgument(
+            "cameras",
+            default_value="",
+            description="Camera namespaces, comma-separated (cam_left,cam_right): one node, one batched "
+            "forward for all; empty: params file (one camera, plain topic names)",
         ),
         DeclareLaunchArgument(
             "use_rviz", default_value="false", description="Start RViz with rviz/cleanpose.rviz"
