@@ -66,7 +66,7 @@ def _frame(n: int, seed: int):
 
 def _serve(device: str, cuda_graphs: bool | None, make_oom):
     """A worker with the real pipeline; frames: warm-up, big (must run out of memory), next. `make_oom`
-    (pipeline) -> undo: what makes the big frame run out of memory."""
+    (pipeline, working bytes of a 2-object frame) -> undo: what makes the big frame run out of memory."""
     from cleanpose_model.estimator import load_estimator
     from cleanpose_ros.diagnostics import NodeStats
     from cleanpose_ros.pipeline import FramePipeline, PipelineConfig
@@ -106,8 +106,15 @@ def _serve(device: str, cuda_graphs: bool | None, make_oom):
 
     try:
         send("warm1", 2, 0)
+        cuda = est.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(est.device)
+            torch.cuda.reset_peak_memory_stats(est.device)
+            base = torch.cuda.memory_allocated(est.device)
         send("warm2", 2, 1)
-        undo = make_oom(pipeline)
+        # the working memory of one 2-object frame (CUDA; 0 on the CPU)
+        work = torch.cuda.max_memory_allocated(est.device) - base if cuda else 0
+        undo = make_oom(pipeline, work)
         try:
             send("big", BIG, 2)
             send("next", 2, 3)
@@ -134,7 +141,7 @@ def _check(node, log, published):
 
 
 def test_out_of_memory_on_a_frame_cpu_injected():
-    def make_oom(pipeline):
+    def make_oom(pipeline, _work):
         est = pipeline.estimator
         real = est.predict
 
@@ -149,17 +156,17 @@ def test_out_of_memory_on_a_frame_cpu_injected():
     _check(*_serve("cpu", None, make_oom))
 
 
-def _cap_cuda_memory(pipeline):
-    """Caps this process's CUDA memory a little above what the warm-up frames reserved; returns the undo."""
+def _cap_cuda_memory(pipeline, work: int):
+    """Caps this process's CUDA memory at what it holds now (weights, CUDA graph pools) plus room for a
+    few 2-object frames (4x their working memory, at least 64 MiB), far from the 100x that 200 objects
+    need; returns the undo."""
     dev = pipeline.estimator.device
     torch.cuda.synchronize(dev)
+    torch.cuda.empty_cache()  # cached free blocks would count as held
     total = torch.cuda.get_device_properties(dev).total_memory
-    reserved = torch.cuda.memory_reserved(dev)
-    peak = torch.cuda.max_memory_allocated(dev)
-    # Room for one more 2-object frame (its working memory is already in the cache) but not for 100x its
-    # objects; 256 MiB of slack at least.
-    cap = reserved + max(256 << 20, peak - torch.cuda.memory_allocated(dev))
+    cap = torch.cuda.memory_reserved(dev) + max(64 << 20, 4 * work)
     torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), dev)
+    print(f"CUDA memory capped at {cap / 2**20:.0f} MiB (2-object frame: {work / 2**20:.1f} MiB working)")
 
     def undo():
         torch.cuda.set_per_process_memory_fraction(1.0, dev)
