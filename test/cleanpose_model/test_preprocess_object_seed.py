@@ -6,28 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic_scene import rgbd_scene
+from synthetic_scene import order_scene
 
 from cleanpose_model.preprocess.graphed import GraphedInputBuilder
-from cleanpose_model.preprocess.reference import build_object_inputs_np, mask_to_box
+from cleanpose_model.preprocess.reference import build_object_inputs_np
 
 K = np.array([[400.0, 0, 160.0], [0, 400.0, 120.0], [0, 0, 1]])
-
-
-def _scene(seed=0, h=240, w=320):
-    """5 objects, two of one category with the same box size (distinct windows), one with too few pixels."""
-    boxes = [
-        (10, 20, 60, 90),
-        (100, 20, 150, 90),
-        (30, 150, 200, 300),
-        (200, 5, 203, 8),
-        (150, 200, 238, 318),
-    ]
-    rgb, depth, masks = rgbd_scene(np.random.default_rng(seed), h, w, boxes, (0.4, 1.5), holes=0.15, fill=0.8)
-    # the boxes of the drawn masks (a 0.8 fill can leave a box's edge row empty)
-    boxes = np.array([mask_to_box(m) for m in masks])
-    cats = np.array([5, 5, 4, 3, 1])
-    return rgb, depth, masks, boxes, cats
 
 
 def _rows(objs) -> dict:
@@ -37,7 +21,7 @@ def _rows(objs) -> dict:
 
 @pytest.mark.parametrize("order", [[4, 2, 0, 1, 3], [1, 0], [2], [3, 1, 4]])
 def test_reordered_or_dropped_detections_leave_each_object_bit_identical(order):
-    rgb, depth, masks, boxes, cats = _scene()
+    rgb, depth, masks, boxes, cats = order_scene()
     full = _rows(build_object_inputs_np(rgb, depth, K, masks, boxes, cats, object_seed=7))
     assert sorted(full) == [0, 1, 2, 4]  # detection 3 (9 pixels) is dropped
     sub = build_object_inputs_np(rgb, depth, K, masks[order], boxes[order], cats[order], object_seed=7)
@@ -51,7 +35,7 @@ def test_reordered_or_dropped_detections_leave_each_object_bit_identical(order):
 def test_one_stream_depends_on_order_and_object_seeds_differ_between_objects_and_seeds():
     """What the per-object path fixes: with one stream the second object's samples change when the first is
     dropped. Two objects of one category and shape still draw different pixels, and the base seed matters."""
-    rgb, depth, masks, boxes, cats = _scene()
+    rgb, depth, masks, boxes, cats = order_scene()
     stream = build_object_inputs_np(rgb, depth, K, masks, boxes, cats, rng=np.random.default_rng(0))
     stream_sub = build_object_inputs_np(
         rgb, depth, K, masks[1:], boxes[1:], cats[1:], rng=np.random.default_rng(0)
@@ -67,7 +51,7 @@ def test_one_stream_depends_on_order_and_object_seeds_differ_between_objects_and
 
 
 def test_torch_form_equals_numpy_with_object_seeds_and_arguments_are_exclusive():
-    rgb, depth, masks, boxes, cats = _scene(3)
+    rgb, depth, masks, boxes, cats = order_scene(3)
     builder = GraphedInputBuilder("cpu", buckets=(1, 2, 4, 8))
     for order in ([0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 4]):
         fr = (rgb, depth, K, masks[order], boxes[order], cats[order])
