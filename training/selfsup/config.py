@@ -25,6 +25,10 @@ class StageConfig:
 class Stage1Config(StageConfig):
     render_width: int = 160
     render_height: int = 120
+    # A labelled NOCS-layout root rendered beforehand (NocsShapes) instead of rendering on the fly with
+    # Open3D, which the GPU box lacks.
+    data: str = ""
+    split: str = "train"
 
 
 @dataclass

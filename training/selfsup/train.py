@@ -139,7 +139,9 @@ class SelfSupTrainer:
             import multiprocessing
 
             # spawn, not fork: the parent holds torch and Open3D state that a forked child must not inherit.
-            self.pool = multiprocessing.get_context("spawn").Pool(workers)
+            self.pool = multiprocessing.get_context("spawn").Pool(
+                workers, initializer=_set_worker_data, initargs=(self.data,)
+            )
 
     def _stage2_data(self, mcfg, topics):
         s2, seed = self.cfg.stage2, self.cfg.seed
@@ -229,7 +231,9 @@ class SelfSupTrainer:
         if self.pool is not None and self.stage == 1:
             first, self.cursor = self.cursor, self.cursor + self.scfg.batch_size
             idx = [c * world + rank for c in range(first, self.cursor)]
-            return collate(self.pool.map(self.data.__getitem__, idx))
+            return collate(self.pool.map(_worker_sample, idx))
+        if self.pool is not None:
+            return collate(self._pooled_stage2_batch())
         samples = []
         while len(samples) < self.scfg.batch_size:
             k = self.cursor * world + rank
@@ -243,6 +247,27 @@ class SelfSupTrainer:
             if s is not None:
                 samples.append(s)
         return collate(samples)
+
+    def _object_index(self, draw: int) -> int:
+        """The object of stage 2's draw ``draw`` (of this rank): the serial loop's choice."""
+        k = draw * self.dist.world_size + self.dist.rank
+        n = len(self.data)
+        return int(np.random.default_rng([self.cfg.seed, k // n]).permutation(n)[k % n])
+
+    def _pooled_stage2_batch(self) -> list:
+        """The serial loop's batch, its candidates read by the workers a chunk at a time (skipped objects
+        are consumed in the same order, so the cursor ends where the serial loop's does)."""
+        samples, bs = [], self.scfg.batch_size
+        while len(samples) < bs:
+            draws = range(self.cursor, self.cursor + bs + bs // 4)
+            got = self.pool.map(_worker_sample, [self._object_index(d) for d in draws])
+            for s in got:
+                self.cursor += 1
+                if s is not None:
+                    samples.append(s)
+                    if len(samples) == bs:
+                        break
+        return samples
 
     # ------------------------------------------------------------------------------------------ loop
     def train_step(self, batch) -> dict[str, float]:
@@ -341,6 +366,19 @@ class SelfSupTrainer:
             print(f"TensorBoard scalars off ({e}); scalars.csv has every scalar", flush=True)
             return None
         return SummaryWriter(str(self.out / "tb"))
+
+
+_WORKER_DATA = None
+
+
+def _set_worker_data(data) -> None:
+    """Pool initializer: the data set travels to each worker once, not with every task."""
+    global _WORKER_DATA
+    _WORKER_DATA = data
+
+
+def _worker_sample(index: int):
+    return _WORKER_DATA[index]
 
 
 def plot_losses(scalars_csv: Path, png: Path) -> Path | None:
