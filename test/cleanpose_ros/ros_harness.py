@@ -59,23 +59,11 @@ def info_msg(K: np.ndarray, width: int, height: int, ns: int = 0, frame_id: str 
     return m
 
 
-def detections_msg(
-    masks,
-    class_ids,
-    ns: int,
-    scores=None,
-    ids=None,
-    boxes=None,
-    frame_id: str = FRAME_ID,
-    label_image: bool = False,
-):
-    """InstanceSegmentation with full-size mono8 masks (or one label image)."""
-    from cleanpose_msgs.msg import InstanceSegmentation
+def add_detections(m, class_ids, scores=None, ids=None, boxes=None) -> None:
+    """One vision_msgs/Detection2D per class id appended to ``m.detections`` (m's header; score 0.9 unless
+    given; bbox from (y1, x1, y2, x2) boxes when given; id "" unless given)."""
     from vision_msgs.msg import Detection2D, ObjectHypothesisWithPose
 
-    m = InstanceSegmentation()
-    m.header.stamp = stamp_of(ns)
-    m.header.frame_id = frame_id
     for j, cid in enumerate(class_ids):
         d = Detection2D()
         d.header = m.header
@@ -89,6 +77,25 @@ def detections_msg(
             d.bbox.size_x, d.bbox.size_y = float(x2 - x1), float(y2 - y1)
         d.id = str(ids[j]) if ids is not None else ""
         m.detections.append(d)
+
+
+def detections_msg(
+    masks,
+    class_ids,
+    ns: int,
+    scores=None,
+    ids=None,
+    boxes=None,
+    frame_id: str = FRAME_ID,
+    label_image: bool = False,
+):
+    """InstanceSegmentation with full-size mono8 masks (or one label image)."""
+    from cleanpose_msgs.msg import InstanceSegmentation
+
+    m = InstanceSegmentation()
+    m.header.stamp = stamp_of(ns)
+    m.header.frame_id = frame_id
+    add_detections(m, class_ids, scores, ids, boxes)
     if label_image:
         m.format = InstanceSegmentation.FORMAT_LABEL_IMAGE
         lab = np.zeros(masks.shape[1:], np.uint8)

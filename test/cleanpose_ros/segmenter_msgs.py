@@ -9,24 +9,12 @@ import ros_harness as H
 
 
 def detection2d_array(class_ids, ns: int, ids=None, scores=None, boxes=None):
-    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+    from vision_msgs.msg import Detection2DArray
 
     m = Detection2DArray()
     m.header.stamp = H.stamp_of(ns)
     m.header.frame_id = H.FRAME_ID
-    for j, cid in enumerate(class_ids):
-        d = Detection2D()
-        d.header = m.header
-        hyp = ObjectHypothesisWithPose()
-        hyp.hypothesis.class_id = str(cid)
-        hyp.hypothesis.score = float(scores[j]) if scores is not None else 0.9
-        d.results.append(hyp)
-        if boxes is not None:
-            y1, x1, y2, x2 = boxes[j]
-            d.bbox.center.position.x, d.bbox.center.position.y = (x1 + x2) / 2, (y1 + y2) / 2
-            d.bbox.size_x, d.bbox.size_y = float(x2 - x1), float(y2 - y1)
-        d.id = str(ids[j]) if ids is not None else ""
-        m.detections.append(d)
+    H.add_detections(m, class_ids, scores, ids, boxes)
     return m
 
 
