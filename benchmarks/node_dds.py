@@ -8,6 +8,13 @@ detections message with an empty ObjectPoseArray of the same stamp: DDS + rclpy 
 no processing). Per kind and rate: sent / received / dropped, latency percentiles (send -> poses received)
 and the node's stage means from its /diagnostics ("receive" = send -> synchronised set complete in the
 node, "queue" = set complete -> worker starts it, then the frame's stages).
+
+``--cameras N`` (N > 1): one node serving N cameras (parameter ``cameras`` = cam0..camN-1), each fed by its
+own replayer at the rate, the same set time on every camera. A row is per set of N frames: latency = first
+send of the set -> the last camera's ~/<cam>/poses received; a set counts as received only when every camera
+answered. ``forwards_per_set`` (node's forwards during the run / sets sent; 1.0 = one forward per cycle, N =
+no batching) and ``sets_per_forward`` come from the node's diagnostics counters ``forwards`` /
+``forward_sets``.
 """
 
 from __future__ import annotations
@@ -49,6 +56,17 @@ COLUMNS = [
     "p99_ms",
 ]
 COLUMNS += ["max_ms", "receive", "queue", "forward", "outputs"]
+MULTI_COLUMNS = ["cameras", *COLUMNS[:3], "forwards_per_set", "sets_per_forward", *COLUMNS[3:]]
+
+
+def camera_names(n: int) -> list[str]:
+    """The node's `cameras` parameter for n cameras ([""] = the plain single camera)."""
+    return [f"cam{i}" for i in range(n)] if n > 1 else [""]
+
+
+def topics_of(cam: str) -> dict[str, str]:
+    """The bench's publish topics of one camera."""
+    return TOPICS if not cam else {role: f"/bench_dds/{cam}/{REMAP[role]}" for role in TOPICS}
 
 
 # ------------------------------------------------------------------------------------------------ node side
@@ -58,15 +76,23 @@ def serve(kind: str, args) -> int:
     """Runs in the node's subprocess until SIGINT/SIGTERM."""
     import rclpy
 
-    remaps = [x for role, topic in TOPICS.items() for x in ("-r", f"{REMAP[role]}:={topic}")]
+    from cleanpose_ros.cameras import input_topic
+
+    cams = camera_names(args.cameras)
+    remaps = [
+        x
+        for cam in cams
+        for role, topic in topics_of(cam).items()
+        for x in ("-r", f"{input_topic(cam, REMAP[role])}:={topic}")
+    ]
     rclpy.init(args=["--ros-args", *remaps])
     if kind == "echo":
-        return _serve_echo()
+        return _serve_echo(cams)
     from rclpy.lifecycle import TransitionCallbackReturn
 
     from cleanpose_ros.node import CleanPoseNode, spin
 
-    params = node_parameters(args, input_reliability="reliable", diagnostics_period=0.5)
+    params = node_parameters(args, input_reliability="reliable", diagnostics_period=0.5, cameras=cams)
     node = CleanPoseNode(NODE_NAME, parameter_overrides=params)
     if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
         return 1
@@ -76,23 +102,30 @@ def serve(kind: str, args) -> int:
     return spin(node)
 
 
-def _serve_echo() -> int:
+def _serve_echo(cams: list[str]) -> int:
     import rclpy
     from cleanpose_msgs.msg import InstanceSegmentation, ObjectPoseArray
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image
 
+    from cleanpose_ros.cameras import input_topic, output_topic
+
     node = rclpy.create_node(NODE_NAME)
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    pub = node.create_publisher(ObjectPoseArray, "~/poses", QoSProfile(depth=10))
     keep = {}
-    # Subscribed like the node (same messages taken and deserialised), answered on detections only.
-    for t, name in ((Image, "image"), (Image, "depth"), (CameraInfo, "camera_info")):
-        node.create_subscription(t, name, lambda m, n=name: keep.__setitem__(n, m), qos)
-    node.create_subscription(
-        InstanceSegmentation, "detections", lambda m: pub.publish(ObjectPoseArray(header=m.header)), qos
-    )
+    for cam in cams:
+        pub = node.create_publisher(ObjectPoseArray, output_topic(cam, "poses"), QoSProfile(depth=10))
+        # Subscribed like the node (same messages taken and deserialised), answered on detections only.
+        for t, name in ((Image, "image"), (Image, "depth"), (CameraInfo, "camera_info")):
+            topic = input_topic(cam, name)
+            node.create_subscription(t, topic, lambda m, n=topic: keep.__setitem__(n, m), qos)
+        node.create_subscription(
+            InstanceSegmentation,
+            input_topic(cam, "detections"),
+            lambda m, pub=pub: pub.publish(ObjectPoseArray(header=m.header)),
+            qos,
+        )
     ex = SingleThreadedExecutor()
     ex.add_node(node)
     with contextlib.suppress(KeyboardInterrupt, ExternalShutdownException):
@@ -122,6 +155,7 @@ def start_node(kind: str, args, log: Path):
     from cleanpose_tools.bench import NodeProcess
 
     cmd = [sys.executable, "-m", "benchmarks.node_dds", "--serve", kind, "--device", args.device]
+    cmd += ["--cameras", str(getattr(args, "cameras", 1))]
     if args.checkpoint:
         cmd += ["--checkpoint", str(args.checkpoint)]
     return NodeProcess(cmd, log, cwd=REPO)
@@ -175,6 +209,89 @@ def measure(kind: str, args, bag, log: Path) -> list[dict]:
     return rows
 
 
+def _forward_counts(diag: dict) -> tuple[int, int] | None:
+    """(forwards, forward_sets) of the node's diagnostics (several cameras only)."""
+    for name, values in diag.items():
+        if NODE_NAME in name and "forwards" in values:
+            return int(values["forwards"]), int(values["forward_sets"])
+    return None
+
+
+def run_sets(reps, frames, rate_hz: float | None, answer_timeout_s: float = 10.0):
+    """Every camera's replayer sends frame k of set k (camera i: frame k + i) at the same set time; closed
+    loop (rate None): the next set when every camera answered. -> per set the cameras' SendRecords."""
+    sets = []
+    t0 = time.monotonic()
+    for k in range(len(frames)):
+        if rate_hz:
+            target = t0 + k / rate_hz
+            while (now := time.monotonic()) < target:
+                time.sleep(min(target - now, 0.002))
+        recs = [rep.send(frames[(k + i) % len(frames)]) for i, rep in enumerate(reps)]
+        sets.append(recs)
+        if not rate_hz:
+            for rep, rec in zip(reps, recs):
+                rep.wait_answer(rec, answer_timeout_s)
+    if rate_hz:
+        for i, rep in enumerate(reps):
+            rep.wait_drain([s[i] for s in sets], quiet_s=3.0, max_s=answer_timeout_s + len(frames) / rate_hz)
+    return sets, t0
+
+
+def measure_cameras(kind: str, args, bag, log: Path) -> list[dict]:
+    """measure() for one node serving args.cameras cameras (rows per set of one frame per camera)."""
+    from cleanpose_tools.replay import Replayer
+
+    cams = camera_names(args.cameras)
+    proc = start_node(kind, args, log)
+    reps, rows = [], []
+    try:
+        for cam in cams:
+            reps.append(Replayer(bag, None, f"{NODE_NAME}/{cam}", publish_topics=topics_of(cam)))
+        for rep in reps:
+            rep.wait_for_node(args.start_timeout)
+        run_sets(reps, bag.frames[: max(args.warmup, 1)], None, 60.0)
+        frames = [bag.frames[i % len(bag.frames)] for i in range(args.iterations)]
+        for rate in args.rate_list:
+            time.sleep(1.2)  # a diagnostics message after the previous run: the counters before this one
+            before = _forward_counts(reps[0].diagnostics)
+            sets, t0 = run_sets(reps, frames, rate)
+            time.sleep(1.2)  # one more diagnostics message, covering this run's last sets
+            after = _forward_counts(reps[0].diagnostics)
+            done = [s for s in sets if all(r.t_recv is not None for r in s)]
+            lat = [(max(r.t_recv for r in s) - min(r.t_send for r in s)) * 1e3 for s in done]
+            span = max((max(r.t_recv for r in s) for s in done), default=t0) - t0
+            row = {
+                "cameras": len(cams),
+                "node": kind,
+                "rate": "max" if rate is None else f"{rate:g} Hz",
+                "sent": len(sets),
+                "received": len(done),
+                "dropped": len(sets) - len(done),
+                "out_hz": len(done) / span if span > 0 else 0.0,
+            }
+            if before is not None and after is not None and after[0] > before[0]:
+                fw, fs = after[0] - before[0], after[1] - before[1]
+                row["forwards_per_set"] = fw / len(sets)
+                row["sets_per_forward"] = fs / fw
+            row.update(harness.summarize(lat) if lat else {"n": 0})
+            row.update(stage_means(reps[0].diagnostics))
+            rows.append(row)
+            print(
+                f"[node dds] {kind} x{len(cams)} cameras {row['rate']}: {row['received']}/{row['sent']} sets "
+                f"received, {row.get('forwards_per_set', float('nan')):.2f} forwards per set",
+                flush=True,
+            )
+    except Exception:
+        print(f"[node dds] {kind} node log:\n{proc.log_tail()}", flush=True)
+        raise
+    finally:
+        for rep in reps:
+            rep.close()
+        proc.stop()
+    return rows
+
+
 def dds_part(args, report: harness.Report, objects: int) -> None:
     from cleanpose_tools.replay import prefer_large_data_transport
 
@@ -184,8 +301,10 @@ def dds_part(args, report: harness.Report, objects: int) -> None:
     frames = make_frames(args, objects)
     h, w = frames[0]["rgb"].shape[:2]
     bag = bag_of(frame_messages(frames))
+    several = getattr(args, "cameras", 1) > 1
     for kind in args.nodes:
-        for row in measure(kind, args, bag, Path(args.out) / f"node_{kind}.log"):
+        run = measure_cameras if several else measure
+        for row in run(kind, args, bag, Path(args.out) / f"node_{kind}.log"):
             report.add(part="dds", objects=objects, image=f"{w}x{h}", **row)
 
 
@@ -195,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serve", required=True, choices=("echo", "stub", "model"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--cameras", type=int, default=1)
     args = ap.parse_args(argv)
     from cleanpose_tools.replay import prefer_large_data_transport
 

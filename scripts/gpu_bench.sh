@@ -11,6 +11,9 @@
 #       -> OUT_DIR (default outputs/gpu_bench): summary.md, objN.json/.png, gpu_bench.log
 # Env (run): GPU_BENCH_OBJECTS ("1 3 6"), GPU_BENCH_RATES ("30,max"), GPU_BENCH_ITERATIONS (3),
 #   GPU_BENCH_ARGS (more cleanpose-bench flags, e.g. "--checkpoint F" from scripts/make_parity_checkpoint.py).
+#   GPU_BENCH_NODE: when set, runs `python -m benchmarks node $GPU_BENCH_NODE --out OUT_DIR/node` (the node
+#   suite, e.g. "--parts dds --nodes model --device cuda --cameras 2 --objects 6 --rates 30 --iterations 300")
+#   instead of cleanpose-bench; OUT_DIR/node/node.json + the printed table.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mode="${1:-}"
@@ -109,6 +112,12 @@ run() {
     export RMW_IMPLEMENTATION=rmw_fastrtps_cpp ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=42
     export PYTHONUNBUFFERED=1
     echo "[gpu_bench] ROS ready ($((SECONDS - t0)) s)"
+    if [ -n "${GPU_BENCH_NODE:-}" ]; then
+        # shellcheck disable=SC2086  # the suite's flags, word-split on purpose
+        (cd "$REPO" && "$py" -m benchmarks node $GPU_BENCH_NODE --out "$out/node")
+        echo "[gpu_bench] done in $((SECONDS - t0)) s"
+        return
+    fi
     for n in ${GPU_BENCH_OBJECTS:-1 3 6}; do
         echo "[gpu_bench] ===== $n object(s) per frame ($((SECONDS - t0)) s)"
         "$py" -m cleanpose_tools.bench "$work/gpu6" --objects-per-frame "$n" --device cuda \
