@@ -26,12 +26,13 @@ import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo
 
 from cleanpose_ros import params
 from cleanpose_ros.cameras import Camera, input_topic
 from cleanpose_ros.class_map import ClassMap
 from cleanpose_ros.diagnostics import DiagnosticsPublisher, NodeStats, node_status
+from cleanpose_ros.inputs import CameraInputs, detection_type
 from cleanpose_ros.outputs import Outputs
 from cleanpose_ros.pipeline import FramePipeline, PipelineConfig
 from cleanpose_ros.sync import InputSynchronizer
@@ -117,6 +118,7 @@ class CleanPoseNode(LifecycleNode):
         self.p = params.from_node(self)
         try:
             self.p.validate()
+            detection_type(self.p.segmenter_input)  # its interface package is there (else: which one)
             self._load_model()
         except Exception as e:
             self.get_logger().error(f"configure failed: {e}")
@@ -195,20 +197,22 @@ class CleanPoseNode(LifecycleNode):
     def _subscribe(self, cam: Camera, qos) -> None:
         """The synchronized inputs and the CameraInfo subscription of one camera (its namespace prefix)."""
         p = self.p
-        from cleanpose_msgs.msg import InstanceSegmentation
-
+        # transports and segmenter input type (inputs.py): topics, and the set callback that decodes/wraps
+        inputs = CameraInputs(p, lambda name: input_topic(cam.namespace, name), self.resolve_topic_name)
         cam.sync = InputSynchronizer(
             self,
-            [
-                (Image, input_topic(cam.namespace, "image")),
-                (Image, input_topic(cam.namespace, "depth")),
-                (InstanceSegmentation, input_topic(cam.namespace, "detections")),
-            ],
+            inputs.topics,
             qos,
             p.sync_queue_size,
             p.sync_slop,
-            lambda *msgs: self.worker.put(*msgs, camera=cam.index),
-            names=["image", "depth", "detections"],
+            inputs.callback(
+                lambda *msgs: self.worker.put(*msgs, camera=cam.index),
+                cam.stats,
+                lambda kind, text: self.worker.log(f"{cam.tag}:{kind}", text),
+                cam.topic,
+                lambda: self.p,
+            ),
+            names=inputs.names,
             report=lambda *a: self._on_input_problem(*a, cam=cam),
             on_message=cam.stats.on_message,
             time_jump=p.time_jump_threshold,

@@ -107,6 +107,37 @@ class NodeParams:
         choices=("best_effort", "reliable"),
     )
     input_depth: int = _p(5, "Input QoS history depth.", applies="configure", range=(1, 1000))
+    color_transport: str = _p(
+        "raw",
+        "Colour input: 'raw' (sensor_msgs/Image on image) or 'compressed' (sensor_msgs/CompressedImage "
+        "jpeg/png on <image>/compressed, as image_transport's compressed plugin publishes it; decoded in the "
+        "node).",
+        applies="configure",
+        choices=("raw", "compressed"),
+    )
+    depth_transport: str = _p(
+        "raw",
+        "Depth input: 'raw' (sensor_msgs/Image on depth) or 'compressedDepth' (sensor_msgs/CompressedImage "
+        "16UC1/32FC1 png on <depth>/compressedDepth, as image_transport's compressedDepth plugin publishes "
+        "it).",
+        applies="configure",
+        choices=("raw", "compressedDepth"),
+    )
+    segmenter_input: str = _p(
+        "instance_segmentation",
+        "Type of the detections input: 'instance_segmentation' (cleanpose_msgs/InstanceSegmentation), "
+        "'detection2d_labels' (vision_msgs/Detection2DArray on detections + an instance-label image on "
+        "label_image, see label_values) or 'yolo' (yolo_ros' yolo_msgs/DetectionArray, polygon masks).",
+        applies="configure",
+        choices=("instance_segmentation", "detection2d_labels", "yolo"),
+    )
+    label_values: str = _p(
+        "id",
+        "segmenter_input detection2d_labels: which label image value is a detection's: 'id' (the integer in "
+        "Detection2D.id, vision_msgs' identity of an object) or 'index' (detections[k] owns label k + 1). 0 "
+        "and the encoding's maximum (vision_msgs' UNLABELED) are background.",
+        choices=("id", "index"),
+    )
     box_source: str = _p(
         "mask",
         "Crop box of each detection: 'mask' (mask extent, as the NOCS pipeline) or "
@@ -396,6 +427,9 @@ _YAML_HEADER = """\
 #   in   depth         sensor_msgs/Image          depth registered to the colour camera, 16UC1 mm or 32FC1 m
 #   in   camera_info   sensor_msgs/CameraInfo     intrinsics K of the colour camera (latest one is used)
 #   in   detections    cleanpose_msgs/InstanceSegmentation   instance masks + classes + scores
+#                      or (segmenter_input) vision_msgs/Detection2DArray + label_image, yolo_msgs/...Array
+#   in   label_image   sensor_msgs/Image          instance labels, mono8/16UC1/32SC1 (detection2d_labels only)
+#        color_transport compressed: image/compressed; depth_transport compressedDepth: depth/compressedDepth
 #   out  ~/poses          cleanpose_msgs/ObjectPoseArray       header = the colour image's (or target_frame)
 #   out  ~/detections_3d  vision_msgs/Detection3DArray         pose in bbox.center and results[0].pose.pose
 #   out  ~/markers        visualization_msgs/MarkerArray       DELETEALL, then box + label (+ axes) per object
