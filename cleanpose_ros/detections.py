@@ -76,6 +76,55 @@ def _mask_box(mask: np.ndarray) -> np.ndarray | None:
     return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], np.int64)
 
 
+def select_detections(
+    scores: list[float], max_detections: int | None
+) -> tuple[list[int], list[tuple[int, str, str]]]:
+    """Indices read (all, or the `max_detections` highest scores in message order) and the rest rejected."""
+    n = len(scores)
+    if max_detections is None or n <= max_detections:
+        return list(range(n)), []
+    sc = [v if np.isfinite(v) else 0.0 for v in scores]
+    sel = sorted(sorted(range(n), key=lambda j: -sc[j])[:max_detections])
+    chosen = set(sel)
+    rej = [
+        (j, "over_max_detections", f"beyond max_detections {max_detections} (lower score)")
+        for j in range(n)
+        if j not in chosen
+    ]
+    return sel, rej
+
+
+def assemble_detections(sel, masks, classes, scores, ids, det_boxes, rejected, bad) -> Detections:
+    """Detections of the selected detections `sel` (message indices) with `masks[k]` for sel[k]; those in
+    `bad` (positions in sel) or with an empty mask are left out. `det_boxes[k]`: the detection's own crop
+    box, or None for the mask's extent."""
+    n = len(sel)
+    boxes = np.zeros((n, 4), np.int64)
+    for k, j in enumerate(sel):
+        if k in bad:
+            continue
+        box = det_boxes[k] if det_boxes[k] is not None else _mask_box(masks[k])
+        if box is None:
+            rejected.append((j, "empty_mask", "empty mask"))
+            bad.add(k)
+            continue
+        boxes[k] = box
+    rejected.sort()
+    if not bad and sel == list(range(n)):  # the common case: every detection kept, no (n, H, W) copy
+        scores = np.asarray(scores, np.float32).reshape(-1)
+        return Detections(masks, boxes, list(classes), scores, list(ids), rejected=rejected)
+    keep = [k for k in range(n) if k not in bad]
+    return Detections(
+        masks=masks[keep],
+        boxes=boxes[keep],
+        class_ids=[classes[k] for k in keep],
+        scores=np.asarray([scores[k] for k in keep], np.float32).reshape(-1),
+        instance_ids=[ids[k] for k in keep],
+        rejected=rejected,
+        index=[sel[k] for k in keep],
+    )
+
+
 def parse_instance_segmentation(
     msg, height: int, width: int, box_source: str = "mask", max_detections: int | None = None
 ) -> Detections:
@@ -90,20 +139,9 @@ def parse_instance_segmentation(
     n_msg = len(dets)
     h, w = int(height), int(width)
     hyps = [_hypothesis(d) for d in dets]
-    rejected: list[tuple[int, str, str]] = []
     if msg.format == FORMAT_MASKS and len(msg.masks) != n_msg:
         raise DetectionError(f"{n_msg} detections but {len(msg.masks)} masks")
-    # the detections read: all, or the `max_detections` highest scores in message order
-    sel = list(range(n_msg))
-    if max_detections is not None and n_msg > max_detections:
-        sc = [v if np.isfinite(v) else 0.0 for _, v in hyps]
-        sel = sorted(sorted(sel, key=lambda j: -sc[j])[:max_detections])
-        chosen = set(sel)
-        rejected += [
-            (j, "over_max_detections", f"beyond max_detections {max_detections} (lower score)")
-            for j in range(n_msg)
-            if j not in chosen
-        ]
+    sel, rejected = select_detections([s for _, s in hyps], max_detections)
     n = len(sel)
     masks = np.zeros((n, h, w), bool)
     bad = set()  # positions in `sel`
@@ -158,34 +196,8 @@ def parse_instance_segmentation(
     else:
         raise DetectionError(f"unknown format {msg.format} (0 = FORMAT_MASKS, 1 = FORMAT_LABEL_IMAGE)")
 
-    boxes = np.zeros((n, 4), np.int64)
-    class_ids, scores, inst = [], np.zeros(n, np.float32), []
-    for k, j in enumerate(sel):
-        d = dets[j]
-        cid, score = hyps[j]
-        class_ids.append(cid)
-        scores[k] = score if np.isfinite(score) else 0.0
-        inst.append(str(d.id) if d.id else str(j))
-        if k in bad:
-            continue
-        box = _box_from_bbox(d, h, w) if box_source == "detection" else None
-        if box is None:
-            box = _mask_box(masks[k])
-        if box is None:
-            rejected.append((j, "empty_mask", "empty mask"))
-            bad.add(k)
-            continue
-        boxes[k] = box
-    rejected.sort()
-    if not bad and n == n_msg:  # the common case: no (n, H, W) copy
-        return Detections(masks, boxes, class_ids, scores, inst, rejected=rejected)
-    keep = [k for k in range(n) if k not in bad]
-    return Detections(
-        masks=masks[keep],
-        boxes=boxes[keep],
-        class_ids=[class_ids[k] for k in keep],
-        scores=scores[keep],
-        instance_ids=[inst[k] for k in keep],
-        rejected=rejected,
-        index=[sel[k] for k in keep],
-    )
+    classes = [hyps[j][0] for j in sel]
+    scores = [hyps[j][1] if np.isfinite(hyps[j][1]) else 0.0 for j in sel]
+    ids = [str(dets[j].id) if dets[j].id else str(j) for j in sel]
+    det_boxes = [_box_from_bbox(dets[j], h, w) if box_source == "detection" else None for j in sel]
+    return assemble_detections(sel, masks, classes, scores, ids, det_boxes, rejected, bad)

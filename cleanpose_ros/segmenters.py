@@ -35,7 +35,8 @@ from cleanpose_ros.detections import (
     Detections,
     _box_from_bbox,
     _hypothesis,
-    _mask_box,
+    assemble_detections,
+    select_detections,
 )
 
 LABEL_VALUES = ("id", "index")
@@ -74,50 +75,6 @@ def label_from_image(msg) -> np.ndarray:
     return rows.reshape(h, w)
 
 
-def _select(scores: list[float], max_detections: int | None) -> tuple[list[int], list[tuple[int, str, str]]]:
-    """Indices read (all, or the `max_detections` highest scores in message order) and the rest rejected."""
-    n = len(scores)
-    if max_detections is None or n <= max_detections:
-        return list(range(n)), []
-    sc = [v if np.isfinite(v) else 0.0 for v in scores]
-    sel = sorted(sorted(range(n), key=lambda j: -sc[j])[:max_detections])
-    chosen = set(sel)
-    rej = [
-        (j, "over_max_detections", f"beyond max_detections {max_detections} (lower score)")
-        for j in range(n)
-        if j not in chosen
-    ]
-    return sel, rej
-
-
-def _assemble(sel, masks, classes, scores, ids, det_boxes, rejected, bad) -> Detections:
-    """Detections of the selected detections `sel` (message indices) with `masks[k]` for sel[k]; those in
-    `bad` (positions in sel) or with an empty mask are left out. `det_boxes[k]`: the detection's own crop
-    box, or None for the mask's extent."""
-    n = len(sel)
-    boxes = np.zeros((n, 4), np.int64)
-    for k, j in enumerate(sel):
-        if k in bad:
-            continue
-        box = det_boxes[k] if det_boxes[k] is not None else _mask_box(masks[k])
-        if box is None:
-            rejected.append((j, "empty_mask", "empty mask"))
-            bad.add(k)
-            continue
-        boxes[k] = box
-    rejected.sort()
-    keep = [k for k in range(n) if k not in bad]
-    return Detections(
-        masks=masks[keep],
-        boxes=boxes[keep],
-        class_ids=[classes[k] for k in keep],
-        scores=np.asarray([scores[k] for k in keep], np.float32).reshape(-1),
-        instance_ids=[ids[k] for k in keep],
-        rejected=rejected,
-        index=[sel[k] for k in keep],
-    )
-
-
 class LabelledDetections:
     """vision_msgs/Detection2DArray + its instance-label image (see the module text)."""
 
@@ -137,7 +94,7 @@ class LabelledDetections:
             raise DetectionError(f"label image is {label.shape[1]}x{label.shape[0]}, image is {w}x{h}")
         dets = list(self.detections)
         hyps = [_hypothesis(d) for d in dets]
-        sel, rejected = _select([s for _, s in hyps], max_detections)
+        sel, rejected = select_detections([s for _, s in hyps], max_detections)
         top = np.iinfo(label.dtype).max  # vision_msgs' UNLABELED
         values = np.zeros(len(sel), np.int64)
         bad: set[int] = set()
@@ -180,7 +137,7 @@ class LabelledDetections:
         scores = [hyps[j][1] if np.isfinite(hyps[j][1]) else 0.0 for j in sel]
         ids = [str(dets[j].id) if dets[j].id else str(j) for j in sel]
         det_boxes = [_box_from_bbox(dets[j], h, w) if box_source == "detection" else None for j in sel]
-        return _assemble(sel, masks, classes, scores, ids, det_boxes, rejected, bad)
+        return assemble_detections(sel, masks, classes, scores, ids, det_boxes, rejected, bad)
 
     def _named(self, dets) -> set[int]:
         """Label values the message's detections name (also those left out: reported as such already)."""
@@ -214,7 +171,7 @@ class YoloDetections:
     ) -> Detections:
         h, w = int(height), int(width)
         dets = list(self.detections)
-        sel, rejected = _select([float(d.score) for d in dets], max_detections)
+        sel, rejected = select_detections([float(d.score) for d in dets], max_detections)
         masks = np.zeros((len(sel), h, w), bool)
         bad: set[int] = set()
         for k, j in enumerate(sel):
@@ -226,7 +183,7 @@ class YoloDetections:
         scores = [float(dets[j].score) if np.isfinite(dets[j].score) else 0.0 for j in sel]
         ids = [str(dets[j].id) if dets[j].id else str(j) for j in sel]
         det_boxes = [self._box(dets[j].bbox, h, w) if box_source == "detection" else None for j in sel]
-        return _assemble(sel, masks, classes, scores, ids, det_boxes, rejected, bad)
+        return assemble_detections(sel, masks, classes, scores, ids, det_boxes, rejected, bad)
 
     @staticmethod
     def _fill(mask, out: np.ndarray, h: int, w: int) -> tuple[str, str] | None:
