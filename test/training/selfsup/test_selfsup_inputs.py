@@ -18,30 +18,23 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from selfsup_inputs import nocs_folder, smoke_config
 
 from cleanpose_training.selfsup import train
 from cleanpose_training.selfsup.data import BAG_TOPICS, UnlabeledBag, UnlabeledNocs, UnlabeledWild6D
-from cleanpose_training.synthetic.__main__ import generate_bag, generate_nocs
+from cleanpose_training.synthetic.__main__ import generate_bag
 
 REPO = Path(__file__).resolve().parents[3]
-SMOKE = REPO / "training" / "configs" / "selfsup_smoke.yaml"
 
 
 @pytest.fixture(scope="module")
 def nocs(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("nocs_in")
-    generate_nocs(root, split="train", scenes=1, frames=2, seed=3, width=128, height=96, shadows=False)
-    return root
+    return nocs_folder(tmp_path_factory.mktemp("nocs_in"), frames=2, seed=3, width=128, height=96)
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    cfg = yaml.safe_load(SMOKE.read_text())
-    cfg["stage1"]["batch_size"] = 2
-    cfg["stage2"]["batch_size"] = 2
-    path = tmp_path_factory.mktemp("cfg_in") / "selfsup_inputs.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return smoke_config(tmp_path_factory.mktemp("cfg_in") / "selfsup_inputs.yaml", stage2_batch=2)
 
 
 def write_wild6d(nocs: Path, out: Path) -> tuple[Path, str, list[tuple[str, int]]]:

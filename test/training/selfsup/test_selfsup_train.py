@@ -11,32 +11,23 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from selfsup_inputs import nocs_folder, smoke_config
 
 from cleanpose_model.categories import NOCS
 from cleanpose_model.estimator import load_estimator
 from cleanpose_model.families.selfsup import SelfSupEstimator
 from cleanpose_training.selfsup import train
 from cleanpose_training.selfsup.data import RenderedShapes, UnlabeledNocs
-from cleanpose_training.synthetic.__main__ import generate_nocs
-
-SMOKE = Path(__file__).resolve().parents[3] / "training" / "configs" / "selfsup_smoke.yaml"
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("nocs")
-    generate_nocs(root, split="train", scenes=1, frames=3, seed=0, width=160, height=120, shadows=False)
-    return root
+    return nocs_folder(tmp_path_factory.mktemp("nocs"), frames=3, seed=0, width=160, height=120)
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    cfg = yaml.safe_load(SMOKE.read_text())
-    cfg["stage1"]["batch_size"] = 2
-    cfg["stage2"]["batch_size"] = 3
-    path = tmp_path_factory.mktemp("cfg") / "selfsup_test.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return smoke_config(tmp_path_factory.mktemp("cfg") / "selfsup_test.yaml", stage2_batch=3)
 
 
 def _run(config, out, stage, iterations, *extra) -> Path:
