@@ -19,16 +19,16 @@ class StageConfig:
     # Wall-clock limit of the stage in seconds (0: none): the run stops (and saves) at the first step past
     # it, so study runs fit a fixed GPU budget; a time-limited run is not reproducible step for step.
     time_budget_s: float = 0.0
+    # A NOCS-layout root and its split. Stage 1: labelled shapes rendered beforehand (NocsShapes) instead of
+    # rendering on the fly with Open3D, which the GPU box lacks; stage 2: the unlabeled frames.
+    data: str = ""
+    split: str = "train"
 
 
 @dataclass
 class Stage1Config(StageConfig):
     render_width: int = 160
     render_height: int = 120
-    # A labelled NOCS-layout root rendered beforehand (NocsShapes) instead of rendering on the fly with
-    # Open3D, which the GPU box lacks.
-    data: str = ""
-    split: str = "train"
 
 
 @dataclass
@@ -44,8 +44,6 @@ class Stage2Weights:
 @dataclass
 class Stage2Config(StageConfig):
     lr: float = 1e-4
-    data: str = ""
-    split: str = "train"
     init: str = ""
     freeze_decoder: bool = True
     update_memory: bool = True
