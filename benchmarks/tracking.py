@@ -30,7 +30,6 @@ Figures per row, over all GT objects of all scenes:
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import harness
+from cleanpose_tools.track_metrics import TrackScore, observable_angle_deg, to_camera, to_world
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo" / "demo.safetensors"
 SCENES = {
@@ -152,35 +152,19 @@ def load_sequences(path: Path) -> list[list[SeqFrame]]:
     ]
 
 
-def observable_angle_deg(Ra: np.ndarray, Rb: np.ndarray, symmetric: bool) -> float:
-    # symmetric: the angle between the y axes (the spin about y is unobservable)
-    c = float(np.dot(Ra[:, 1], Rb[:, 1])) if symmetric else (float(np.trace(Ra.T @ Rb)) - 1.0) / 2.0
-    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
-
-
-def to_world(T: np.ndarray, R: np.ndarray, t: np.ndarray):
-    return T[:3, :3] @ R, T[:3, :3] @ t + T[:3, 3]
-
-
-def to_camera(T: np.ndarray, R: np.ndarray, t: np.ndarray):
-    Rt = T[:3, :3].T
-    return Rt @ R, Rt @ (t - T[:3, 3])
-
-
 def evaluate(seqs: list[list[SeqFrame]], mode: str, frame: str, symmetric: frozenset, tcfg) -> dict:
     """Tracker + filters of `mode` in `frame` over every sequence -> the row's figures."""
     from dataclasses import replace
 
     from cleanpose_ros.filtering import FilterConfig, PoseStream
 
-    switches = merged = fragments = 0
-    jit_r, jit_t, err_r, err_t = [], [], [], []
+    score = TrackScore()  # ids and jitter: the figures the demo and cleanpose-bench report too
+    err_r, err_t = [], []
     lag_num, lag_den = np.zeros(5), np.zeros(5)  # error vs shift 0..4 frames
     host_ms = []
     for seq in seqs:
         stream = PoseStream(tcfg, FilterConfig(mode=mode), symmetric)  # the node's step, as it runs there
-        labels: dict[int, list] = {}
-        last: dict[int, tuple] = {}  # gt -> (frame index, R_world, t_world)
+        score.new_sequence()
         published_cam: dict[int, dict[int, np.ndarray]] = {}  # gt -> frame -> t_cam
         for k, fr in enumerate(seq):
             ests = fr.estimates
@@ -192,10 +176,8 @@ def evaluate(seqs: list[list[SeqFrame]], mode: str, frame: str, symmetric: froze
             t0 = time.perf_counter()
             out = stream.apply(ests, [None] * len(ests), fr.stamp)  # no detector ids
             host_ms.append((time.perf_counter() - t0) * 1e3)
-            owners: dict[str, set] = {}
+            items = []
             for e in out:
-                label = e.instance_id
-                owners.setdefault(label, set()).add(e.gt)
                 sym = e.class_id in symmetric
                 if frame == "camera":
                     Rc, tc = e.rotation, e.translation
@@ -206,19 +188,9 @@ def evaluate(seqs: list[list[SeqFrame]], mode: str, frame: str, symmetric: froze
                 R_gt, t_gt = fr.gt[e.gt]
                 err_r.append(observable_angle_deg(Rc, R_gt, sym))
                 err_t.append(1e3 * float(np.linalg.norm(tc - t_gt)))
-                seen = labels.setdefault(e.gt, [])
-                if seen and seen[-1] != label:
-                    switches += 1
-                if label not in seen:
-                    seen.append(label)
-                prev = last.get(e.gt)
-                if prev is not None and prev[0] == k - 1:
-                    jit_r.append(observable_angle_deg(prev[1], Rw, sym))
-                    jit_t.append(1e3 * float(np.linalg.norm(tw - prev[2])))
-                last[e.gt] = (k, Rw, tw)
+                items.append((e.instance_id, e.gt, sym, Rw, tw))
                 published_cam.setdefault(e.gt, {})[k] = tc
-            merged += sum(1 for gts in owners.values() if len(gts) > 1)
-        fragments += sum(len(v) - 1 for v in labels.values())
+            score.add(k, items)
         for gt, by_frame in published_cam.items():
             for k, tc in by_frame.items():
                 # every shift over the same frames (those with 4 frames of ground truth before them)
@@ -234,13 +206,14 @@ def evaluate(seqs: list[list[SeqFrame]], mode: str, frame: str, symmetric: froze
         a, b, c = curve[s - 1], curve[s], curve[s + 1]
         den = a - 2 * b + c
         lag = s + (0.5 * (a - c) / den if den > 0 else 0.0)
+    ids = score.summary()
     return {
-        "id_switches": switches,
-        "merged": merged,
-        "fragments": fragments,
+        "id_switches": ids["id_switches"],
+        "merged": ids["merged"],
+        "fragments": ids["fragments"],
         "published": len(err_r),
-        "jitter_rot_deg": float(np.mean(jit_r)) if jit_r else None,
-        "jitter_trans_mm": float(np.mean(jit_t)) if jit_t else None,
+        "jitter_rot_deg": ids["jitter_rot_deg"],
+        "jitter_trans_mm": ids["jitter_trans_mm"],
         "rot_err_deg": float(np.mean(err_r)) if err_r else None,
         "trans_err_mm": float(np.mean(err_t)) if err_t else None,
         "lag_frames": lag,
