@@ -25,12 +25,18 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
 from benchmarks import harness
-from benchmarks.node_inputs import NODE_NAME, StubEstimator, frame_messages, make_frames, node_parameters
+from benchmarks.node_inputs import (
+    NODE_NAME,
+    StubEstimator,
+    add_frame_arguments,
+    frame_messages,
+    make_frames,
+    node_parameters,
+)
 
 MODEL_STAGES = ("build_inputs", "forward")  # cleanpose_model's share (preprocess + network)
 
@@ -169,13 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = harness.common_parser("node", __doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=["frame", "dds"], choices=("frame", "dds"))
     ap.add_argument("--estimator", choices=("stub", "model"), default="stub")
-    ap.add_argument(
-        "--checkpoint", type=Path, default=None, help="the model's checkpoint (default: the demo)"
-    )
-    ap.add_argument("--frames", type=Path, default=None, help="frames file of scripts/make_perf_frames.py")
-    ap.add_argument("--distinct", type=int, default=4, help="frames to cycle through")
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--width", type=int, default=640)
+    add_frame_arguments(ap)
     ap.add_argument("--scenarios", nargs="+", default=["none", "all"], choices=("none", "all"))
     ap.add_argument("--no-debug-image", dest="debug_image", action="store_false", help="frame part")
     ap.add_argument(

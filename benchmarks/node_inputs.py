@@ -4,6 +4,8 @@ own process)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from benchmarks.fixtures import frame_with_objects, load_frames
@@ -13,6 +15,17 @@ STAMP0_NS = 1_700_000_000_000_000_000
 
 
 # ------------------------------------------------------------------------------------------------ frames
+
+
+def add_frame_arguments(ap) -> None:
+    """The model and frame options of the suites that run the node (node, soak), read by make_frames."""
+    ap.add_argument(
+        "--checkpoint", type=Path, default=None, help="the model's checkpoint (default: the demo)"
+    )
+    ap.add_argument("--frames", type=Path, default=None, help="frames file of scripts/make_perf_frames.py")
+    ap.add_argument("--distinct", type=int, default=4, help="frames to cycle through")
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=640)
 
 
 def make_frames(args, objects: int) -> list[dict[str, np.ndarray]]:

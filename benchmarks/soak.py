@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import harness
+from benchmarks.node_inputs import add_frame_arguments
 
 # Default camera rate: 10 Hz with 2 objects is what the stub node sustains on this project's 2-core CPU
 # machine while other work shares it (its frame path takes well under 100 ms there); pass --rate to change.
@@ -365,13 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rate", type=float, default=DEFAULT_RATE_HZ, help="camera rate, Hz (fixed schedule)")
     ap.add_argument("--node", choices=("stub", "model"), default="stub", help="model forward: stub or real")
-    ap.add_argument(
-        "--checkpoint", type=Path, default=None, help="the model's checkpoint (default: the demo)"
-    )
-    ap.add_argument("--frames", type=Path, default=None, help="frames file of scripts/make_perf_frames.py")
-    ap.add_argument("--distinct", type=int, default=4, help="frames to cycle through")
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--width", type=int, default=640)
+    add_frame_arguments(ap)
     ap.add_argument("--sample-s", type=float, default=None, help="seconds between samples (5; --quick 1)")
     ap.add_argument(
         "--warmup-s",
