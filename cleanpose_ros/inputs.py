@@ -67,20 +67,18 @@ class CameraInputs:
         self.color_compressed = p.color_transport == "compressed"
         self.depth_compressed = p.depth_transport == "compressedDepth"
         self.segmenter_input = p.segmenter_input
-        self.topics = [
-            (CompressedImage, resolve(topic_of("image")) + "/compressed")
-            if self.color_compressed
-            else (Image, topic_of("image")),
-            (CompressedImage, resolve(topic_of("depth")) + "/compressedDepth")
-            if self.depth_compressed
-            else (Image, topic_of("depth")),
-        ]
-        self.names = ["image", "depth"]
-        if p.segmenter_input == "detection2d_labels":
-            self.topics.append((Image, topic_of("label_image")))
-            self.names.append("label_image")
-        self.topics.append((detection_type(p.segmenter_input), topic_of("detections")))
-        self.names.append("detections")
+        Detections = detection_type(p.segmenter_input)  # a message type
+        # (type, input name) as the static launch test reads them; the camera's topics follow
+        inputs = [(Image, "image"), (Image, "depth"), (Image, "label_image"), (Detections, "detections")]
+        if p.segmenter_input != "detection2d_labels":
+            del inputs[2]
+        self.names = [name for _, name in inputs]
+        self.topics = [(t, topic_of(name)) for t, name in inputs]
+        # image_transport naming: the resolved base topic (remaps, namespace) + the transport's suffix
+        if self.color_compressed:
+            self.topics[0] = (CompressedImage, resolve(topic_of("image")) + "/compressed")
+        if self.depth_compressed:
+            self.topics[1] = (CompressedImage, resolve(topic_of("depth")) + "/compressedDepth")
 
     def callback(self, deliver: Callable, stats, log: Callable, topic: Callable[[str], str], params):
         """The synchronizer's callback: deliver(image, depth, detections). `stats`: the camera's NodeStats;
