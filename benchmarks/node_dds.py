@@ -169,15 +169,34 @@ def stage_means(diag: dict) -> dict[str, float]:
     return {}
 
 
-def measure(kind: str, args, bag, log: Path) -> list[dict]:
+@contextlib.contextmanager
+def node_session(kind: str, args, bag, log: Path, label: str, cams=("",)):
+    """The node in its own process and one Replayer per camera of `cams` (its topics), each waited for:
+    yields (process, replayers). On an error the node's log tail is printed under `label`; at the end the
+    replayers are closed and the node stopped."""
     from cleanpose_tools.replay import Replayer
 
     proc = start_node(kind, args, log)
-    rep = None
-    rows = []
+    reps = []
     try:
-        rep = Replayer(bag, None, NODE_NAME, publish_topics=TOPICS)
-        rep.wait_for_node(args.start_timeout)
+        for cam in cams:
+            name = f"{NODE_NAME}/{cam}" if cam else NODE_NAME
+            reps.append(Replayer(bag, None, name, publish_topics=topics_of(cam)))
+        for rep in reps:
+            rep.wait_for_node(args.start_timeout)
+        yield proc, reps
+    except Exception:
+        print(f"{label} node log:\n{proc.log_tail()}", flush=True)
+        raise
+    finally:
+        for rep in reps:
+            rep.close()
+        proc.stop()
+
+
+def measure(kind: str, args, bag, log: Path) -> list[dict]:
+    rows = []
+    with node_session(kind, args, bag, log, f"[node dds] {kind}") as (_, (rep,)):
         for k in range(args.warmup):
             rep.wait_answer(rep.send(bag.frames[k % len(bag.frames)]), 60.0)
         frames = [bag.frames[i % len(bag.frames)] for i in range(args.iterations)]
@@ -199,13 +218,6 @@ def measure(kind: str, args, bag, log: Path) -> list[dict]:
             row.update(stage_means(rep.diagnostics))
             rows.append(row)
             print(f"[node dds] {kind} {row['rate']}: {row['received']}/{row['sent']} received", flush=True)
-    except Exception:
-        print(f"[node dds] {kind} node log:\n{proc.log_tail()}", flush=True)
-        raise
-    finally:
-        if rep is not None:
-            rep.close()
-        proc.stop()
     return rows
 
 
@@ -240,16 +252,9 @@ def run_sets(reps, frames, rate_hz: float | None, answer_timeout_s: float = 10.0
 
 def measure_cameras(kind: str, args, bag, log: Path) -> list[dict]:
     """measure() for one node serving args.cameras cameras (rows per set of one frame per camera)."""
-    from cleanpose_tools.replay import Replayer
-
     cams = camera_names(args.cameras)
-    proc = start_node(kind, args, log)
-    reps, rows = [], []
-    try:
-        for cam in cams:
-            reps.append(Replayer(bag, None, f"{NODE_NAME}/{cam}", publish_topics=topics_of(cam)))
-        for rep in reps:
-            rep.wait_for_node(args.start_timeout)
+    rows = []
+    with node_session(kind, args, bag, log, f"[node dds] {kind}", cams) as (_, reps):
         run_sets(reps, bag.frames[: max(args.warmup, 1)], None, 60.0)
         frames = [bag.frames[i % len(bag.frames)] for i in range(args.iterations)]
         for rate in args.rate_list:
@@ -282,13 +287,6 @@ def measure_cameras(kind: str, args, bag, log: Path) -> list[dict]:
                 f"received, {row.get('forwards_per_set', float('nan')):.2f} forwards per set",
                 flush=True,
             )
-    except Exception:
-        print(f"[node dds] {kind} node log:\n{proc.log_tail()}", flush=True)
-        raise
-    finally:
-        for rep in reps:
-            rep.close()
-        proc.stop()
     return rows
 
 

@@ -144,7 +144,7 @@ def accounting(sent: int, answered: int, st: dict[str, str]) -> dict:
 def soak(args, report: harness.Report) -> dict:
     from benchmarks import node_dds
     from benchmarks.node_inputs import NODE_NAME, frame_messages, make_frames
-    from cleanpose_tools.replay import Replayer, prefer_large_data_transport
+    from cleanpose_tools.replay import prefer_large_data_transport
 
     prefer_large_data_transport()
     objects = args.objects[0]
@@ -152,16 +152,12 @@ def soak(args, report: harness.Report) -> dict:
     h, w = frames[0]["rgb"].shape[:2]
     bag = node_dds.bag_of(frame_messages(frames))
     log = Path(args.out) / "soak_node.log"
-    proc = node_dds.start_node(args.node, args, log)
-    rep = None
     samples: list[dict] = []
     lat_ms: list[float] = []  # answered frames after the priming one, in send order
     lat_t: list[float] = []  # their send time (s since start)
     late_sends = 0
     sent = 0
-    try:
-        rep = Replayer(bag, None, NODE_NAME, publish_topics=node_dds.TOPICS)
-        rep.wait_for_node(args.start_timeout)
+    with node_dds.node_session(args.node, args, bag, log, "[soak]") as (proc, (rep,)):
         # One answered frame before the clock starts: the node's first-frame work (lazy imports, model
         # allocations) is start-up, not steady state. It is counted as published.
         first = rep.send(bag.frames[0])
@@ -215,13 +211,6 @@ def soak(args, report: harness.Report) -> dict:
         samples.append({**samples[-1], "t_s": round(time.monotonic() - t0, 2), **proc_sample(proc.pid)})
         samples[-1].update(sent=sent, answered=len(lat_ms) + 1, processed=_int(st, "processed"))
         wall = time.monotonic() - t0
-    except Exception:
-        print(f"[soak] node log:\n{proc.log_tail()}", flush=True)
-        raise
-    finally:
-        if rep is not None:
-            rep.close()
-        proc.stop()
     acc = accounting(sent, len(lat_ms) + 1, st)
     summary = {
         "node": args.node,
