@@ -3,7 +3,8 @@
 Generates a short synthetic rosbag2 sequence with ground truth (or takes --bag), starts the cleanpose node
 with the demo checkpoint as its own process, replays the bag into it over DDS, and prints what came out: per
 frame and object the pose error against ground truth and the latency, the sequence's 5°2cm / 10°5cm / IoU50,
-and frames in / out / dropped. The node's debug overlays and a contact sheet land in --out.
+frames in / out / dropped, and the tracking figures (tracks, id switches against ground truth, frame-to-frame
+jitter; cleanpose_tools/track_metrics.py). The node's debug overlays and a contact sheet land in --out.
 
 Exit status 0 only when it really ran end to end: the node answered frames, estimated objects, and published
 debug images.
@@ -33,7 +34,11 @@ from cleanpose_tools.bench import (
     score_frames,
 )
 from cleanpose_tools.replay import Replayer, TopicConfig, load_frames, stamp_ns_of
+from cleanpose_tools.track_metrics import format_tracking, tracking_figures
 
+# Where the self-supervised family's demo checkpoint (and its model card) lives: `make demo ARGS="--family
+# selfsup"` serves it.
+SELFSUP_DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "selfsup_demo"
 UNTRAINED_BANNER = (
     "!! UNTRAINED MODEL: no trained demo checkpoint (models/demo/) was found, so the node runs a network\n"
     "!! with seeded random weights in the demo configuration. Every stage runs; the poses are meaningless."
@@ -160,6 +165,7 @@ def report(run, acc: dict, bag, trained: bool, device: str) -> str:
         f"({s.get('found', 0)} estimated)"
     )
     lines.append(format_map(acc.get("nocs_map")))
+    lines.append(format_tracking(acc.get("tracking")))
     ls = [v for v in lat.values()]
     lines.append(
         f"Frames in {run.sent}, out {run.received}, dropped {run.dropped}; latency p50 "
@@ -192,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=None, help="default: models/demo, else an untrained demo model")
+    p.add_argument(
+        "--family",
+        choices=("cleanpose", "selfsup"),
+        default="cleanpose",
+        help="without --checkpoint: selfsup serves the self-supervised demo (models/selfsup_demo/)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--rate",
@@ -245,6 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[demo] bag: {len(counts)} frames, {min(counts)}-{max(counts)} objects per frame")
     if args.checkpoint:
         checkpoint, trained = args.checkpoint, True
+    elif args.family == "selfsup":
+        found = sorted(SELFSUP_DEMO_DIR.glob("*.safetensors")) if SELFSUP_DEMO_DIR.is_dir() else []
+        if not found:
+            print(
+                f"[demo] no self-supervised demo checkpoint in {SELFSUP_DEMO_DIR}: train one with "
+                "scripts/selfsup_study_gpu.sh (docs/selfsup.md), or serve any selfsup checkpoint with "
+                "--checkpoint PATH",
+                file=sys.stderr,
+            )
+            return 2
+        checkpoint, trained = str(found[0]), True
     else:
         ckpt, trained = default_checkpoint()
         checkpoint = str(ckpt)
@@ -282,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         (r.frame, bag.frames[r.frame].gt, r.output) for r in run.records if bag.frames[r.frame].gt is not None
     ]
     acc = score_frames(pairs) if pairs else {"skipped": "the bag has no ground truth"}
+    if pairs:
+        acc["tracking"] = tracking_figures(sorted(pairs, key=lambda p: p[0]))
     images = debug.save(run.records, out / "debug")
     sheet = contact_sheet(
         images,
