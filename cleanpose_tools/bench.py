@@ -519,6 +519,10 @@ def accuracy_section(bag: BagFrames, topics: TopicConfig, run: RunResult) -> dic
         return {"skipped": "no frame had ground truth within the sync slop, accuracy skipped"}
     acc = score_frames(pairs)
     acc["source"] = f"DDS {run.mode} run, iteration {run.iteration}"
+    from cleanpose_tools.track_metrics import tracking_figures
+
+    # identities and frame-to-frame jitter of the published stream (the node's tracking and filter)
+    acc["tracking"] = tracking_figures(sorted(pairs, key=lambda p: p[0]))
     return acc
 
 
@@ -814,6 +818,10 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"trans {_f(s['trans_cm_median'])} cm, size {_f(s['size_cm_median'])} cm"
         )
         lines.append(format_map(acc.get("nocs_map")))
+        if "tracking" in acc:
+            from cleanpose_tools.track_metrics import format_tracking
+
+            lines.append(format_tracking(acc["tracking"]))
     for note in result.get("notes", []):
         lines.append(f"Note: {note}")
     for err in result.get("errors", []):

@@ -118,6 +118,8 @@ def test_bench_real_node_small_bag(tmp_path, ros_overlay, storage, capsys):
     assert closed["received"] == 3, "closed loop waits for every answer"
     assert closed["cpu_percent_max"] is not None and closed["cpu_percent_max"] > 0
     assert res["accuracy"]["per_object_success"]["gt_objects"] > 0
+    trk = res["accuracy"]["tracking"]  # the node's track ids scored against ground truth
+    assert trk["tracks"] > 0 and trk["id_switches"] >= 0
     assert sum(v["count"] for v in res["latency_vs_objects"].values()) == closed["received"]
     if storage == "mcap":
         ip = res["in_process"]
@@ -131,6 +133,7 @@ def test_bench_real_node_small_bag(tmp_path, ros_overlay, storage, capsys):
             assert k in st and st[k] >= 0.0, (k, st)
     printed = capsys.readouterr().out
     assert "Node stages (ms" in printed and "| max (closed loop) | " in printed, printed
+    assert "Tracking: " in printed and " id switches" in printed, printed
     assert os.environ.get("ROS_DOMAIN_ID")  # ran on the session's own domain
 
 

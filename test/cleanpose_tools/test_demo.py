@@ -22,6 +22,8 @@ def test_demo_short_end_to_end(tmp_path, ros_overlay, capsys):
     assert (out / "contact_sheet.png").stat().st_size > 1000
     assert len(list((out / "debug").glob("frame_*.png"))) == summary["debug_images"]
     assert "| frame | objects | class |" in text and "5°2cm" in text and "Frames in 3" in text
+    trk = summary["accuracy"]["tracking"]  # the node's track ids scored against ground truth
+    assert trk["tracks"] > 0 and trk["id_switches"] >= 0 and "Tracking: " in text
     assert str(out.resolve()) in text
     if not summary["trained_model"]:
         assert "UNTRAINED MODEL" in text
