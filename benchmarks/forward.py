@@ -9,6 +9,11 @@ the ratio current / baseline, with the largest difference of their poses.
     python -m benchmarks forward --objects 1 6 16 --iterations 100 --out docs/results/h200
     python -m benchmarks forward --baseline-root /tmp/before --rounds 3     # before/after, one run
     python -m benchmarks forward --quick --out /tmp/b                       # CPU short mode
+    python -m benchmarks forward --family selfsup [--selfsup-config selfsup_study]  # the selfsup family
+
+``--family selfsup`` times ``SelfSupEstimator.predict`` in this process (no tree workers, no baseline): seeded
+weights of the named network config and seeded inputs of its crop size and point count (its speed does not
+depend on the weights' values; the pose read-out's Umeyama runs on whatever pairs the cycle filter keeps).
 """
 
 from __future__ import annotations
@@ -156,9 +161,35 @@ def add_tree_arguments(ap) -> None:
     )
 
 
+def selfsup_rows(args, report: harness.Report, device: str) -> None:
+    """Rows of the selfsup family: exact mode, one per object count."""
+    import torch
+
+    from cleanpose_model.families.selfsup import SelfSupEstimator
+    from cleanpose_model.types import ObjectBatch
+
+    est = SelfSupEstimator.from_config(args.selfsup_config, device=device, seed=0)
+    side, n_pts = est.inputs.image_size, est.inputs.n_points
+    for n in args.objects:
+        g = torch.Generator().manual_seed(n)
+        batch = ObjectBatch(
+            rgb=torch.randn(n, 3, side, side, generator=g).to(device),
+            pts=(torch.rand(n, n_pts, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, 0.6])).to(device),
+            choose=torch.randint(0, side * side, (n, n_pts), generator=g).to(device),
+            category=torch.arange(n).remainder(len(est.categories)).to(device),
+        )
+        samples = harness.time_call(
+            lambda b=batch: est.predict(b), device, warmup=args.warmup, iterations=args.iterations
+        )
+        report.add(tree="current", mode="exact", objects=n, **harness.summarize(samples))
+    report.data["selfsup_config"] = args.selfsup_config
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = harness.common_parser("forward", __doc__.splitlines()[0])
     add_tree_arguments(ap)
+    ap.add_argument("--family", default="cleanpose", choices=("cleanpose", "selfsup"))
+    ap.add_argument("--selfsup-config", default="selfsup", help="--family selfsup: the network config")
     ap.add_argument(
         "--rounds", type=int, default=None, help="passes over all rows (default 3 with a baseline, else 1)"
     )
@@ -184,6 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     device = str(resolve_device(args.device).device)
     rounds = args.rounds or (3 if args.baseline_root else 1)
     report = harness.Report("forward", args, device)
+    if args.family == "selfsup":
+        selfsup_rows(args, report, device)
+        for r in report.rows:
+            r["per_object_ms"] = r["median_ms"] / r["objects"] if r["objects"] else None
+        gpu = report.data["machine"].get("gpu", device)
+        title = f"Forward (predict), {gpu}, selfsup ({args.selfsup_config})"
+        report.print_rows(
+            ["tree", "mode", "objects", "median_ms", "p5_ms", "p95_ms", "per_object_ms", "n"], title
+        )
+        report.suite = "forward_selfsup"  # its own JSON: forward.json stays the CleanPose family's
+        report.write(args.out)
+        return 0
     modes = modes_for(device, args.modes, report)
     samples: dict[tuple[str, str, int], list[float]] = {}
     outputs: dict[tuple[str, str, int], dict] = {}
