@@ -115,12 +115,35 @@ def match_by_position(preds, gts) -> list[tuple]:
     return pairs
 
 
+class _Obj:
+    __slots__ = ("R", "cls", "instance_id", "t")
+
+    def __init__(self, o):
+        q = o.pose.orientation
+        x, y, z, w = q.x, q.y, q.z, q.w
+        n = math.sqrt(x * x + y * y + z * z + w * w) or 1.0
+        x, y, z, w = x / n, y / n, z / n, w / n
+        self.R = np.array(
+            [
+                [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+            ]
+        )
+        p = o.pose.position
+        self.t = np.array([p.x, p.y, p.z])
+        self.cls, self.instance_id = o.class_name, o.instance_id
+
+
+def objects_of(msg) -> list[_Obj]:
+    """An ObjectPoseArray's objects: class, instance id, rotation matrix, translation."""
+    return [_Obj(o) for o in msg.objects]
+
+
 def tracking_figures(frame_pairs, max_distance: float = 0.1) -> dict:
     """frame_pairs: (frame index, ground-truth ObjectPoseArray, published ObjectPoseArray or None), frames in
     order. A published object further than `max_distance` m from every ground-truth object of its class is
     not scored (a false detection has no identity to keep). Jitter needs consecutive frame indices."""
-    from cleanpose_tools.bench import objects_of
-
     score = TrackScore()
     unmatched = 0
     for k, gt_msg, pred_msg in frame_pairs:
