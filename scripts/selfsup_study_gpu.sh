@@ -35,7 +35,8 @@ args=(--t1 "${T1:-90}" --t2 "${T2:-90}")
 if [ "${SMOKE:-0}" = 1 ]; then
     args=(--smoke --device cpu --workers 0 --jobs 1 --threads 1)
 else
-    args+=(--device cuda --workers 2 --jobs 8 --threads 2)
+    # 16 cores: stage 1 shares them with the supervised run only; phase 2 runs six processes at once.
+    args+=(--device cuda --workers 2 --stage1-workers 6 --jobs 8 --threads 2)
 fi
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true

@@ -117,9 +117,10 @@ class Runner:
 
 def _selfsup(args, stage: int, out: Path, data: Path, budget: float, *extra: str) -> list[str]:
     cfg = "training/configs/selfsup_smoke.yaml" if args.smoke else "training/configs/selfsup_study.yaml"
+    workers = args.stage1_workers if stage == 1 and args.stage1_workers is not None else args.workers
     cmd = [sys.executable, "-m", "cleanpose_training.selfsup.train", "--stage", str(stage), "--config", cfg,
            "--out", str(out), "--data", str(data), "--device", args.device, "--no-progress",
-           "--workers", str(args.workers)]  # fmt: skip
+           "--workers", str(workers)]  # fmt: skip
     cmd += ["--iterations", "2"] if args.smoke else ["--time-budget", str(budget)]
     return cmd + list(extra)
 
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--t1", type=float, default=90.0, help="stage-1 budget (s)")
     r.add_argument("--t2", type=float, default=90.0, help="budget of each stage-2 run (s)")
     r.add_argument("--workers", type=int, default=2, help="data processes per run (0: none)")
+    r.add_argument("--stage1-workers", type=int, help="data processes of stage 1 (default --workers)")
     r.add_argument("--jobs", type=int, default=8, help="concurrent runs of phases 2 and 3")
     r.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
     return p
