@@ -7,7 +7,8 @@ Suites: ``forward`` (estimator forward per mode and object count; ``--baseline-r
 in the same run), ``kernels`` (each Triton kernel against its torch reference), ``memory`` (process memory
 per object count, a fresh process per row), ``preprocess`` (per-object input building, numpy and torch forms),
 ``node`` (the ROS node: its frame path in-process, or the DDS path publish -> poses), ``tracking`` (identities
-and temporal filtering on synthetic sequences with ground truth: id switches, jitter, accuracy, lag).
+and temporal filtering on synthetic sequences with ground truth: id switches, jitter, accuracy, lag),
+``codecs`` (compressed inputs: decode cost per frame, and the node's latency over DDS raw vs compressed).
 Every suite prints markdown tables and writes ``<out>/<suite>.json``; ratios are only formed between rows
 of the same run.
 """

@@ -15,6 +15,7 @@ SUITES = {
     "node": "benchmarks.node",
     "tracking": "benchmarks.tracking",
     "soak": "benchmarks.soak",
+    "codecs": "benchmarks.codecs",
 }
 
 

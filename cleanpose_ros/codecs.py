@@ -101,19 +101,25 @@ def decode_depth(data, fmt: str) -> tuple[np.ndarray, str]:
     return d, enc
 
 
-def encode_color(rgb: np.ndarray, codec: str = "jpeg", quality: int = 90) -> tuple[bytes, str]:
+def encode_color(
+    rgb: np.ndarray, codec: str = "jpeg", quality: int = 95, png_level: int = 3
+) -> tuple[bytes, str]:
     """(H, W, 3) uint8 RGB -> (data, format) as compressed_image_transport publishes an rgb8 image (tests,
-    benchmarks)."""
+    benchmarks); the defaults are the plugin's (jpeg_quality 95, png_level 3)."""
     ext = {"jpeg": ".jpg", "png": ".png"}[codec]
-    opts = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if codec == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    if codec == "jpeg":
+        opts = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    else:
+        opts = [cv2.IMWRITE_PNG_COMPRESSION, int(png_level)]
     ok, out = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), opts)
     if not ok:
         raise CodecError(f"{codec} encoding failed")
     return out.tobytes(), f"rgb8; {codec} compressed bgr8"
 
 
-def encode_depth(depth_mm: np.ndarray, png_level: int = 1) -> tuple[bytes, str]:
-    """(H, W) uint16 mm -> (data, format) as compressed_depth_image_transport publishes a 16UC1 image."""
+def encode_depth(depth_mm: np.ndarray, png_level: int = 3) -> tuple[bytes, str]:
+    """(H, W) uint16 mm -> (data, format) as compressed_depth_image_transport publishes a 16UC1 image (its
+    default png_level 3)."""
     if depth_mm.dtype != np.uint16 or depth_mm.ndim != 2:
         raise CodecError(f"16UC1 depth must be (H, W) uint16, got {depth_mm.dtype} {depth_mm.shape}")
     ok, out = cv2.imencode(".png", depth_mm, [cv2.IMWRITE_PNG_COMPRESSION, int(png_level)])
