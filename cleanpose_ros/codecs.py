@@ -44,8 +44,39 @@ def _bytes(data) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
 
-def decode_color(data, fmt: str) -> np.ndarray:
-    """JPEG/PNG bytes -> (H, W, 3) uint8 RGB. `fmt` is the message's format string."""
+def header_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) a PNG's IHDR or a JPEG's frame header declares, read before decoding, so a small
+    message declaring a huge image is refused instead of allocated; None when neither is found."""
+    b = buf.tobytes() if buf.size < 64 else buf[:65536].tobytes()
+    if b[:8] == b"\x89PNG\r\n\x1a\n" and len(b) >= 24 and b[12:16] == b"IHDR":
+        return int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
+    if b[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(b):  # marker segments up to the first start-of-frame (SOF0..SOF15 but DHT/JPG/DAC)
+        if b[i] != 0xFF:
+            return None
+        m = b[i + 1]
+        if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(b[i + 7 : i + 9], "big"), int.from_bytes(b[i + 5 : i + 7], "big")
+        i += 2 + int.from_bytes(b[i + 2 : i + 4], "big")
+    return None
+
+
+def _check_size(buf: np.ndarray, max_pixels: int | None) -> None:
+    if max_pixels is None:
+        return
+    size = header_size(buf)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise CodecError(
+            f"the image declares {size[0]}x{size[1]} = {size[0] * size[1]} pixels, more than "
+            f"max_image_pixels {max_pixels} (not decoded)"
+        )
+
+
+def decode_color(data, fmt: str, max_pixels: int | None = None) -> np.ndarray:
+    """JPEG/PNG bytes -> (H, W, 3) uint8 RGB. `fmt` is the message's format string; an image declaring more
+    than `max_pixels` pixels is refused before decoding."""
     f = str(fmt).lower()
     if "compresseddepth" in f:
         raise CodecError(f"format '{fmt}' is a compressedDepth image, not a colour one")
@@ -54,6 +85,7 @@ def decode_color(data, fmt: str) -> np.ndarray:
     buf = _bytes(data)
     if buf.size == 0:
         raise CodecError("empty data")
+    _check_size(buf, max_pixels)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise CodecError(f"{buf.size} bytes are not a decodable {fmt or 'jpeg/png'} image")
@@ -63,7 +95,7 @@ def decode_color(data, fmt: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def decode_depth(data, fmt: str) -> tuple[np.ndarray, str]:
+def decode_depth(data, fmt: str, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     """compressedDepth bytes -> ((H, W) uint16 mm, "16UC1") or ((H, W) float32 m, NaN invalid, "32FC1")."""
     enc, _, rest = str(fmt).partition(";")
     enc, rest = enc.strip().upper(), rest.strip().lower()
@@ -80,6 +112,7 @@ def decode_depth(data, fmt: str) -> tuple[np.ndarray, str]:
     if buf.size <= DEPTH_HEADER_BYTES:
         raise CodecError(f"{buf.size} bytes: no room for the {DEPTH_HEADER_BYTES}-byte header and a PNG")
     head = buf[:DEPTH_HEADER_BYTES].view(_DEPTH_HEADER)[0]
+    _check_size(buf[DEPTH_HEADER_BYTES:], max_pixels)
     img = cv2.imdecode(buf[DEPTH_HEADER_BYTES:], cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise CodecError(
@@ -152,15 +185,15 @@ class DecodedImage:
         )
 
 
-def decode_color_msg(msg) -> DecodedImage:
+def decode_color_msg(msg, max_pixels: int | None = None) -> DecodedImage:
     """CompressedImage (colour) -> DecodedImage rgb8."""
     t0 = time.perf_counter()
-    rgb = decode_color(msg.data, msg.format)
+    rgb = decode_color(msg.data, msg.format, max_pixels)
     return DecodedImage.of(msg.header, rgb, "rgb8", (time.perf_counter() - t0) * 1e3)
 
 
-def decode_depth_msg(msg) -> DecodedImage:
+def decode_depth_msg(msg, max_pixels: int | None = None) -> DecodedImage:
     """CompressedImage (compressedDepth) -> DecodedImage 16UC1 or 32FC1."""
     t0 = time.perf_counter()
-    depth, enc = decode_depth(msg.data, msg.format)
+    depth, enc = decode_depth(msg.data, msg.format, max_pixels)
     return DecodedImage.of(msg.header, depth, enc, (time.perf_counter() - t0) * 1e3)

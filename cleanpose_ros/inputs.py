@@ -94,7 +94,7 @@ class CameraInputs:
                 if not compressed:
                     continue
                 try:
-                    decoded = decode(image if key == "image" else depth)
+                    decoded = decode(image if key == "image" else depth, params().max_image_pixels)
                 except codecs.CodecError as e:
                     stats.on_input()  # a set that came and was not used: inputs = used + dropped + skipped
                     stats.on_skip(kind)

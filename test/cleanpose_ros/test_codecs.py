@@ -120,3 +120,21 @@ def test_bad_depth_data_raises_a_named_error():
         with pytest.raises(codecs.CodecError, match=match):
             codecs.decode_depth(data, f)
     assert issubclass(codecs.CodecError, conversions.ConversionError)
+
+
+def test_declared_size_is_checked_before_decoding():
+    rgb = _rgb(48, 64)
+    for codec in ("jpeg", "png"):
+        data, fmt = codecs.encode_color(rgb, codec)
+        assert codecs.header_size(np.frombuffer(data, np.uint8)) == (64, 48)
+        assert codecs.decode_color(data, fmt, max_pixels=64 * 48).shape == (48, 64, 3)
+        with pytest.raises(codecs.CodecError, match="max_image_pixels 3071"):
+            codecs.decode_color(data, fmt, max_pixels=64 * 48 - 1)
+    depth, fmt = codecs.encode_depth(np.ones((30, 40), np.uint16))
+    with pytest.raises(codecs.CodecError, match="40x30 = 1200 pixels"):
+        codecs.decode_depth(depth, fmt, max_pixels=1000)
+    # a PNG header that declares a huge image is refused, whatever follows it
+    bomb = bytearray(codecs.encode_color(rgb, "png")[0])
+    bomb[16:24] = (100_000).to_bytes(4, "big") * 2
+    with pytest.raises(codecs.CodecError, match="100000x100000"):
+        codecs.decode_color(bytes(bomb), "png", max_pixels=10**7)
