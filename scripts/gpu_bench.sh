@@ -13,7 +13,9 @@
 #   GPU_BENCH_ARGS (more cleanpose-bench flags, e.g. "--checkpoint F" from scripts/make_parity_checkpoint.py).
 #   GPU_BENCH_NODE: when set, runs `python -m benchmarks node $GPU_BENCH_NODE --out OUT_DIR/node` (the node
 #   suite, e.g. "--parts dds --nodes model --device cuda --cameras 2 --objects 6 --rates 30 --iterations 300")
-#   instead of cleanpose-bench; OUT_DIR/node/node.json + the printed table.
+#   instead of cleanpose-bench; OUT_DIR/node/node.json + the printed table. GPU_BENCH_SUITE (default node)
+#   names another suite for those flags, e.g. GPU_BENCH_SUITE=codecs GPU_BENCH_NODE="--device cuda --rates 30"
+#   (compressed vs raw inputs over DDS) -> OUT_DIR/codecs/codecs.json.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mode="${1:-}"
@@ -114,7 +116,7 @@ run() {
     echo "[gpu_bench] ROS ready ($((SECONDS - t0)) s)"
     if [ -n "${GPU_BENCH_NODE:-}" ]; then
         # shellcheck disable=SC2086  # the suite's flags, word-split on purpose
-        (cd "$REPO" && "$py" -m benchmarks node $GPU_BENCH_NODE --out "$out/node")
+        (cd "$REPO" && "$py" -m benchmarks "${GPU_BENCH_SUITE:-node}" $GPU_BENCH_NODE --out "$out/${GPU_BENCH_SUITE:-node}")
         echo "[gpu_bench] done in $((SECONDS - t0)) s"
         return
     fi
