@@ -7,7 +7,9 @@ Per mode, what it binds (each form and kernel receives its precision here, as a 
   of the transformer stacks, GAFA, front-door encoder and PointNet++ (forms/*.py), in the layout of
   forms/net.py;
 - CPU (``"exact"``): their torch paths (the attention core, neighbour choice and PointNet++ index work as
-  in ``ops/*.py``);
+  in ``ops/*.py``), and where oneDNN is in the build (forms/cpu.py) every linear layer with its weight
+  packed once for oneDNN and DINOv2 as `CpuDinoV2` (fp32 products, GELU in the product); there is no CPU
+  ``"fast"`` (bf16 leaves its pose budget: forms/cpu.py);
 - CUDA ``"exact"``: Triton for PointNet++'s furthest point sampling, ball query and three-NN (the same
   picks as the torch references), GAFA's neighbour choice and the attention core in full fp32 ("ieee");
   every other product in full fp32 (TF32 off);
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from cleanpose_model.inference.forms.attention import FusedAttnLayer, FusedSelfAttnLayer
+from cleanpose_model.inference.forms.cpu import CpuDinoV2, have_onednn, pack_linears
 from cleanpose_model.inference.forms.dinov2 import AutocastBackbone, FastDinoV2
 from cleanpose_model.inference.forms.front_door import FusedFrontDoor
 from cleanpose_model.inference.forms.gafa import FusedGAFA
@@ -128,6 +131,14 @@ def bind_forms(net: CleanPoseNet, mode: InferenceMode, kernels: bool) -> Inferen
     return InferenceNet(_replace(folded, **forms), gather_kernel=fast_kernels is not None)
 
 
+def bind_cpu_forms(net: CleanPoseNet) -> InferenceNet:
+    """The CPU (exact) inference copy of ``net``: the exact torch forms, then DINOv2 as `CpuDinoV2` and
+    every other linear layer packed for oneDNN (forms/cpu.py). Parameters shared with ``net``, whose
+    modules are untouched."""
+    inner = bind_forms(net, InferenceMode("exact"), kernels=False).net
+    return InferenceNet(pack_linears(_replace(inner, rgb_extractor=CpuDinoV2(inner.rgb_extractor))))
+
+
 def build_inference(
     net: CleanPoseNet, mode: InferenceMode, queue_entries: int | None = None
 ) -> GraphedForward | EagerInference:
@@ -141,9 +152,13 @@ def build_inference(
     cuda = device.type == "cuda"
     if not cuda and (mode.precision == "fast" or mode.cuda_graphs):
         raise ValueError(f"{mode} needs the network on a CUDA device, it is on {device}")
-    if mode.cuda_graphs and next(net.parameters()).dtype != torch.float32:
+    float32 = next(net.parameters()).dtype == torch.float32
+    if mode.cuda_graphs and not float32:
         raise ValueError("CUDA graphs replay a float32 network")
-    model = bind_forms(net, mode, kernels=cuda and HAVE_TRITON)
+    if device.type == "cpu" and float32 and have_onednn():
+        model = bind_cpu_forms(net)
+    else:
+        model = bind_forms(net, mode, kernels=cuda and HAVE_TRITON)
     tf32 = mode.precision == "fast"
     if not mode.cuda_graphs:
         return EagerInference(model, tf32)
