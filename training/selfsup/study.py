@@ -98,6 +98,7 @@ class Runner:
             for j in finished:
                 running.remove(j)
                 done.append(j)
+                self.times[j[0]] = round(time.perf_counter() - j[3], 1)  # when it ended, not when collected
             if not finished:
                 time.sleep(0.2)
         self.wait([*done, *also])
@@ -107,7 +108,7 @@ class Runner:
         for name, proc, fh, t0, log in jobs:
             rc = proc.wait()
             fh.close()
-            self.times[name] = round(time.perf_counter() - t0, 1)
+            self.times.setdefault(name, round(time.perf_counter() - t0, 1))
             print(f"[study] {name}: rc {rc}, {self.times[name]} s", flush=True)
             if rc != 0:
                 failed.append(f"{name} (rc {rc}): {log}\n" + "".join(log.read_text().splitlines(True)[-15:]))
@@ -217,14 +218,18 @@ def tables(r: dict) -> str:
     m, st = r["metrics"], r["steps"]
     head = "| model | " + " | ".join(label for label, _ in METRICS) + " | steps |\n|---|" + "---|" * 7
     b = r["budgets_s"]
+    budgets = (
+        "SMOKE: 2 steps per run (the numbers below mean nothing)"
+        if r["smoke"]
+        else f"Budgets: stage 1 {b['stage1']} s, each stage-2 run {b['stage2_per_run']} s, supervised "
+        f"{b['supervised']} s (wall clock, concurrent runs sharing one device)"
+    )
     lines = [
         f"# Self-supervised study ({'SMOKE, ' if r['smoke'] else ''}device {r['device']}, "
         f"total {r['wall_s']['total']} s)",
         "",
-        f"Budgets: stage 1 {b['stage1']} s, each stage-2 run {b['stage2_per_run']} s, supervised "
-        f"{b['supervised']} s (wall clock, concurrent runs sharing one device). Mean AP (%) over the "
-        f"categories with ground truth, on held-out frames ({r['test_images']['a']} style-a, "
-        f"{r['test_images']['b']} style-b test images, never trained on).",
+        f"{budgets}. Mean AP (%) over the categories with ground truth, on held-out frames "
+        f"({r['test_images']['a']} style-a, {r['test_images']['b']} style-b test images, never trained on).",
         "",
         "## Self-supervised (no pose label) vs supervised (labels), trained on style a, tested on style a",
         "",
