@@ -19,6 +19,16 @@ exactly the ``select_num`` entries our deterministic mode selects, so its ``np.r
 permutation of them, and the front-door attention (no positional terms over the queue) gives our
 deterministic outputs; the suite reports the pose difference to ours.
 
+On the GPU box (git-ignored /.carry/, carried with the working tree; nothing of it is committed):
+
+    .carry/CleanPose/   git archive of github.com/chrislin0621/CleanPose (904eea2), 5.9 MB
+    .carry/dinov2/      git archive of github.com/facebookresearch/dinov2 (optional), 3.3 MB
+    # its PointNet++ ops exist only as a CUDA extension (model/pointnet2/setup.py: CUDAExtension, nvcc and
+    # setuptools needed; the code has no torch fallback: pointnet2_utils raises ImportError without _ext)
+    (cd .carry/CleanPose/model/pointnet2 && python setup.py build_ext --inplace)
+    python -m benchmarks forward --device cuda --objects 1 6 16 --iterations 100 \
+        --published-root .carry/CleanPose --published-dinov2 .carry/dinov2 --out OUT
+
 Imports only the standard library, torch, numpy and yaml (the worker's rules, benchmarks/worker.py).
 """
 
@@ -169,7 +179,7 @@ def import_net_class(root: Path):
     except ImportError as e:
         raise RuntimeError(
             f"importing the published Net from {root} failed ({e}); its PointNet++ extension must be built "
-            "and importable as pointnet2._ext (see docs/results/h200/README.md)"
+            "and importable as pointnet2._ext (benchmarks/published.py says how)"
         ) from e
     return Net
 
