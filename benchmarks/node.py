@@ -191,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="dds part: one node serving this many cameras (cam0..), one replayer each; rows per set",
     )
+    ap.add_argument(
+        "--camera-wait",
+        type=float,
+        default=None,
+        help="dds part: the node's camera_wait (s; default: the parameter's default)",
+    )
     # quick: 6 frames per row, enough for the DDS part's 30 Hz pacing to matter
     args = harness.finish_args(ap.parse_args(argv), objects=[6], quick_objects=[3], quick_iterations=6)
     if args.quick:

@@ -92,7 +92,10 @@ def serve(kind: str, args) -> int:
 
     from cleanpose_ros.node import CleanPoseNode, spin
 
-    params = node_parameters(args, input_reliability="reliable", diagnostics_period=0.5, cameras=cams)
+    extra = {"camera_wait": args.camera_wait} if args.camera_wait is not None else {}
+    params = node_parameters(
+        args, input_reliability="reliable", diagnostics_period=0.5, cameras=cams, **extra
+    )
     node = CleanPoseNode(NODE_NAME, parameter_overrides=params)
     if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
         return 1
@@ -156,6 +159,8 @@ def start_node(kind: str, args, log: Path):
 
     cmd = [sys.executable, "-m", "benchmarks.node_dds", "--serve", kind, "--device", args.device]
     cmd += ["--cameras", str(getattr(args, "cameras", 1))]
+    if getattr(args, "camera_wait", None) is not None:
+        cmd += ["--camera-wait", str(args.camera_wait)]
     if args.checkpoint:
         cmd += ["--checkpoint", str(args.checkpoint)]
     return NodeProcess(cmd, log, cwd=REPO)
@@ -313,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--cameras", type=int, default=1)
+    ap.add_argument("--camera-wait", type=float, default=None)
     args = ap.parse_args(argv)
     from cleanpose_tools.replay import prefer_large_data_transport
 
