@@ -153,6 +153,26 @@ def _steps(run: Path) -> int | None:
     return None
 
 
+def _step_timing(run: Path) -> dict | None:
+    """Median step time and median Hungarian time of a selfsup run (the issue's check that the assignment
+    does not dominate a step, measured where the study runs)."""
+    import statistics
+
+    scalars = run / "scalars.csv"
+    if not scalars.is_file():
+        return None
+    rows = list(csv.DictReader(scalars.open()))
+    if not rows or "step_s" not in rows[0]:
+        return None
+    step = statistics.median(float(r["step_s"]) for r in rows)
+    out = {"median_step_s": round(step, 4)}
+    if "hungarian_s" in rows[0]:
+        hung = statistics.median(float(r["hungarian_s"]) for r in rows)
+        out["median_hungarian_s"] = round(hung, 4)
+        out["hungarian_share"] = round(hung / step, 3) if step else None
+    return out
+
+
 def run_study(args) -> dict:
     out, data = Path(args.out).resolve(), Path(args.data).resolve()
     for root in ("shapes", "a", "b"):
@@ -195,6 +215,7 @@ def run_study(args) -> dict:
         "smoke": args.smoke,
         "budgets_s": {"stage1": t1, "stage2_per_run": t2, "supervised": t1 + t2},
         "steps": {name: _steps(runs / name) for name in ckpt},
+        "step_timing": {name: _step_timing(runs / name) for name in ckpt if name != "supervised_a"},
         "wall_s": {**runner.times, "total": round(time.perf_counter() - t_all, 1)},
         "metrics": metrics,
         "test_images": {s: len((data / s / "test_list_all.txt").read_text().split()) for s in ("a", "b")},

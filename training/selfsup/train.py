@@ -199,7 +199,9 @@ class SelfSupTrainer:
                 csv.writer(fh).writerows(kept)
 
     def save(self) -> None:
-        cursors = distributed.all_gather_cat(self.dist, torch.tensor([self.cursor], dtype=torch.long))
+        # on the device: NCCL gathers CUDA tensors only
+        mine = torch.tensor([self.cursor], dtype=torch.long, device=self.device)
+        cursors = distributed.all_gather_cat(self.dist, mine).cpu()
         if not self.dist.is_main:
             return
         state = {
