@@ -14,6 +14,7 @@ setup:
 	bash scripts/setup.sh
 
 # The main job on the embedded default (demo checkpoint + synthetic rosbag): the node replayed a recorded bag.
+# ARGS="--family selfsup" serves the self-supervised demo checkpoint (models/selfsup_demo/, docs/selfsup.md).
 demo: setup
 	$(ENV) && python -m cleanpose_tools.demo $(ARGS)
 
