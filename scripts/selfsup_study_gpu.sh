@@ -4,7 +4,8 @@
 # held-out frames, tables, the <= 20 MB demo checkpoint + model card), written to OUT_DIR:
 #   bash scripts/selfsup_study_gpu.sh OUT_DIR [DATA_DIR=outputs/selfsup_study_data]
 # Budgets (wall clock, concurrent runs sharing the GPU): stage 1 T1=90 s, each of the 6 stage-2 runs T2=90 s,
-# the supervised baseline T1+T2; ~5-6 minutes in all on an H200 (startup, evaluation included).
+# the supervised baseline T1+T2; ~5-6 minutes in all on an H200 (startup, evaluation and the selfsup
+# forward benchmark on the GPU included).
 # The data is rendered beforehand where Open3D is installed (the GPU box has none; ~50 MB):
 #   python -m cleanpose_training.selfsup.study data outputs/selfsup_study_data
 # Needs no install: the repository root on PYTHONPATH and a link that names training/ cleanpose_training.
@@ -43,11 +44,19 @@ fi
     "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
     start=$SECONDS
     "$py" -m cleanpose_training.selfsup.study run "$out" --data "$data" "${args[@]}"
+    echo "[selfsup_study_gpu] study $((SECONDS - start)) s"
+    if [ "${SMOKE:-0}" != 1 ]; then
+        # The family's GPU speed per object count (issue 16 point 4), both shipped sizes; ~1 minute.
+        for cfg in selfsup_study selfsup; do
+            "$py" -m benchmarks forward --family selfsup --selfsup-config "$cfg" --device cuda \
+                --objects 1 6 16 --iterations 50 --out "$out/bench_$cfg"
+        done
+    fi
     echo "[selfsup_study_gpu] total $((SECONDS - start)) s"
 } 2>&1 | tee "$out/study.log"
 # Only the demo checkpoint comes back: the runs' weights and optimizer states are not results.
 rm -rf "$out"/runs/*/train_state.pt "$out"/runs/*/model.safetensors "$out"/runs/*/final.safetensors \
-    "$out"/runs/*/ckpt
+    "$out"/runs/*/ckpt "$out"/eval/*/results
 if [ "${SMOKE:-0}" != 1 ] && [ -f "$out/selfsup_demo.safetensors" ]; then
     # Result files over 16 MiB do not come back from the GPU box: parts of <= 15 MB, joined with
     #   cat selfsup_demo.safetensors.part* > selfsup_demo.safetensors   (sha256 in study.log)
