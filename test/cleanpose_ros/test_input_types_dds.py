@@ -6,6 +6,7 @@ model API in this process; a set that does not decode is skipped and counted, an
 from __future__ import annotations
 
 import contextlib
+import time
 
 import numpy as np
 import pytest
@@ -35,27 +36,21 @@ def pipe(checkpoint):
 
 
 @contextlib.contextmanager
-def _graph(params: dict, domain: int, log, inputs: dict):
-    """Node with `params` (tracking off: the published poses are the measurements) and a client with one
-    publisher per (topic -> type) of `inputs` plus camera_info."""
+def _graph(params: dict, domain: int, log, inputs: dict, remaps: dict | None = None):
+    """Node with `params` (tracking off: the published poses are the measurements) and `remaps`, and a client
+    with one publisher per (topic -> type) of `inputs` plus camera_info. The client's node already publishes
+    `detections` as InstanceSegmentation (one type per topic in a participant): other detection types are
+    published on another topic the node's `detections` is remapped to, as with yolo_ros' /yolo/detections."""
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo
 
     base = {"device": "cpu", "warmup": False, "input_reliability": "reliable", "diagnostics_period": 0.5}
-    node = H.NodeProcess({**base, "tracking": False, **params}, domain, log)
+    node = H.NodeProcess({**base, "tracking": False, **params}, domain, log, remaps=remaps)
     client = H.Client(domain, outputs=["poses", "diagnostics"])
-    # a participant of its own: the client's already publishes `detections` as InstanceSegmentation, and one
-    # DDS participant holds one type per topic
-    import rclpy
-    from rclpy.context import Context
-
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=domain)
-    pub_node = rclpy.create_node("cleanpose_input_types", context=ctx)
     try:
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         pubs = {
-            t: pub_node.create_publisher(typ, t, qos)
+            t: client.node.create_publisher(typ, t, qos)
             for t, typ in {**inputs, "camera_info": CameraInfo}.items()
         }
         client.wait(
@@ -67,10 +62,18 @@ def _graph(params: dict, domain: int, log, inputs: dict):
             f"the node's subscriptions to {sorted(pubs)}",
             node,
         )
+        # Matched is not yet delivering: CameraInfo (cached, not synchronized) until the node counts one
+        # proves the data path before any frame is sent.
+        info = H.info_msg(np.eye(3), 1, 1)
+
+        def info_arrived():
+            pubs["camera_info"].publish(info)
+            time.sleep(0.2)
+            return client.diagnostics().get("input_camera_info_messages", "0") != "0"
+
+        client.wait(info_arrived, 60, "the node's first CameraInfo from this participant", node)
         yield client, node, pubs
     finally:
-        pub_node.destroy_node()
-        ctx.try_shutdown()
         client.close()
 
 
@@ -188,14 +191,15 @@ def test_detection2d_array_with_label_image(checkpoint, frames, pipe, tmp_path):
     from vision_msgs.msg import Detection2DArray
 
     params = {"checkpoint": str(checkpoint), "segmenter_input": "detection2d_labels"}
-    inputs = {"image": Image, "depth": Image, "label_image": Image, "detections": Detection2DArray}
-    with _graph(params, 72, tmp_path / "node.log", inputs) as (client, node, pubs):
+    inputs = {"image": Image, "depth": Image, "label_image": Image, "/segmenter/detections": Detection2DArray}
+    remaps = {"detections": "/segmenter/detections"}
+    with _graph(params, 72, tmp_path / "node.log", inputs, remaps) as (client, node, pubs):
         fr, ns = frames[0], 1_700_000_002_000_000_000
         img, dep, det_is = H.frame_messages(fr, ns)
         ids = [int(i) + 1 for i in fr.instance_ids]  # label 0 is background
         det = S.detection2d_array([NAMES[c] for c in fr.category_ids], ns, ids=ids)
         lab = S.label_image(fr.masks, ids, ns, "16UC1")
-        _send(pubs, fr, ns, {"image": img, "depth": dep, "label_image": lab, "detections": det})
+        _send(pubs, fr, ns, {"image": img, "depth": dep, "label_image": lab, "/segmenter/detections": det})
         out = _wait_poses(client, node, ns, "~/poses", 120)
         # the same masks as the InstanceSegmentation path: the same poses
         ref = pipe.process(
@@ -212,8 +216,9 @@ def test_yolo_detection_array(checkpoint, frames, pipe, tmp_path):
     from cleanpose_ros.segmenters import YoloDetections
 
     params = {"checkpoint": str(checkpoint), "segmenter_input": "yolo"}
-    inputs = {"image": Image, "depth": Image, "detections": DetectionArray}
-    with _graph(params, 73, tmp_path / "node.log", inputs) as (client, node, pubs):
+    inputs = {"image": Image, "depth": Image, "/yolo/detections": DetectionArray}
+    remaps = {"detections": "/yolo/detections"}  # yolo_ros' topic
+    with _graph(params, 73, tmp_path / "node.log", inputs, remaps) as (client, node, pubs):
         fr, ns = frames[1], 1_700_000_003_000_000_000
         img, dep, _ = H.frame_messages(fr, ns)
         cats = [NAMES[c] for c in fr.category_ids]
@@ -224,7 +229,7 @@ def test_yolo_detection_array(checkpoint, frames, pipe, tmp_path):
             ns,
             (fr.rgb.shape[1], fr.rgb.shape[0]),
         )
-        _send(pubs, fr, ns, {"image": img, "depth": dep, "detections": det})
+        _send(pubs, fr, ns, {"image": img, "depth": dep, "/yolo/detections": det})
         out = _wait_poses(client, node, ns, "~/poses", 120)
         ref = pipe.process(
             conversions.rgb_from_image(img),
