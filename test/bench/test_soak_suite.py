@@ -131,6 +131,7 @@ def test_soak_short_run_over_dds(tmp_path, ros_overlay):
 
 @pytest.mark.ros
 @pytest.mark.slow  # 30 minutes
+@pytest.mark.timeout(2700)  # above the ini's 600 s per test
 def test_soak_30_minutes_memory_flat(tmp_path, ros_overlay):
     data = _run(tmp_path, "--minutes", "30", timeout=2400)
     s = _check(data, max_thread_growth=2)
