@@ -22,6 +22,7 @@ window (allocator, DDS and first-frame growth), reported per 1,000 frames.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -348,6 +349,10 @@ COLUMNS = [
 ]
 
 
+def _exit_on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = harness.common_parser("soak", __doc__.splitlines()[0])
     ap.add_argument(
@@ -381,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "auto":
         args.device = "cpu"  # the soak measures the node's process, not the accelerator; --device cuda asks
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    # SIGTERM (a timeout, a CI job cancelled) ends the run through its finally blocks, which stop the node:
+    # it runs in a session of its own and would outlive a benchmark killed by the default handler.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     report = harness.Report("soak", args, args.device if args.device.startswith("cuda") else "cpu")
     report.data["loadavg_start"] = os.getloadavg()
     s = soak(args, report)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import zlib
@@ -93,9 +94,21 @@ def test_png_is_a_valid_image(tmp_path):
 
 def _run(tmp_path: Path, *args: str, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "benchmarks", "soak", "--out", str(tmp_path), *args]
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "| minutes | rate_hz |" in res.stdout  # the table
+    bench = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = bench.communicate(timeout=timeout)
+    finally:
+        # On a timeout (this one or pytest's), SIGINT first: the suite then stops its node, which runs in
+        # a session of its own and would outlive a SIGKILLed benchmark.
+        if bench.poll() is None:
+            bench.send_signal(signal.SIGINT)
+            try:
+                bench.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                bench.kill()
+                bench.communicate()
+    assert bench.returncode == 0, out[-3000:] + err[-3000:]
+    assert "| minutes | rate_hz |" in out  # the table
     return json.loads((tmp_path / "soak.json").read_text())
 
 
