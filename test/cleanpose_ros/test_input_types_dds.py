@@ -183,7 +183,10 @@ def test_compressed_colour_and_depth(checkpoint, frames, pipe, tmp_path):
         )
         _wait_poses(client, node, ns_ok, "~/poses after the bad set", 60)
         assert client.output_for(ns_bad) is None
-        assert "bad_image" in node.log() and "not a decodable" in node.log()
+        # the node's log line (its stderr reaches the file a little after the counter reaches diagnostics)
+        client.wait(
+            lambda: "bad_image" in node.log() and "not a decodable" in node.log(), 30, "the log line", node
+        )
 
 
 def test_detection2d_array_with_label_image(checkpoint, frames, pipe, tmp_path):
