@@ -161,6 +161,8 @@ def _cap_cuda_memory(pipeline, work: int):
     few 2-object frames (4x their working memory, at least 64 MiB), far from the 100x that 200 objects
     need; returns the undo."""
     dev = pipeline.estimator.device
+    # set_per_process_memory_fraction wants an index; the estimator's device may be plain "cuda".
+    dev = dev.index if dev.index is not None else torch.cuda.current_device()
     torch.cuda.synchronize(dev)
     torch.cuda.empty_cache()  # cached free blocks would count as held
     total = torch.cuda.get_device_properties(dev).total_memory

@@ -203,7 +203,7 @@ class UnlabeledWild6D:
 
 
 def _bag_topics() -> dict[str, str]:
-    from cleanpose_training.synthetic import bag_writer as bw
+    from cleanpose_training.synthetic import topics as bw
 
     return {
         "image": bw.TOPIC_COLOR,

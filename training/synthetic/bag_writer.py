@@ -20,13 +20,8 @@ from . import types as T
 from .nocs_writer import MaskNoise, boxes_from_masks
 from .render import Frame
 from .shapes import CATEGORIES
+from .topics import TOPIC_COLOR, TOPIC_DEPTH, TOPIC_DETECTIONS, TOPIC_GT, TOPIC_INFO, TOPIC_TF
 
-TOPIC_COLOR = "/camera/color/image_raw"
-TOPIC_DEPTH = "/camera/aligned_depth_to_color/image_raw"
-TOPIC_INFO = "/camera/color/camera_info"
-TOPIC_DETECTIONS = "/detections"
-TOPIC_GT = "/ground_truth/poses"
-TOPIC_TF = "/tf"
 CAMERA_FRAME = "camera_color_optical_frame"
 WORLD_FRAME = "world"
 # 2023-11-14T22:13:20Z: a fixed, plausible epoch so that bags are reproducible and look like recordings.
