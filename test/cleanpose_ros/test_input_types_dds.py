@@ -75,6 +75,7 @@ def _graph(params: dict, domain: int, log, inputs: dict, remaps: dict | None = N
         yield client, node, pubs
     finally:
         client.close()
+        node.stop()  # a node left running would answer the next run's test on this domain
 
 
 def _wait_poses(client, node, ns, what="~/poses", timeout=120):
