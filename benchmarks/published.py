@@ -19,15 +19,18 @@ exactly the ``select_num`` entries our deterministic mode selects, so its ``np.r
 permutation of them, and the front-door attention (no positional terms over the queue) gives our
 deterministic outputs; the suite reports the pose difference to ours.
 
-On the GPU box (git-ignored /.carry/, carried with the working tree; nothing of it is committed):
+On the GPU machine (PUB is any folder git ignores; nothing of it is committed):
 
-    .carry/CleanPose/   git archive of github.com/chrislin0621/CleanPose (904eea2), 5.9 MB
-    .carry/dinov2/      git archive of github.com/facebookresearch/dinov2 (optional), 3.3 MB
+    PUB/CleanPose/   a checkout of github.com/chrislin0621/CleanPose (904eea2), 5.9 MB
+    PUB/dinov2/      a checkout of github.com/facebookresearch/dinov2 (optional), 3.3 MB
     # its PointNet++ ops exist only as a CUDA extension (model/pointnet2/setup.py: CUDAExtension, nvcc and
-    # setuptools needed; the code has no torch fallback: pointnet2_utils raises ImportError without _ext)
-    (cd .carry/CleanPose/model/pointnet2 && python setup.py build_ext --inplace)
+    # setuptools needed; the code has no torch fallback: pointnet2_utils raises ImportError without _ext).
+    # build_ext --inplace writes pointnet2/_ext*.so below that folder; the published code imports it from the
+    # folder itself (model/pointnet2 on sys.path), hence the copy (built on an H200 box with CUDA 13 in ~45 s)
+    (cd PUB/CleanPose/model/pointnet2 && mkdir -p pointnet2 && python setup.py build_ext --inplace \
+        && cp pointnet2/_ext*.so .)
     python -m benchmarks forward --device cuda --objects 1 6 16 --iterations 100 \
-        --published-root .carry/CleanPose --published-dinov2 .carry/dinov2 --out OUT
+        --published-root PUB/CleanPose [--published-dinov2 PUB/dinov2] --out OUT
 
 Imports only the standard library, torch, numpy and yaml (the worker's rules, benchmarks/worker.py).
 """
