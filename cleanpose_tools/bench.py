@@ -642,6 +642,18 @@ def node_command(
     return cmd
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it when the process that started it dies, even by SIGKILL
+    (a timed-out test or benchmark), so no node is left answering later runs on the same ROS domain; the
+    node's SIGTERM handler shuts it down cleanly. Elsewhere a no-op."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class NodeProcess:
     """The node as a subprocess (its own process, as on a robot), logging to a file."""
 
@@ -654,8 +666,9 @@ class NodeProcess:
         self._log = open(log_path, "w")  # noqa: SIM115 (lives as long as the process)
         full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True
-        )
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
 
     @property
     def pid(self) -> int:
