@@ -74,8 +74,13 @@ def fake_root(tmp_path):
     saved_path, saved_mods = list(sys.path), set(sys.modules)
     yield root
     sys.path[:] = saved_path
-    for name in set(sys.modules) - saved_mods:  # the fake's Net, pointnet2_utils, rotation_utils
-        del sys.modules[name]
+    # Forget only the fake checkout's modules (Net, pointnet2_utils, rotation_utils): library modules first
+    # imported meanwhile (torch's lazily imported submodules) must stay, or re-importing them registers their
+    # operators twice and breaks every later torch test in this process.
+    for name in set(sys.modules) - saved_mods:
+        origin = getattr(sys.modules[name], "__file__", None) or ""
+        if origin.startswith(str(root)):
+            del sys.modules[name]
 
 
 def _inputs(b=2):
