@@ -139,6 +139,7 @@ def test_worker_publishes_track_ids_and_honours_detector_ids():
     worker = FrameWorker(node)
     try:
         header = SimpleNamespace(stamp=SimpleNamespace(sec=0, nanosec=0), frame_id="camera")
+        cam = SimpleNamespace(stream=None, stream_frame=None)  # the per-camera state cameras.py keeps
         seen = {}
         for k in range(6):
             xs = [0.0, 0.2, 0.4] if k % 2 == 0 else [0.4, 0.0, 0.2]
@@ -150,7 +151,7 @@ def test_worker_publishes_track_ids_and_honours_detector_ids():
                 for j, x in enumerate(xs)
             ]
             header.stamp.sec = k
-            out = worker._track(msg, det, objs, header)
+            out = worker._track(cam, msg, det, objs, header)
             assert len(out) == 3
             for o in out:
                 x = round(float(o.translation[0]), 1)
@@ -161,8 +162,8 @@ def test_worker_publishes_track_ids_and_honours_detector_ids():
         # another output frame (target_frame changed): a new tracker, numbering from 1 again (the detector-id
         # object is taken first and holds number 1 under its label "77")
         header.frame_id = "world"
-        assert sorted(o.instance_id for o in worker._track(msg, det, objs, header)) == ["2", "3", "77"]
+        assert sorted(o.instance_id for o in worker._track(cam, msg, det, objs, header)) == ["2", "3", "77"]
         node.p.tracking = False
-        assert worker._track(msg, det, objs, header) is objs
+        assert worker._track(cam, msg, det, objs, header) is objs
     finally:
         worker.stop()
