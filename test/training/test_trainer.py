@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -27,6 +28,10 @@ def test_losses_decrease_on_tiny_set(tmp_path):
     tiny
     network can fit within a few iterations (with it the NOCS term first rises while the keypoints spread
     out)."""
+    # The toy data and sampling draw from numpy's and Python's global streams: seed them here, or the result
+    # depends on what earlier tests in the same process drew (the Chamfer term moves only ~10% in 50 steps).
+    np.random.seed(0)
+    random.seed(0)
     torch.set_num_threads(1)
     cfg = tiny_config(tmp_path / "run", iterations=50)
     cfg.model_overrides.update(
