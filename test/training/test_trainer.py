@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -28,8 +31,15 @@ def test_losses_decrease_on_tiny_set(tmp_path):
     tiny
     network can fit within a few iterations (with it the NOCS term first rises while the keypoints spread
     out)."""
-    # The toy data and sampling draw from numpy's and Python's global streams: seed them here, or the result
-    # depends on what earlier tests in the same process drew (the Chamfer term moves only ~10% in 50 steps).
+    # Run in a fresh interpreter: in a full `make test` process some earlier test leaves global state (not yet
+    # found; not numpy's or torch's seeds) under which the Chamfer term rises 6% in these 50 steps.
+    if not os.environ.get("CLEANPOSE_TEST_ISOLATED"):
+        env = dict(os.environ, CLEANPOSE_TEST_ISOLATED="1")
+        node = f"{__file__}::test_losses_decrease_on_tiny_set"
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node], env=env)
+        assert r.returncode == 0, "the isolated run failed (its output is above)"
+        return
+    # The toy data and sampling draw from numpy's and Python's global streams: seed them here.
     np.random.seed(0)
     random.seed(0)
     torch.set_num_threads(1)
