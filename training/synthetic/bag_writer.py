@@ -54,34 +54,41 @@ def quaternion_xyzw(R: np.ndarray) -> np.ndarray:
     return -q if q[3] < 0 else q
 
 
+# The message classes BagMessages holds: attribute name -> ROS 2 type name.
+_MESSAGE_TYPES = {
+    "Header": "std_msgs/msg/Header",
+    "Time": "builtin_interfaces/msg/Time",
+    "Image": T.IMAGE,
+    "CameraInfo": T.CAMERA_INFO,
+    "ROI": "sensor_msgs/msg/RegionOfInterest",
+    "Seg": T.INSTANCE_SEGMENTATION,
+    "Det": "vision_msgs/msg/Detection2D",
+    "Hyp": "vision_msgs/msg/ObjectHypothesis",
+    "HypPose": "vision_msgs/msg/ObjectHypothesisWithPose",
+    "BBox": "vision_msgs/msg/BoundingBox2D",
+    "Pose2D": "vision_msgs/msg/Pose2D",
+    "Point2D": "vision_msgs/msg/Point2D",
+    "PoseCov": "geometry_msgs/msg/PoseWithCovariance",
+    "Pose": "geometry_msgs/msg/Pose",
+    "Point": "geometry_msgs/msg/Point",
+    "Quat": "geometry_msgs/msg/Quaternion",
+    "Vec3": "geometry_msgs/msg/Vector3",
+    "ObjectPose": "cleanpose_msgs/msg/ObjectPose",
+    "ObjectPoseArray": T.OBJECT_POSE_ARRAY,
+    "TF": T.TF_MESSAGE,
+    "TransformStamped": "geometry_msgs/msg/TransformStamped",
+    "Transform": "geometry_msgs/msg/Transform",
+}
+
+
 class BagMessages:
-    """Builds the message objects of one frame with a given typestore."""
+    """Builds the message objects of one frame with a given typestore (its message classes are attributes,
+    named as in _MESSAGE_TYPES)."""
 
     def __init__(self, typestore=None):
         self.ts = typestore or T.typestore()
-        t = self.ts.types
-        self.Header = t["std_msgs/msg/Header"]
-        self.Time = t["builtin_interfaces/msg/Time"]
-        self.Image = t[T.IMAGE]
-        self.CameraInfo = t[T.CAMERA_INFO]
-        self.ROI = t["sensor_msgs/msg/RegionOfInterest"]
-        self.Seg = t[T.INSTANCE_SEGMENTATION]
-        self.Det = t["vision_msgs/msg/Detection2D"]
-        self.Hyp = t["vision_msgs/msg/ObjectHypothesis"]
-        self.HypPose = t["vision_msgs/msg/ObjectHypothesisWithPose"]
-        self.BBox = t["vision_msgs/msg/BoundingBox2D"]
-        self.Pose2D = t["vision_msgs/msg/Pose2D"]
-        self.Point2D = t["vision_msgs/msg/Point2D"]
-        self.PoseCov = t["geometry_msgs/msg/PoseWithCovariance"]
-        self.Pose = t["geometry_msgs/msg/Pose"]
-        self.Point = t["geometry_msgs/msg/Point"]
-        self.Quat = t["geometry_msgs/msg/Quaternion"]
-        self.Vec3 = t["geometry_msgs/msg/Vector3"]
-        self.ObjectPose = t["cleanpose_msgs/msg/ObjectPose"]
-        self.ObjectPoseArray = t[T.OBJECT_POSE_ARRAY]
-        self.TF = t[T.TF_MESSAGE]
-        self.TransformStamped = t["geometry_msgs/msg/TransformStamped"]
-        self.Transform = t["geometry_msgs/msg/Transform"]
+        for attr, type_name in _MESSAGE_TYPES.items():
+            setattr(self, attr, self.ts.types[type_name])
 
     def header(self, stamp_ns: int, frame_id: str):
         return self.Header(
