@@ -231,6 +231,32 @@ def run_study(args) -> dict:
     return result
 
 
+# The tables of study.md: (heading, rows); a row (label, run, style) shows the run's metrics on the test
+# images of that style and the run's step count.
+_TABLES = (
+    (
+        "Self-supervised (no pose label) vs supervised (labels), trained on style a, tested on style a",
+        (
+            ("selfsup: stage 1 only (no stage 2)", "stage1", "a"),
+            ("selfsup: full, stage 2 on style a (no pose)", "selfsup_a", "a"),
+            ("supervised CleanPose (demo net), style a with labels", "supervised_a", "a"),
+        ),
+    ),
+    (
+        "Domain shift: tested on style b",
+        (
+            ("supervised, trained on style a (labels)", "supervised_a", "b"),
+            ("selfsup, stage 2 on style a", "selfsup_a", "b"),
+            ("selfsup, stage 2 on style b (unlabeled)", "selfsup_b", "b"),
+        ),
+    ),
+    (
+        "Ablations (stage 2 on style a, tested on style a)",
+        (("full model", "selfsup_a", "a"), *((a, f"ablation_{a}", "a") for a in ABLATION_RUNS)),
+    ),
+)
+
+
 def _row(name: str, m: dict, steps) -> str:
     cells = ["–" if m.get(label) is None else f"{m[label]:.1f}" for label, _ in METRICS]
     return f"| {name} | " + " | ".join(cells) + f" | {steps if steps is not None else '–'} |"
@@ -252,27 +278,10 @@ def tables(r: dict) -> str:
         "",
         f"{budgets}. Mean AP (%) over the categories with ground truth, on held-out frames "
         f"({r['test_images']['a']} style-a, {r['test_images']['b']} style-b test images, never trained on).",
-        "",
-        "## Self-supervised (no pose label) vs supervised (labels), trained on style a, tested on style a",
-        "",
-        head,
-        _row("selfsup: stage 1 only (no stage 2)", m["stage1@a"], st["stage1"]),
-        _row("selfsup: full, stage 2 on style a (no pose)", m["selfsup_a@a"], st["selfsup_a"]),
-        _row("supervised CleanPose (demo net), style a with labels", m["supervised_a@a"], st["supervised_a"]),
-        "",
-        "## Domain shift: tested on style b",
-        "",
-        head,
-        _row("supervised, trained on style a (labels)", m["supervised_a@b"], st["supervised_a"]),
-        _row("selfsup, stage 2 on style a", m["selfsup_a@b"], st["selfsup_a"]),
-        _row("selfsup, stage 2 on style b (unlabeled)", m["selfsup_b@b"], st["selfsup_b"]),
-        "",
-        "## Ablations (stage 2 on style a, tested on style a)",
-        "",
-        head,
-        _row("full model", m["selfsup_a@a"], st["selfsup_a"]),
     ]
-    lines += [_row(a, m[f"ablation_{a}@a"], st[f"ablation_{a}"]) for a in ABLATION_RUNS]
+    for heading, rows in _TABLES:
+        lines += ["", f"## {heading}", "", head]
+        lines += [_row(label, m[f"{run}@{style}"], st[run]) for label, run, style in rows]
     return "\n".join(lines) + "\n"
 
 
