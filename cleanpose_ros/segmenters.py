@@ -75,26 +75,50 @@ def label_from_image(msg) -> np.ndarray:
     return rows.reshape(h, w)
 
 
-class LabelledDetections:
-    """vision_msgs/Detection2DArray + its instance-label image (see the module text)."""
+class _DetectionArray:
+    """What both converters share: the message's header and detections, and `to_detections`, which reads the
+    selected detections through the subclass's `_hypotheses(dets)` ((class, score) of every detection),
+    `_masks(dets, sel, rejected, h, w)` (the selected ones' masks and the positions in `sel` left out, their
+    reasons appended to `rejected`) and `_box(det, h, w)` (the detection's own crop box or None)."""
 
-    def __init__(self, detections_msg, label_msg, label_values: str = "id"):
-        if label_values not in LABEL_VALUES:
-            raise ValueError(f"label_values '{label_values}' is not one of {LABEL_VALUES}")
-        self.msg, self.label_msg, self.label_values = detections_msg, label_msg, label_values
-        self.header = detections_msg.header
-        self.detections = detections_msg.detections
+    def __init__(self, msg):
+        self.msg = msg
+        self.header = msg.header
+        self.detections = msg.detections
 
     def to_detections(
         self, height: int, width: int, box_source: str = "mask", max_detections: int | None = None
     ) -> Detections:
         h, w = int(height), int(width)
+        dets = list(self.detections)
+        hyps = self._hypotheses(dets)
+        sel, rejected = select_detections([s for _, s in hyps], max_detections)
+        masks, bad = self._masks(dets, sel, rejected, h, w)
+        classes = [hyps[j][0] for j in sel]
+        scores = [hyps[j][1] if np.isfinite(hyps[j][1]) else 0.0 for j in sel]
+        ids = [str(dets[j].id) if dets[j].id else str(j) for j in sel]
+        det_boxes = [self._box(dets[j], h, w) if box_source == "detection" else None for j in sel]
+        return assemble_detections(sel, masks, classes, scores, ids, det_boxes, rejected, bad)
+
+
+class LabelledDetections(_DetectionArray):
+    """vision_msgs/Detection2DArray + its instance-label image (see the module text)."""
+
+    def __init__(self, detections_msg, label_msg, label_values: str = "id"):
+        if label_values not in LABEL_VALUES:
+            raise ValueError(f"label_values '{label_values}' is not one of {LABEL_VALUES}")
+        super().__init__(detections_msg)
+        self.label_msg, self.label_values = label_msg, label_values
+
+    _box = staticmethod(_box_from_bbox)
+
+    def _hypotheses(self, dets) -> list[tuple[str, float]]:
+        return [_hypothesis(d) for d in dets]
+
+    def _masks(self, dets, sel, rejected: list, h: int, w: int) -> tuple[np.ndarray, set[int]]:
         label = label_from_image(self.label_msg)
         if label.shape != (h, w):
             raise DetectionError(f"label image is {label.shape[1]}x{label.shape[0]}, image is {w}x{h}")
-        dets = list(self.detections)
-        hyps = [_hypothesis(d) for d in dets]
-        sel, rejected = select_detections([s for _, s in hyps], max_detections)
         top = np.iinfo(label.dtype).max  # vision_msgs' UNLABELED
         values = np.zeros(len(sel), np.int64)
         bad: set[int] = set()
@@ -133,11 +157,7 @@ class LabelledDetections:
         if orphan:
             shown = ", ".join(map(str, orphan[:8])) + (", ..." if len(orphan) > 8 else "")
             rejected.append((-1, "label_without_detection", f"label value(s) {shown} have no detection"))
-        classes = [hyps[j][0] for j in sel]
-        scores = [hyps[j][1] if np.isfinite(hyps[j][1]) else 0.0 for j in sel]
-        ids = [str(dets[j].id) if dets[j].id else str(j) for j in sel]
-        det_boxes = [_box_from_bbox(dets[j], h, w) if box_source == "detection" else None for j in sel]
-        return assemble_detections(sel, masks, classes, scores, ids, det_boxes, rejected, bad)
+        return masks, bad
 
     def _named(self, dets) -> set[int]:
         """Label values the message's detections name (also those left out: reported as such already)."""
@@ -158,20 +178,13 @@ class LabelledDetections:
         return [int(v) for v in vals if 0 < v < top]
 
 
-class YoloDetections:
+class YoloDetections(_DetectionArray):
     """yolo_msgs/DetectionArray (see the module text)."""
 
-    def __init__(self, msg):
-        self.msg = msg
-        self.header = msg.header
-        self.detections = msg.detections
+    def _hypotheses(self, dets) -> list[tuple[str, float]]:
+        return [(str(d.class_name) or str(d.class_id), float(d.score)) for d in dets]
 
-    def to_detections(
-        self, height: int, width: int, box_source: str = "mask", max_detections: int | None = None
-    ) -> Detections:
-        h, w = int(height), int(width)
-        dets = list(self.detections)
-        sel, rejected = select_detections([float(d.score) for d in dets], max_detections)
+    def _masks(self, dets, sel, rejected: list, h: int, w: int) -> tuple[np.ndarray, set[int]]:
         masks = np.zeros((len(sel), h, w), bool)
         bad: set[int] = set()
         for k, j in enumerate(sel):
@@ -179,11 +192,7 @@ class YoloDetections:
             if why is not None:
                 rejected.append((j, *why))
                 bad.add(k)
-        classes = [str(d.class_name) or str(d.class_id) for d in (dets[j] for j in sel)]
-        scores = [float(dets[j].score) if np.isfinite(dets[j].score) else 0.0 for j in sel]
-        ids = [str(dets[j].id) if dets[j].id else str(j) for j in sel]
-        det_boxes = [self._box(dets[j].bbox, h, w) if box_source == "detection" else None for j in sel]
-        return assemble_detections(sel, masks, classes, scores, ids, det_boxes, rejected, bad)
+        return masks, bad
 
     @staticmethod
     def _fill(mask, out: np.ndarray, h: int, w: int) -> tuple[str, str] | None:
@@ -204,7 +213,8 @@ class YoloDetections:
         return None
 
     @staticmethod
-    def _box(bb, h: int, w: int) -> np.ndarray | None:
+    def _box(det, h: int, w: int) -> np.ndarray | None:
+        bb = det.bbox
         cx, cy, sx, sy = bb.center.position.x, bb.center.position.y, bb.size.x, bb.size.y
         if not (sx > 0 and sy > 0 and np.isfinite([cx, cy, sx, sy]).all()):
             return None
