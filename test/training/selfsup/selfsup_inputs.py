@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cleanpose_training.synthetic.__main__ import generate_nocs
@@ -27,3 +28,19 @@ def smoke_config(path: Path, stage2_batch: int) -> Path:
     cfg["stage2"]["batch_size"] = stage2_batch
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def module_inputs(folder: str, frames: int, seed: int, width: int, height: int, stage2_batch: int):
+    """A test module's two module-scoped fixtures: `folder`, a `nocs_folder` of these sizes, and `config`, the
+    `smoke_config` with `stage2_batch` (assign both to module names: pytest finds fixtures there)."""
+
+    @pytest.fixture(scope="module", name=folder)
+    def nocs(tmp_path_factory) -> Path:
+        root = tmp_path_factory.mktemp(folder)
+        return nocs_folder(root, frames=frames, seed=seed, width=width, height=height)
+
+    @pytest.fixture(scope="module", name="config")
+    def config(tmp_path_factory) -> Path:
+        return smoke_config(tmp_path_factory.mktemp("cfg") / "selfsup_smoke.yaml", stage2_batch=stage2_batch)
+
+    return nocs, config

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from selfsup_inputs import nocs_folder, smoke_config
+from selfsup_inputs import module_inputs
 
 from cleanpose_training.selfsup import train
 from cleanpose_training.selfsup.data import BAG_TOPICS, UnlabeledBag, UnlabeledNocs, UnlabeledWild6D
@@ -27,14 +27,7 @@ from cleanpose_training.synthetic.__main__ import generate_bag
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(scope="module")
-def nocs(tmp_path_factory) -> Path:
-    return nocs_folder(tmp_path_factory.mktemp("nocs_in"), frames=2, seed=3, width=128, height=96)
-
-
-@pytest.fixture(scope="module")
-def config(tmp_path_factory) -> Path:
-    return smoke_config(tmp_path_factory.mktemp("cfg_in") / "selfsup_inputs.yaml", stage2_batch=2)
+nocs, config = module_inputs("nocs", frames=2, seed=3, width=128, height=96, stage2_batch=2)
 
 
 def write_wild6d(nocs: Path, out: Path) -> tuple[Path, str, list[tuple[str, int]]]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from selfsup_inputs import nocs_folder, smoke_config
+from selfsup_inputs import module_inputs
 
 from cleanpose_model.categories import NOCS
 from cleanpose_model.estimator import load_estimator
@@ -19,15 +19,7 @@ from cleanpose_model.families.selfsup import SelfSupEstimator
 from cleanpose_training.selfsup import train
 from cleanpose_training.selfsup.data import RenderedShapes, UnlabeledNocs
 
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return nocs_folder(tmp_path_factory.mktemp("nocs"), frames=3, seed=0, width=160, height=120)
-
-
-@pytest.fixture(scope="module")
-def config(tmp_path_factory) -> Path:
-    return smoke_config(tmp_path_factory.mktemp("cfg") / "selfsup_test.yaml", stage2_batch=3)
+dataset, config = module_inputs("dataset", frames=3, seed=0, width=160, height=120, stage2_batch=3)
 
 
 def _run(config, out, stage, iterations, *extra) -> Path:
