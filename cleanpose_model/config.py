@@ -8,6 +8,7 @@ share one code path. Defaults reproduce the published CleanPose NOCS network.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,24 @@ NOCS_SYMMETRIC = NOCS.symmetric_names
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def _is_dataclass_type(hint) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
 class YamlConfig:
     """``to_dict`` / ``from_dict`` / ``from_yaml`` of a config dataclass, through :func:`dataclass_from_dict`.
-    ``section``: the key the block may sit under in a larger YAML file, and the name errors give it."""
+    ``section``: the key the block may sit under in a larger YAML file, and the name errors give it.
+    A field annotated with a dataclass and given no default (``dino: DinoConfig``) is a nested block: it
+    defaults to that dataclass's defaults, as :func:`dataclass_from_dict` builds it from a nested mapping."""
 
     section: ClassVar[str] = "model"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        own = inspect.get_annotations(cls)
+        for name, hint in typing.get_type_hints(cls).items():
+            if name in own and name not in cls.__dict__ and _is_dataclass_type(hint):
+                setattr(cls, name, field(default_factory=hint))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,17 +169,17 @@ class ModelConfig(YamlConfig):
     # Sample the RGB features only at the chosen pixels instead of upsampling the whole map first;
     # both are the same linear map, the literal path exists for checking.
     rgb_sparse_gather: bool = True
-    dino: DinoConfig = field(default_factory=DinoConfig)
-    pointnet2: PointNet2Config = field(default_factory=PointNet2Config)
-    attention: AttentionConfig = field(default_factory=AttentionConfig)
-    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
-    gafa: GafaConfig = field(default_factory=GafaConfig)
-    nocs: NocsConfig = field(default_factory=NocsConfig)
-    front_door: FrontDoorConfig = field(default_factory=FrontDoorConfig)
-    reconstructor: ReconstructorConfig = field(default_factory=ReconstructorConfig)
-    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    dino: DinoConfig
+    pointnet2: PointNet2Config
+    attention: AttentionConfig
+    keypoints: KeypointConfig
+    gafa: GafaConfig
+    nocs: NocsConfig
+    front_door: FrontDoorConfig
+    reconstructor: ReconstructorConfig
+    estimator: EstimatorConfig
+    distill: DistillConfig
+    augmentation: AugmentationConfig
 
     def __post_init__(self) -> None:
         self.validate()
@@ -251,7 +265,7 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -
     kwargs = {}
     for name, value in data.items():
         sub = hints.get(name)
-        nested = isinstance(sub, type) and dataclasses.is_dataclass(sub)
+        nested = _is_dataclass_type(sub)
         kwargs[name] = dataclass_from_dict(sub, value, f"{where}.{name}") if nested else value
     return cls(**kwargs)
 

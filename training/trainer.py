@@ -137,12 +137,12 @@ class TrainConfig(YamlConfig):
     model_overrides: dict = field(default_factory=dict)
     dinov2_weights: str | None = None
     data: dict = field(default_factory=dict)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    loss: LossWeights = field(default_factory=LossWeights)
-    queue: QueueConfig = field(default_factory=QueueConfig)
-    distillation: DistillationConfig = field(default_factory=DistillationConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    schedule: ScheduleConfig
+    loss: LossWeights
+    queue: QueueConfig
+    distillation: DistillationConfig
+    trainer: TrainerConfig
+    eval: EvalConfig
 
 
 def set_by_path(d: dict, dotted: str, value: Any) -> None:

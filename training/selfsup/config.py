@@ -69,5 +69,5 @@ class SelfSupTrainConfig(YamlConfig):
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 1000
-    stage1: Stage1Config = field(default_factory=Stage1Config)
-    stage2: Stage2Config = field(default_factory=Stage2Config)
+    stage1: Stage1Config
+    stage2: Stage2Config
