@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from cleanpose_model.inference.forms.attention import FusedAttnLayer, FusedSelfAttnLayer
-from cleanpose_model.inference.forms.cpu import CpuDinoV2, have_onednn, pack_linears
+from cleanpose_model.inference.forms.cpu import have_onednn
+from cleanpose_model.inference.forms.cpu_net import cpu_inference_net
 from cleanpose_model.inference.forms.dinov2 import AutocastBackbone, FastDinoV2
 from cleanpose_model.inference.forms.front_door import FusedFrontDoor
 from cleanpose_model.inference.forms.gafa import FusedGAFA
@@ -132,11 +133,10 @@ def bind_forms(net: CleanPoseNet, mode: InferenceMode, kernels: bool) -> Inferen
 
 
 def bind_cpu_forms(net: CleanPoseNet) -> InferenceNet:
-    """The CPU (exact) inference copy of ``net``: the exact torch forms, then DINOv2 as `CpuDinoV2` and
-    every other linear layer packed for oneDNN (forms/cpu.py). Parameters shared with ``net``, whose
-    modules are untouched."""
-    inner = bind_forms(net, InferenceMode("exact"), kernels=False).net
-    return InferenceNet(pack_linears(_replace(inner, rgb_extractor=CpuDinoV2(inner.rgb_extractor))))
+    """The CPU (exact) inference copy of ``net``: the exact torch forms, then the CPU forms on point-major
+    rows with oneDNN products (forms/cpu_net.py: DINOv2 as `CpuDinoV2`, PointNet++, the keypoint detector,
+    GAFA, the transformer stacks). Parameters shared with ``net``, whose modules are untouched."""
+    return cpu_inference_net(bind_forms(net, InferenceMode("exact"), kernels=False).net)
 
 
 def build_inference(

@@ -1,0 +1,200 @@
+"""The CPU (exact) inference network: `CpuInferenceNet` runs the head on point-major rows, the layout every
+CPU form reads (the point features (B, N, C) contiguous: the keypoint detector's attention memory and GAFA's
+neighbour table without a transposing copy), with
+
+- DINOv2 as `CpuDinoV2` (forms/cpu.py), PointNet++ as `CpuPointNet2` (forms/cpu_pointnet2.py), GAFA as
+  `CpuGAFA` (forms/cpu_gafa.py);
+- the keypoint detector (`CpuIAKD`): the four blocks' keys and values of the 1024 point features as one oneDNN
+  product on the contiguous rows, read in place (strided views) by the attention;
+- every attention core (keypoint detector, front-door encoder, NOCS head) through
+  ``scaled_dot_product_attention`` (fp32; the reference's formula up to summation order, and on strided
+  q / k / v views no copies);
+- every remaining ``nn.Linear`` packed for oneDNN (forms/cpu.py).
+
+`cpu_inference_net` builds it from the exact torch forms (inference/build.py's ``bind_forms``); weights
+are a snapshot, the reference modules are untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cleanpose_model.geometry import ortho6d_to_matrix
+from cleanpose_model.inference.forms.attention import FusedAttnLayer
+from cleanpose_model.inference.forms.cpu import CpuDinoV2, pack_linears
+from cleanpose_model.inference.forms.cpu_gafa import CpuGAFA, Dense
+from cleanpose_model.inference.forms.cpu_pointnet2 import CpuPointNet2
+from cleanpose_model.inference.forms.net import InferenceNet
+from cleanpose_model.net import CleanPoseNet, centre_points
+from cleanpose_model.nn.attention import AttnBlock, SelfAttnBlock
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """`ops.attention.attention_math` through ``scaled_dot_product_attention``: q (B, L, C), k / v (B, S, C)
+    (any strides with a contiguous last dim) -> (B, L, C)."""
+    b, lq, c = q.shape
+    d = c // heads
+    qh, kh, vh = (t.unflatten(-1, (heads, d)).transpose(1, 2) for t in (q, k, v))
+    return F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(b, lq, c)
+
+
+class _CpuBlock:
+    """A published `AttnBlock` / `SelfAttnBlock` with every product packed for oneDNN (norms shared)."""
+
+    def __init__(self, blk: AttnBlock | SelfAttnBlock) -> None:
+        self.blk = blk
+        ffn = blk.ffn
+        self.ffn = (Dense(ffn[0].weight, ffn[0].bias, relu=True), Dense(ffn[3].weight, ffn[3].bias))
+        mha = blk.self_attn
+        self.heads = mha.num_heads
+        self.qkv = Dense(mha.in_proj_weight, mha.in_proj_bias)
+        self.out = Dense(mha.out_proj.weight, mha.out_proj.bias)
+        if isinstance(blk, AttnBlock):
+            cross = blk.multihead_attn
+            c = cross.in_proj_weight.shape[1]
+            self.cross_q = Dense(cross.in_proj_weight[:c], cross.in_proj_bias[:c])
+            self.cross_out = Dense(cross.out_proj.weight, cross.out_proj.bias)
+
+    def _self(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(norm(x).view(-1, c)).view(b, n, 3 * c)
+        att = sdpa_attention(qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :], self.heads)
+        return self.out.add(att.view(-1, c), x.view(-1, c)).view(b, n, c)
+
+    def _ffn(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        b, n, c = x.shape
+        h = self.ffn[0](norm(x).view(-1, c))
+        return self.ffn[1].add(h, x.view(-1, c)).view(b, n, c)
+
+    def cross(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """`AttnBlock.forward` with the memory's keys and values given."""
+        blk = self.blk
+        b, n, c = query.shape
+        query = query.contiguous()
+        q = self.cross_q(blk.norm1(query).view(-1, c)).view(b, n, c)
+        att = sdpa_attention(q, k, v, blk.multihead_attn.num_heads)
+        query = self.cross_out.add(att.view(-1, c), query.view(-1, c)).view(b, n, c)
+        return self._ffn(self._self(query, blk.norm2), blk.norm3)
+
+    def self_block(self, query: torch.Tensor) -> torch.Tensor:
+        """`SelfAttnBlock.forward`."""
+        blk = self.blk
+        return self._ffn(self._self(query.contiguous(), blk.norm1), blk.norm2)
+
+
+class CpuAttnLayer(nn.Module):
+    """`FusedAttnLayer` (cross-attention to one memory) on packed products: forward(query, memory)."""
+
+    def __init__(self, layer: FusedAttnLayer) -> None:
+        super().__init__()
+        self.attn_blocks = layer.attn_blocks  # shared (norms)
+        self.blocks = [_CpuBlock(b) for b in layer.attn_blocks]
+        self.kv = Dense(layer.kv_weight, layer.kv_bias)
+
+    def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        bsz, n, c = memory.shape
+        kv = self.kv(memory.reshape(-1, c)).view(bsz, n, -1)  # (B, S, 2C per block)
+        for i, blk in enumerate(self.blocks):
+            query = blk.cross(
+                query, kv[..., 2 * c * i : 2 * c * i + c], kv[..., 2 * c * i + c : 2 * c * (i + 1)]
+            )
+        return query
+
+
+class CpuSelfAttnLayer(nn.Module):
+    """`FusedSelfAttnLayer` on packed products."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.attn_blocks = layer.attn_blocks  # shared (norms)
+        self.blocks = [_CpuBlock(b) for b in layer.attn_blocks]
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            query = blk.self_block(query)
+        return query
+
+
+class CpuIAKD(nn.Module):
+    """`IAKD` with its `FusedAttnLayer` (shared blocks) on contiguous point rows: forward(feats_t (B, N, C)
+    contiguous, pts (B, N, 3)) -> the published outputs."""
+
+    def __init__(self, temperature: float, kpt_query: torch.Tensor, layer: FusedAttnLayer) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.kpt_query = kpt_query
+        self.attn_layer = CpuAttnLayer(layer)
+
+    def forward(self, feats_t: torch.Tensor, pts: torch.Tensor) -> dict[str, torch.Tensor]:
+        bsz = feats_t.shape[0]
+        query = self.attn_layer(self.kpt_query.unsqueeze(0).expand(bsz, -1, -1), feats_t)
+        feats = feats_t.transpose(1, 2)
+        sim = torch.bmm(query, feats)
+        denom = query.norm(dim=2, keepdim=True) * feats.norm(dim=1, keepdim=True) + 1e-7
+        heatmap = torch.softmax(sim / denom / self.temperature, dim=2)
+        return {
+            "kpt_query": query,
+            "heatmap": heatmap,
+            "kpt_3d": torch.bmm(heatmap, pts),
+            "kpt_feature": torch.bmm(heatmap, feats_t),
+        }
+
+
+class CpuInferenceNet(InferenceNet):
+    """`InferenceNet` whose head hands point-major rows to the CPU forms (`cpu_inference_net` builds it)."""
+
+    def head(self, pts, choose, category, queue_feats, tokens, pts_local) -> dict[str, torch.Tensor]:
+        net = self.net
+        pts_c, centroid = centre_points(pts)
+        rgb_local = self.rgb_features(tokens[:, 1:], choose.long())
+        feats_t = torch.cat([pts_local.transpose(1, 2), rgb_local.transpose(1, 2)], dim=2)  # (B, N, C)
+        kp = net.IAKD(feats_t, pts_c)
+        kpt_3d = kp["kpt_3d"]
+        kpt_feat = net.GAFA(kp["kpt_feature"], kpt_3d, feats_t.view(-1, feats_t.shape[-1]), pts_c)
+        if self.cfg.use_front_door:
+            kpt_feat = net.FD_Encoder(kpt_feat, queue_feats)
+        kpt_nocs = net.nocs_predictor(kpt_feat, category.reshape(-1).long())
+        r6, t, s = net.estimator(kpt_3d, kpt_nocs, kpt_feat)
+        c = centroid.squeeze(1)
+        return {
+            "pred_rotation": ortho6d_to_matrix(r6),
+            "pred_translation": t + c,
+            "pred_size": s,
+            "pred_kpt_3d": kpt_3d + centroid,
+            "kpt_nocs": kpt_nocs,
+            "centroid": c,
+        }
+
+
+def cpu_inference_net(inner: CleanPoseNet) -> CpuInferenceNet:
+    """The CPU network from ``inner``, the exact torch forms' copy of a `CleanPoseNet` (bind_forms(...).net,
+    folded; its modules are fresh where they differ from the reference, shared elsewhere)."""
+    iakd = inner.IAKD
+    forms: dict[str, nn.Module] = {
+        "rgb_extractor": CpuDinoV2(inner.rgb_extractor),
+        "pts_extractor": CpuPointNet2(inner.pts_extractor),
+        "IAKD": CpuIAKD(iakd.temperature, iakd.kpt_query, iakd.attn_layer),
+        "GAFA": CpuGAFA([b.blk for b in inner.GAFA.GAFA_blocks]),
+    }
+    if inner.cfg.use_front_door:
+        fd = inner.FD_Encoder
+        forms["FD_Encoder"] = copy_with(
+            fd,
+            self_attn_layer=CpuSelfAttnLayer(fd.self_attn_layer),
+            cross_attn_layer=CpuAttnLayer(fd.cross_attn_layer),
+        )
+    nocs = inner.nocs_predictor
+    forms["nocs_predictor"] = copy_with(nocs, self_attn_layer=CpuSelfAttnLayer(nocs.self_attn_layer))
+    clone = copy_with(inner, **forms)
+    return CpuInferenceNet(pack_linears(clone))
+
+
+def copy_with(module: nn.Module, **children: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` with some children replaced (``module`` itself is untouched)."""
+    clone = copy.copy(module)
+    clone._modules = {**module._modules, **children}
+    return clone
