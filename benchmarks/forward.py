@@ -150,6 +150,38 @@ def published_comparisons(
     )
 
 
+def profiles(proc: TreeProcess, modes: list[str], objects: list[int], iterations: int) -> list[dict]:
+    """The worker's ``profile`` op per mode, object count and form (graphed, eager), printed as a summary
+    table (GPU-busy vs wall: what is left above the busy time is launch and host time) and the top kernels."""
+    out = []
+    for mode in modes:
+        for n in objects:
+            for graphs in (True, False):
+                out.append(
+                    proc.request(op="profile", mode=mode, objects=n, iterations=iterations, graphs=graphs)
+                )
+    summary = [
+        {
+            "mode": p["mode"],
+            "objects": p["objects"],
+            "form": "graphed" if p["graphs"] else "eager",
+            "wall_ms": p["wall_ms_median"],
+            "device_busy_ms": p["device_busy_ms"],
+            "busy_share": p["device_busy_ms"] / p["wall_ms_median"],
+            "kernels_per_call": p["kernels_per_call"],
+        }
+        for p in out
+    ]
+    print("\n## Profile: device-busy time per forward vs wall (torch.profiler, current tree)\n")
+    print(harness.Report.table(summary, list(summary[0])))
+    for p in out:
+        if p["graphs"]:
+            continue  # the eager run names the same kernels by the ops that launch them
+        print(f"\n### Top kernels, {p['mode']}, {p['objects']} objects (eager; per call)\n")
+        print(harness.Report.table(p["top"], ["kernel", "calls", "us_per_call", "share"]))
+    return out
+
+
 def add_tree_arguments(ap) -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--variant", default="cleanpose", choices=("cleanpose", "agpose"))
@@ -194,6 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=None, help="passes over all rows (default 3 with a baseline, else 1)"
     )
     ap.add_argument("--compile", action="store_true", help="torch.compile before CUDA graph capture (CUDA)")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="K",
+        help="after the timing rows: torch.profiler over K calls per mode and object count of the current "
+        "tree, graphed and eager (GPU-busy time vs wall, kernels per call, top kernels): 'profiles' in the "
+        "JSON",
+    )
     ap.add_argument(
         "--published-root",
         type=Path,
@@ -274,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                             )
                             samples.setdefault(("published", flags, n), []).extend(r["samples_ms"])
                             outputs[("published", flags, n)] = r["outputs"]
+            if args.profile:
+                report.data["profiles"] = profiles(procs[0], modes, args.objects, args.profile)
         finally:
             for p in procs:
                 p.close()

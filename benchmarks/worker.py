@@ -11,6 +11,7 @@ Protocol: one JSON request per stdin line, one reply per request on stdout as a 
     {"op": "memory", "mode": "exact"|"fast", "objects": N}     (N = 0: weights only, nothing run)
     {"op": "published_setup", "root": DIR, "dinov2": DIR|null}   (the published code, benchmarks/published.py)
     {"op": "time_published", "objects": N, "warmup": W, "iterations": K, "tf32": null|false}
+    {"op": "profile", "mode": "exact"|"fast", "objects": N, "iterations": K, "graphs": true, "top": 25}
     {"op": "quit"}
 """
 
@@ -116,6 +117,53 @@ class Worker:
             },
         }
 
+    def profile(self, mode: str, objects: int, iterations: int, graphs: bool = True, top: int = 25) -> dict:
+        """Where the device time of one forward goes (torch.profiler over ``iterations`` calls): kernels per
+        call, their summed device time per call (the GPU-busy floor of the forward) against the wall time
+        of the same calls, and the ``top`` kernels by device time. ``graphs`` False profiles the eager form
+        (every kernel named by the op that launched it; graphs replay the same kernels)."""
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        if graphs:
+            est = self.estimator(mode)
+        else:
+            net = copy.deepcopy(self.net)
+            est = self.cls(net, net.cfg, self.queue, device=self.device, **mode_options(self.cls, mode))
+        batch = self.batch(objects)
+        for _ in range(5):
+            est.predict(batch)
+        harness.synchronize(self.device)
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            wall = harness.time_call(lambda: est.predict(batch), self.device, warmup=0, iterations=iterations)
+        kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+
+        def device_us(e) -> float:
+            return float(
+                getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+            )
+
+        busy = sum(device_us(e) for e in kernels) / iterations
+        rows = sorted(kernels, key=device_us, reverse=True)[:top]
+        return {
+            "mode": mode,
+            "objects": objects,
+            "graphs": graphs,
+            "wall_ms_median": float(sorted(wall)[len(wall) // 2]),
+            "device_busy_ms": busy / 1e3,
+            "kernels_per_call": sum(e.count for e in kernels) / iterations,
+            "top": [
+                {
+                    "kernel": e.key[:90],
+                    "calls": e.count / iterations,
+                    "us_per_call": device_us(e) / iterations,
+                    "share": device_us(e) / iterations / busy if busy else 0.0,
+                }
+                for e in rows
+            ],
+        }
+
     def published_setup(self, root: str, dinov2: str | None = None) -> dict:
         """The published network of the checkout at ``root`` with this worker's weights, in this process
         (its rows share the process, device and inputs with ours). Its queue: per category the 12 entries
@@ -207,6 +255,8 @@ def serve() -> int:
                 raise RuntimeError(f"{op!r} before 'setup'")
             elif op == "time":
                 reply = worker.time(**req)
+            elif op == "profile":
+                reply = worker.profile(**req)
             elif op == "memory":
                 reply = worker.memory(**req)
             elif op == "published_setup":

@@ -11,8 +11,9 @@ Per mode, what it binds (each form and kernel receives its precision here, as a 
   packed once for oneDNN and DINOv2 as `CpuDinoV2` (fp32 products, GELU in the product); there is no CPU
   ``"fast"`` (bf16 leaves its pose budget: forms/cpu.py);
 - CUDA ``"exact"``: Triton for PointNet++'s furthest point sampling, ball query and three-NN (the same
-  picks as the torch references), GAFA's neighbour choice and the attention core in full fp32 ("ieee");
-  every other product in full fp32 (TF32 off);
+  picks as the torch references) and GAFA's neighbour choice; DINOv2 as `ExactDinoV2` (its products and
+  attention) and the attention core at float32 accuracy on tensor cores (3xTF32, "tf32x3":
+  ops/triton/linear.py); every other product in full fp32 (TF32 off);
 - CUDA ``"fast"``: DINOv2 in fp16 (forms/dinov2.py), TF32 products everywhere else and every Triton kernel
   in "tf32": PointNet++'s feature work, GAFA's MLP chains, the front-door gate, the NOCS tail, the RGB
   gather, and the pose/size estimator's concatenated products;
@@ -32,7 +33,7 @@ from torch import nn
 from cleanpose_model.inference.forms.attention import FusedAttnLayer, FusedSelfAttnLayer
 from cleanpose_model.inference.forms.cpu import have_onednn
 from cleanpose_model.inference.forms.cpu_net import cpu_inference_net
-from cleanpose_model.inference.forms.dinov2 import AutocastBackbone, FastDinoV2
+from cleanpose_model.inference.forms.dinov2 import AutocastBackbone, ExactDinoV2, FastDinoV2
 from cleanpose_model.inference.forms.front_door import FusedFrontDoor
 from cleanpose_model.inference.forms.gafa import FusedGAFA
 from cleanpose_model.inference.forms.heads import FusedNOCSPredictor, FusedPoseSizeEstimator
@@ -97,20 +98,23 @@ def bind_forms(net: CleanPoseNet, mode: InferenceMode, kernels: bool) -> Inferen
     """The inference copy of ``net`` for ``mode``; ``kernels``: Triton may run (a CUDA device, Triton
     installed). Parameters are shared with ``net``."""
     fast = mode.precision == "fast"
-    attention = ("tf32" if fast else "ieee") if kernels else None  # the attention core: every mode
+    # the attention core, every mode: exact keeps fp32 accuracy by 3xTF32 (ops/triton/linear.py)
+    attention = ("tf32" if fast else "tf32x3") if kernels else None
     fast_kernels = "tf32" if fast and kernels else None  # the kernels that run in the fast mode only
     folded = fold_for_inference(net.eval())
     forms: dict[str, nn.Module] = {
         "pts_extractor": FusedPointNet2(folded.pts_extractor, kernels, None if mode.compile else fast_kernels)
     }
+    vit = folded.rgb_extractor
     if fast:
-        vit = folded.rgb_extractor
         dinov2 = (
             AutocastBackbone(vit, FAST_DTYPE)
             if mode.compile
             else FastDinoV2(vit, FAST_DTYPE, use_triton=kernels)
         )
         forms["rgb_extractor"] = dinov2
+    elif kernels and not mode.compile:
+        forms["rgb_extractor"] = ExactDinoV2(vit)
     if mode.compile:  # the compiler does its own fusion of the rest
         return InferenceNet(_replace(folded, **forms))
     iakd = folded.IAKD

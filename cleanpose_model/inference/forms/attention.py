@@ -5,7 +5,8 @@ At robot batch sizes every transformer block of the keypoint detector (4 blocks)
 arithmetic. The forms below compute the published formula with:
 
 - the attention core (scale, per-head products, softmax) as one Triton kernel (`ops/triton/attention.py`)
-  when built with a ``precision`` ("ieee": full fp32 products, the exact mode; "tf32": the fast mode), or
+  when built with a ``precision`` ("tf32x3": fp32 accuracy on tensor cores, the exact mode; "ieee": full
+  fp32 products on CUDA cores; "tf32": the fast mode), or
   its torch reference (`ops/attention.py`) when built with None (the CPU);
 - the key/value projections of a stack's shared memory for all of its blocks as one product: the memory
   (IAKD's 1024 point features, the front-door's queue sample) is the same input to every block, so the
@@ -25,7 +26,7 @@ from cleanpose_model.nn.attention import AttnBlock, AttnLayer, SelfAttnBlock, Se
 from cleanpose_model.ops.attention import attention_math
 from cleanpose_model.ops.triton.attention import attention_triton
 
-PRECISIONS = (None, "ieee", "tf32")
+PRECISIONS = (None, "ieee", "tf32", "tf32x3")
 
 
 def attention_core(precision: str | None):

@@ -24,6 +24,9 @@ of cuBLASLt is the tanh approximation (|gelu_erf - gelu_tanh| <= 4.7e-4, at x ~ 
 Weights are a snapshot: build the module after loading the checkpoint (the inference builder does). The
 module keeps the ViT only for its positional-table interpolation, cached here per input size.
 
+`ExactDinoV2` is the same module in fp32 for the exact mode on CUDA: every product to float32 accuracy on
+tensor cores (3xTF32, ``ops/triton/linear.py``).
+
 `AutocastBackbone` is the published ViT under autocast: the fast mode's backbone under ``torch.compile``,
 which does its own fusion.
 """
@@ -37,6 +40,8 @@ from torch import nn
 from cleanpose_model.nn.dinov2 import DinoVisionTransformer
 from cleanpose_model.ops import layernorm
 from cleanpose_model.ops.triton import layernorm as layernorm_triton
+from cleanpose_model.ops.triton.attention import attention_triton
+from cleanpose_model.ops.triton.linear import linear_triton
 
 
 class FastDinoV2(nn.Module):
@@ -45,10 +50,12 @@ class FastDinoV2(nn.Module):
     dtype: fp16 or bf16. use_triton: the fused norm kernels (CUDA, or Triton's interpreter on the CPU), else
     their torch forms."""
 
+    DTYPES = (torch.float16, torch.bfloat16)
+
     def __init__(self, vit: DinoVisionTransformer, dtype: torch.dtype, *, use_triton: bool) -> None:
         super().__init__()
-        if dtype not in (torch.float16, torch.bfloat16):
-            raise ValueError(f"dtype must be float16 or bfloat16, got {dtype}")
+        if dtype not in self.DTYPES:
+            raise ValueError(f"dtype must be one of {self.DTYPES}, got {dtype}")
         self.vit = vit  # shared: positional-table interpolation only
         self.dtype = dtype
         self.use_triton = use_triton
@@ -107,6 +114,9 @@ class FastDinoV2(nn.Module):
             self._base_cache[key] = base
         return base
 
+    def _product(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(bias, x, weight.t())
+
     def _mlp_hidden(self, i: int, x: torch.Tensor) -> torch.Tensor:
         return torch._addmm_activation(self.fc1_bias[i], x, self.fc1_weight[i].t(), use_gelu=True)
 
@@ -131,7 +141,7 @@ class FastDinoV2(nn.Module):
         patches.copy_(
             x[:, :, : gh * p, : gw * p].unflatten(2, (gh, p)).unflatten(4, (gw, p)).permute(0, 2, 4, 1, 3, 5)
         )
-        emb = torch.addmm(self.patch_bias, patches.view(b * gh * gw, -1), self.patch_weight.t())
+        emb = self._product(patches.view(b * gh * gw, -1), self.patch_weight, self.patch_bias)
         base = self._base(h, w, n_tok, x.device)
         res, xn = self._embed_ln(
             emb.view(b, gh * gw, c), base, self.norm1_weight[0], self.norm1_bias[0], eps, dt
@@ -139,15 +149,40 @@ class FastDinoV2(nn.Module):
         res, xn = res.view(b * n_tok, c), xn.view(b * n_tok, c)
         depth = self.qkv_weight.shape[0]
         for i in range(depth):
-            qkv = torch.addmm(self.qkv_bias[i], xn, self.qkv_weight[i].t())
-            y = torch.addmm(self.proj_bias[i], self._attend(qkv, b, n_tok), self.proj_weight[i].t())
+            qkv = self._product(xn, self.qkv_weight[i], self.qkv_bias[i])
+            y = self._product(self._attend(qkv, b, n_tok), self.proj_weight[i], self.proj_bias[i])
             xn = self._residual_ln(res, y, self.ls1[i], self.norm2_weight[i], self.norm2_bias[i], eps, dt)
-            y = torch.addmm(self.fc2_bias[i], self._mlp_hidden(i, xn), self.fc2_weight[i].t())
+            y = self._product(self._mlp_hidden(i, xn), self.fc2_weight[i], self.fc2_bias[i])
             last = i == depth - 1
             nw = None if last else self.norm1_weight[i + 1]
             nb = None if last else self.norm1_bias[i + 1]
             xn = self._residual_ln(res, y, self.ls2[i], nw, nb, eps, dt)
         return res.view(b, n_tok, c)
+
+
+class ExactDinoV2(FastDinoV2):
+    """``vit``'s forward in fp32 for the exact mode on CUDA: `FastDinoV2`'s seven launches per block with
+    every product (patch embedding, qkv, proj, fc1 + erf GELU, fc2, and attention's two) computed to
+    float32 accuracy on tensor cores by three TF32 products (``ops/triton/linear.py``,
+    ``ops/triton/attention.py`` in "tf32x3"), the norms and the residual stream in fp32 as in the
+    reference. Needs Triton (CUDA, or the interpreter on the CPU)."""
+
+    DTYPES = (torch.float32,)
+
+    def __init__(self, vit: DinoVisionTransformer) -> None:
+        super().__init__(vit, torch.float32, use_triton=True)
+
+    def _product(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return linear_triton(x, weight, bias, precision="tf32x3")
+
+    def _mlp_hidden(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return linear_triton(x, self.fc1_weight[i], self.fc1_bias[i], gelu=True, precision="tf32x3")
+
+    def _attend(self, qkv: torch.Tensor, b: int, n_tok: int) -> torch.Tensor:
+        c = qkv.shape[1] // 3
+        q, k, v = qkv.view(b, n_tok, 3 * c).split(c, dim=2)  # read in place by the kernel
+        out = attention_triton(q, k, v, heads=self.num_heads, precision="tf32x3")
+        return out.view(b * n_tok, c)
 
 
 class AutocastBackbone(nn.Module):

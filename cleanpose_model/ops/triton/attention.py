@@ -94,7 +94,8 @@ def attention_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, precision: str, block_m: int | None = None
 ) -> torch.Tensor:
     """`ops.attention.attention_math` in one launch (CUDA). q (B, L, C), k / v (B, S, C), each with unit
-    stride on C; ``precision`` "ieee" or "tf32" (float32 inputs)."""
+    stride on C; ``precision`` "ieee", "tf32" or "tf32x3" (float32 inputs; ops/triton/linear.py says what
+    3xTF32 is: fp32 accuracy on tensor cores)."""
     bsz, lq, c = q.shape
     n_kv = k.shape[1]
     d = c // heads
@@ -103,12 +104,12 @@ def attention_triton(
     if any(t.stride(2) != 1 for t in (q, k, v)):
         raise ValueError("q, k and v need unit stride on the channel dim")
     out = torch.empty(bsz, lq, c, device=q.device, dtype=q.dtype)
-    if precision not in ("ieee", "tf32"):
-        raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
-    tf32 = q.dtype != torch.float32 or precision == "tf32"
-    precision = "tf32" if tf32 else "ieee"
+    if precision not in ("ieee", "tf32", "tf32x3"):
+        raise ValueError(f"precision must be 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
+    if q.dtype != torch.float32:
+        precision = "tf32"  # half inputs: the products are half-precision tensor-core products anyway
     # Full-fp32 products run on the CUDA cores: smaller row blocks give more programs at one object.
-    bm = block_m or (32 if tf32 else 16)
+    bm = block_m or (16 if precision == "ieee" else 32)
     grid = (bsz * heads, triton.cdiv(lq, bm))
     _attention_kernel[grid](
         q,

@@ -18,7 +18,7 @@ from cleanpose_model.inference import DEFAULT_BUCKETS, InferenceMode, build_infe
 from cleanpose_model.inference.build import EagerInference, bind_forms
 from cleanpose_model.inference.forms.attention import FusedAttnLayer, FusedSelfAttnLayer
 from cleanpose_model.inference.forms.cpu import CpuDinoV2
-from cleanpose_model.inference.forms.dinov2 import AutocastBackbone, FastDinoV2
+from cleanpose_model.inference.forms.dinov2 import AutocastBackbone, ExactDinoV2, FastDinoV2
 from cleanpose_model.inference.forms.front_door import FusedFrontDoor
 from cleanpose_model.inference.forms.gafa import FusedGAFA
 from cleanpose_model.inference.forms.heads import FusedNOCSPredictor, FusedPoseSizeEstimator
@@ -118,8 +118,8 @@ def test_cuda_modes_bind_their_kernels_and_precisions(net, precision):
     nothing until called)."""
     model = bind_forms(net, InferenceMode(precision, cuda_graphs=True), kernels=True)
     copy, fast = model.net, precision == "fast"
-    assert copy.IAKD.attn_layer.precision == ("tf32" if fast else "ieee")
-    assert copy.nocs_predictor.self_attn_layer.precision == ("tf32" if fast else "ieee")
+    assert copy.IAKD.attn_layer.precision == ("tf32" if fast else "tf32x3")
+    assert copy.nocs_predictor.self_attn_layer.precision == ("tf32" if fast else "tf32x3")
     gafa = copy.GAFA.GAFA_blocks[0]
     assert gafa.knn_kernel and gafa.precision == ("tf32" if fast else None)
     assert copy.FD_Encoder.gate_kernel == fast
@@ -127,7 +127,7 @@ def test_cuda_modes_bind_their_kernels_and_precisions(net, precision):
     assert all(m.geometry_kernels for m in sa) and all(m.uses_kernel == fast for m in sa)
     assert isinstance(copy.nocs_predictor, FusedNOCSPredictor) == fast
     assert isinstance(copy.estimator, FusedPoseSizeEstimator) == fast
-    assert isinstance(copy.rgb_extractor, FastDinoV2) == fast
+    assert type(copy.rgb_extractor) is (FastDinoV2 if fast else ExactDinoV2)
     assert model.gather_kernel == fast
 
 

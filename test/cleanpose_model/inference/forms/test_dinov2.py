@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ops"))  # the Trit
 from triton_env import DEVICE, needs_triton
 
 from cleanpose_model.config import DinoConfig
-from cleanpose_model.inference.forms.dinov2 import FastDinoV2
+from cleanpose_model.inference.forms.dinov2 import ExactDinoV2, FastDinoV2
 from cleanpose_model.nn.dinov2 import DinoVisionTransformer
 from cleanpose_model.ops.triton import HAVE_TRITON
 
@@ -128,3 +128,22 @@ def test_cuda_matches_autocast(dtype):
     (f_max, f_mean), (a_max, a_mean) = _errors(_vit(depth=12).cuda(), x, dtype, use_triton=HAVE_TRITON)
     assert f_mean < 1.3 * a_mean, (f_mean, a_mean)
     assert f_max < 2.0 * a_max, (f_max, a_max)
+
+
+@pytest.mark.gpu
+@needs_triton
+def test_exact_form_matches_the_reference_at_float32_accuracy():
+    """The exact mode's fp32 form (3xTF32 products and attention) against the float64 reference forward:
+    float32 rounding level, far inside the parity bound (1e-4), where TF32 products alone are ~1e-2 off."""
+    vit = _vit(depth=2).to(DEVICE)
+    x = _image(2, 112, 112).to(DEVICE)
+    with torch.no_grad():
+        ref = vit.double()(x.double())
+        vit.float()
+        got = ExactDinoV2(vit)(x)
+        fp32 = vit(x)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    err = (got.double() - ref).abs().max().item()
+    err_fp32 = (fp32.double() - ref).abs().max().item()
+    assert err < 1e-4, err
+    assert err < 10 * err_fp32 + 1e-6, (err, err_fp32)  # no worse than fp32's own rounding, within 10x
