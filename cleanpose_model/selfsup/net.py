@@ -10,7 +10,7 @@ from torch import nn
 from cleanpose_model.selfsup.config import PIXEL_STRIDE, REGION_STRIDE, SelfSupConfig
 from cleanpose_model.selfsup.correspondence import cell_of, cosine_similarity, occupied
 from cleanpose_model.selfsup.encoder import ImageBackbone
-from cleanpose_model.selfsup.pose import cycle_pairs, umeyama
+from cleanpose_model.selfsup.pose import read_out
 from cleanpose_model.selfsup.shape import PointNetFeatures, ShapeDecoder, ShapeMemory
 
 
@@ -68,19 +68,7 @@ class SelfSupNet(nn.Module):
         """Pose read-out: reconstruct, keep the cycle-consistent pixel/point pairs, Umeyama from the pairs'
         canonical points to their observed points; size = the reconstruction's extents x scale."""
         out = self.forward(rgb, choose, category)
-        j, weight = cycle_pairs(out["s_pix"], pts, self.cfg.cycle_keep, self.cfg.min_pairs)
-        src = out["corr_pts"].gather(1, j[..., None].expand(-1, -1, 3))
-        s, rot, t = umeyama(src, pts, weight)
-        shape = out["shape"]
-        extents = (shape.amax(1) - shape.amin(1)).double()
-        kp = shape[:, :: self.cfg.shape_points // self.cfg.n_keypoints][:, : self.cfg.n_keypoints].double()
-        keypoints = s[:, None, None] * kp @ rot.transpose(1, 2) + t[:, None]
-        dt = pts.dtype
-        return {
-            "rotation": rot.to(dt),
-            "translation": t.to(dt),
-            "size": (extents * s[:, None]).to(dt),
-            "keypoints": keypoints.to(dt),
-            "scale": s.to(dt),
-            "shape": shape,
-        }
+        cfg = self.cfg
+        return read_out(
+            out["s_pix"], out["corr_pts"], out["shape"], pts, cfg.cycle_keep, cfg.min_pairs, cfg.n_keypoints
+        )

@@ -46,3 +46,41 @@ def cycle_pairs(sim: torch.Tensor, obs: torch.Tensor, keep: float, min_pairs: in
     kept = dist.topk(k, dim=1, largest=False).indices
     weight = torch.zeros_like(dist).scatter_(1, kept, 1.0)
     return j, weight
+
+
+def read_out(sim, corr_pts, shape, pts, keep: float, min_pairs: int, n_keypoints: int) -> dict:
+    """The pose read-out, network-free (``SelfSupNet.estimate`` and the oracle study call this one function):
+    ``sim`` (B,n,M) pixel/point similarities of the n observed points ``pts`` (B,n,3) (camera frame, metres)
+    against the M correspondence points ``corr_pts`` (B,M,3) of the canonical reconstruction ``shape``
+    (B,P,3) (NOCS frame: box-centred, unit diagonal). Cycle-consistent pairs -> Umeyama ``pts ~ s R x + t``
+    -> rotation R, translation t, size = extents(shape) x s, ``n_keypoints`` shape points in the camera
+    frame."""
+    j, weight = cycle_pairs(sim, pts, keep, min_pairs)
+    src = corr_pts.gather(1, j[..., None].expand(-1, -1, 3))
+    s, rot, t = umeyama(src, pts, weight)
+    # Degenerate pairs (every kept pixel on one model point: an untrained or collapsed similarity) leave no
+    # source spread, so s = 0 and the size would be 0 (the evaluator's size / |size| is then NaN). The scale
+    # falls back to the observed points' RMS radius over the reconstruction's, t to the centroids' offset.
+    bad = ~torch.isfinite(s) | (s <= 1e-6)
+    if bool(bad.any()):
+        w = weight.double() / weight.double().sum(1, keepdim=True).clamp(min=1e-12)
+        mu_d = (w[..., None] * pts.double()).sum(1)
+        mu_s = (w[..., None] * src.double()).sum(1)
+        rms = lambda x: (x - x.mean(1, keepdim=True)).pow(2).sum(-1).mean(1).sqrt()  # noqa: E731
+        s_fb = rms(pts.double()) / rms(shape.double()).clamp(min=1e-12)
+        s = torch.where(bad, s_fb, s)
+        t = torch.where(bad[:, None], mu_d - s[:, None] * (rot @ mu_s[..., None])[..., 0], t)
+    extents = (shape.amax(1) - shape.amin(1)).double()
+    step = max(1, shape.shape[1] // n_keypoints)
+    kp = shape[:, ::step][:, :n_keypoints].double()
+    keypoints = s[:, None, None] * kp @ rot.transpose(1, 2) + t[:, None]
+    dt = pts.dtype
+    return {
+        "rotation": rot.to(dt),
+        "translation": t.to(dt),
+        "size": (extents * s[:, None]).to(dt),
+        "keypoints": keypoints.to(dt),
+        "scale": s.to(dt),
+        "shape": shape,
+        "pair_weight": weight,
+    }

@@ -58,3 +58,34 @@ def test_cycle_pairs_keep_the_consistent_pixels():
     assert j[0, :10].tolist() == [0] * 10
     assert w[0, 1:10].sum() == 0
     assert w[0, 0] == 1 and w.sum() == 30
+
+
+def test_read_out_recovers_pose_and_metric_size_from_exact_correspondences():
+    """The read-out with the true correspondences: observed = s R x + t of canonical (unit-diagonal) points;
+    rotation, translation and the metric size (extents x s) come back exactly."""
+    from cleanpose_model.selfsup.pose import read_out
+
+    src, dst, s, rot, t = _similarity(3, 3)
+    shape = src / (src.amax(1) - src.amin(1)).norm(dim=1)[:, None, None]  # NOCS: diagonal 1
+    dst = s[:, None, None] * shape @ rot.transpose(1, 2) + t[:, None]
+    sim = -torch.cdist(shape, shape)  # pixel i of point i: the nearest point is itself
+    out = read_out(sim, shape, shape, dst, keep=0.5, min_pairs=8, n_keypoints=16)
+    torch.testing.assert_close(out["rotation"], rot, atol=1e-9, rtol=0)
+    torch.testing.assert_close(out["translation"], t, atol=1e-9, rtol=0)
+    extents = shape.amax(1) - shape.amin(1)
+    torch.testing.assert_close(out["size"], extents * s[:, None], atol=1e-9, rtol=0)
+    torch.testing.assert_close(out["keypoints"], dst[:, ::12][:, :16], atol=1e-9, rtol=0)
+
+
+def test_read_out_size_is_never_zero_when_all_pixels_pick_one_point():
+    """A collapsed similarity (every pixel's best point the same) gives Umeyama no source spread: s = 0 and a
+    zero size, which the evaluator turns into NaN. The read-out falls back to the RMS-radius scale."""
+    from cleanpose_model.selfsup.pose import read_out
+
+    src, dst, s, _, _ = _similarity(2, 4)
+    sim = torch.zeros(2, 200, 200, dtype=torch.float64)
+    sim[:, :, 7] = 1.0
+    out = read_out(sim, src, src, dst, keep=0.5, min_pairs=8, n_keypoints=16)
+    assert torch.isfinite(out["size"]).all() and (out["size"] > 0).all()
+    assert torch.isfinite(out["translation"]).all()
+    torch.testing.assert_close(out["scale"], s, rtol=0.05, atol=0)  # uniform cloud: RMS ratio ~ s
