@@ -19,6 +19,7 @@ Only the summation order differs from the reference (the cancellation in ``W x_i
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cleanpose_model.inference.forms.cpu import pack
@@ -106,9 +107,9 @@ class CpuGAFABlock(nn.Module):
         n, k = pts.shape[1], self.k
         # Row indices of the neighbours in the flattened (B * N) point tables.
         rows = (knn_idx + torch.arange(bsz).view(bsz, 1, 1) * n).reshape(-1)
-        proj = self.n_feat(pts_rows).index_select(0, rows)  # (B*K*k, C): feature half of fc_delta_1's layer
+        proj = F.embedding(rows, self.n_feat(pts_rows))  # (B*K*k, C): feature half of fc_delta_1's layer
         # fc_delta's first layer on (kpt - knn_xyz): per keypoint minus per point.
-        p1 = (pts.reshape(-1, 3) @ self.n_w1.t()).index_select(0, rows).view(bsz, n_kpt, k, -1)
+        p1 = F.embedding(rows, pts.reshape(-1, 3) @ self.n_w1.t()).view(bsz, n_kpt, k, -1)
         kq = torch.addmm(self.n_b1, kpt_3d.reshape(-1, 3), self.n_w1.t()).view(bsz, n_kpt, 1, -1)
         h = torch.sub(kq, p1).relu_().view(bsz * n_kpt * k, -1)
         h = self.n_l2(h)

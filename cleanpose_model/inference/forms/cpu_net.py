@@ -28,6 +28,7 @@ from cleanpose_model.inference.forms.attention import FusedAttnLayer
 from cleanpose_model.inference.forms.cpu import CpuDinoV2, pack_linears
 from cleanpose_model.inference.forms.cpu_gafa import CpuGAFA, Dense
 from cleanpose_model.inference.forms.cpu_pointnet2 import CpuPointNet2
+from cleanpose_model.inference.forms.heads import FusedPoseSizeEstimator, folded_layers
 from cleanpose_model.inference.forms.net import InferenceNet
 from cleanpose_model.net import CleanPoseNet, centre_points
 from cleanpose_model.nn.attention import AttnBlock, SelfAttnBlock
@@ -119,6 +120,41 @@ class CpuSelfAttnLayer(nn.Module):
         return query
 
 
+class CpuNOCSPredictor(nn.Module):
+    """`NOCSPredictor` (folded) on packed products, its last layer restricted to each object's category (the
+    other categories' logits are never read): forward(kpt_feat (B, K, C), category (B,)) -> (B, K, 3)."""
+
+    def __init__(self, pred: nn.Module) -> None:
+        super().__init__()
+        mlp, att = folded_layers(pred.nocs_mlp), folded_layers(pred.atten_mlp)
+        if mlp is None or att is None or att[-1][2]:
+            raise ValueError("CpuNOCSPredictor needs a NOCS head folded by forms/pointwise.py")
+        self.mlp = [Dense(w, b, relu) for w, b, relu in mlp]
+        self.att = [Dense(w, b, relu) for w, b, relu in att[:-1]]
+        self.self_attn_layer = CpuSelfAttnLayer(pred.self_attn_layer)
+        self.bins = pred.bins_num
+        w, b, _ = att[-1]
+        per_cat = 3 * self.bins
+        self.last_w = (
+            w.detach().view(-1, per_cat, w.shape[1]).transpose(1, 2).contiguous()
+        )  # (cat, C, 3 bins)
+        self.last_b = b.detach().view(-1, 1, per_cat).clone()
+        i = torch.arange(self.bins, dtype=torch.float32)
+        self.centres = (-0.5 + (i + 0.5) / self.bins).unsqueeze(1)
+
+    def forward(self, kpt_feat: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        bsz, n_kpt, c = kpt_feat.shape
+        x = kpt_feat.reshape(-1, c)
+        for d in self.mlp:
+            x = d(x)
+        x = self.self_attn_layer(x.view(bsz, n_kpt, -1)).view(bsz * n_kpt, -1)
+        for d in self.att:
+            x = d(x)
+        logits = torch.baddbmm(self.last_b[category], x.view(bsz, n_kpt, -1), self.last_w[category])
+        prob = torch.softmax(logits.view(bsz, n_kpt, 3, self.bins), dim=-1)
+        return torch.matmul(prob, self.centres).squeeze(-1)
+
+
 class CpuIAKD(nn.Module):
     """`IAKD` with its `FusedAttnLayer` (shared blocks) on contiguous point rows: forward(feats_t (B, N, C)
     contiguous, pts (B, N, 3)) -> the published outputs."""
@@ -187,8 +223,8 @@ def cpu_inference_net(inner: CleanPoseNet) -> CpuInferenceNet:
             self_attn_layer=CpuSelfAttnLayer(fd.self_attn_layer),
             cross_attn_layer=CpuAttnLayer(fd.cross_attn_layer),
         )
-    nocs = inner.nocs_predictor
-    forms["nocs_predictor"] = copy_with(nocs, self_attn_layer=CpuSelfAttnLayer(nocs.self_attn_layer))
+    forms["nocs_predictor"] = CpuNOCSPredictor(inner.nocs_predictor)
+    forms["estimator"] = FusedPoseSizeEstimator(inner.estimator)
     clone = copy_with(inner, **forms)
     return CpuInferenceNet(pack_linears(clone))
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cleanpose_model.inference.forms.cpu_gafa import Dense, run_chain
@@ -100,8 +101,7 @@ class CpuSetAbstraction:
         self.sa = sa  # centres (FPS) as the reference
         per_radius = [_layers(m) for m in sa.mlps]
         firsts = [ls[0] for ls in per_radius]
-        self.widths = [w.shape[0] for w, _ in firsts]
-        self.first = Dense(torch.cat([w for w, _ in firsts]), None)  # [x, f] W^T for every radius at once
+        self.first = [Dense(w, None) for w, _ in firsts]  # [x, f] W^T per point
         self.centre = [(w[:, :3].float().t().contiguous(), b.float()) for w, b in firsts]
         self.rest = [[Dense(w, b, relu=True) for w, b in ls[1:]] for ls in per_radius]
 
@@ -116,13 +116,12 @@ class CpuSetAbstraction:
         bsz, n, _ = xyz.shape
         m = new_xyz.shape[1]
         x = xyz.reshape(-1, 3)
-        proj = self.first(x if rows is None else torch.cat([x, rows], dim=1))
+        x = x if rows is None else torch.cat([x, rows], dim=1)
         centres = new_xyz.reshape(-1, 3)
-        outs, start = [], 0
-        for idx, width, (wx, b), rest in zip(groups, self.widths, self.centre, self.rest, strict=True):
-            s = idx.shape[2]
-            g = proj[:, start : start + width].index_select(0, _offsets(idx, n)).view(bsz * m, s, width)
-            start += width
+        outs = []
+        for idx, first, (wx, b), rest in zip(groups, self.first, self.centre, self.rest, strict=True):
+            s, width = idx.shape[2], first.out_features
+            g = F.embedding(_offsets(idx, n), first(x)).view(bsz * m, s, width)
             c = torch.addmm(b, centres, wx, alpha=-1.0).neg_()  # c W_x^T - b
             h = g.sub_(c.unsqueeze(1)).relu_().view(-1, width)
             h = run_chain(rest, h)
@@ -151,7 +150,7 @@ class CpuFeaturePropagation:
         -> (B * N, C_out)."""
         bsz, n, _ = idx.shape
         m = known_rows.shape[0] // bsz
-        g = self.known(known_rows).index_select(0, _offsets(idx, m)).view(bsz * n, 3, -1)
+        g = F.embedding(_offsets(idx, m), self.known(known_rows)).view(bsz * n, 3, -1)
         x = torch.bmm(weight.reshape(bsz * n, 1, 3), g).view(bsz * n, -1)
         x = x.add_(self.bias) if self.skip is None else self.skip.add(skip_rows, x)
         return run_chain(self.rest, x.relu_())
