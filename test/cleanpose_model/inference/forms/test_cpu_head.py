@@ -35,3 +35,27 @@ def test_cpu_gafa_matches_the_reference():
         ref = gafa(kpt_feat, kpt_3d, pts_feat, pts)
         got = CpuGAFA(fold_for_inference(gafa))(kpt_feat, kpt_3d, pts_feat.reshape(-1, 64), pts)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_network_matches_the_reference_network():
+    """The whole CPU form (forms/cpu_net.py: the head on point-major rows, the keypoint detector, front-door
+    and NOCS forms, the estimator) against the reference network on three seeded objects."""
+    from cleanpose_model import parity
+    from cleanpose_model.inference import InferenceMode, build_inference
+    from cleanpose_model.inference.forms.cpu_net import CpuInferenceNet
+
+    net = parity.build_parity_net("cleanpose", "cpu").eval()
+    g = torch.Generator().manual_seed(3)
+    bsz, n = 3, net.cfg.n_points
+    rgb = torch.randn(bsz, 3, net.cfg.image_size, net.cfg.image_size, generator=g)
+    pts = torch.randn(bsz, n, 3, generator=g) * 0.06 + torch.tensor([0.0, 0.0, 0.7])
+    choose = torch.randint(0, net.cfg.image_size**2, (bsz, n), generator=g)
+    category = torch.tensor([0, 3, 5])
+    queue = torch.randn(bsz, 12, net.cfg.d_model, generator=g)
+    fwd = build_inference(net, InferenceMode("exact"))
+    assert isinstance(fwd.model, CpuInferenceNet)
+    with torch.inference_mode():
+        ref = net(rgb, pts, choose, category, queue_feats=queue)
+        got = fwd(rgb, pts, choose, category, queue_feats=queue)
+    for key in ("pred_rotation", "pred_translation", "pred_size", "pred_kpt_3d", "kpt_nocs"):
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-5, msg=key)
