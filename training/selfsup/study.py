@@ -220,6 +220,7 @@ def run_study(args) -> dict:
         "wall_s": {**runner.times, "total": round(time.perf_counter() - t_all, 1)},
         "metrics": metrics,
         "test_images": {s: len((data / s / "test_list_all.txt").read_text().split()) for s in ("a", "b")},
+        "oracle": oracle_study(data / "a", {name: ckpt[name] for name in ORACLE_RUNS}),
     }
     demo = out / "selfsup_demo.safetensors"
     shutil.copyfile(ckpt["selfsup_a"], demo)
@@ -257,6 +258,19 @@ _TABLES = (
 )
 
 
+# Runs whose read-out is also scored with ground-truth parts swapped in (cleanpose_training.selfsup.oracle):
+# where the accuracy is lost, the reconstruction or the correspondences.
+ORACLE_RUNS = ("stage1", "selfsup_a")
+
+
+def oracle_study(root: Path, ckpts: dict[str, Path]) -> dict:
+    """{run: oracle.run(...)} on the style-a test frames (CPU, in this process: seconds per run)."""
+    from cleanpose_model.families.selfsup import load_selfsup_net
+    from cleanpose_training.selfsup import oracle
+
+    return {name: oracle.run(root, "test", load_selfsup_net(path).eval()) for name, path in ckpts.items()}
+
+
 def _row(name: str, m: dict, steps) -> str:
     cells = ["–" if m.get(label) is None else f"{m[label]:.1f}" for label, _ in METRICS]
     return f"| {name} | " + " | ".join(cells) + f" | {steps if steps is not None else '–'} |"
@@ -282,6 +296,13 @@ def tables(r: dict) -> str:
     for heading, rows in _TABLES:
         lines += ["", f"## {heading}", "", head]
         lines += [_row(label, m[f"{run}@{style}"], st[run]) for label, run, style in rows]
+    if r.get("oracle"):
+        from cleanpose_training.selfsup.oracle import table
+
+        lines += ["", "## Oracle read-out (style-a test): ground truth swapped in for the shape or the "
+                  "correspondences", ""]  # fmt: skip
+        for run, res in r["oracle"].items():
+            lines += [f"{run}:", "", table(res).rstrip("\n"), ""]
     return "\n".join(lines) + "\n"
 
 

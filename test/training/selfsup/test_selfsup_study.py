@@ -34,6 +34,20 @@ def test_tables_hold_every_run_and_mark_undefined_metrics():
     assert "| – | – |" in study.tables(_result(None))
 
 
+def test_tables_show_the_oracle_read_out_per_run():
+    from cleanpose_training.selfsup import oracle
+
+    one = {"ap": {c[0]: 50.0 for c in oracle.COLUMNS}, "median_rot_deg": 3.0, "median_shift_cm": 0.5,
+           "median_size_ratio": 1.0, "objects": 4}  # fmt: skip
+    r = _result(1.0) | {"oracle": {run: dict.fromkeys(oracle.VARIANTS, one) for run in study.ORACLE_RUNS}}
+    text = study.tables(r)
+    assert "## Oracle read-out" in text
+    for run in study.ORACLE_RUNS:
+        assert f"{run}:" in text
+    assert text.count("| pred_shape+gt_corr |") == len(study.ORACLE_RUNS)
+    assert "Oracle" not in study.tables(_result(1.0))
+
+
 @pytest.mark.slow
 def test_study_script_smoke_end_to_end(tmp_path):
     """SMOKE=1 scripts/selfsup_study_gpu.sh: data -> 8 training runs -> 12 evaluations -> tables, JSON, the
@@ -49,6 +63,8 @@ def test_study_script_smoke_end_to_end(tmp_path):
     assert set(result["metrics"]) >= {"selfsup_a@a", "selfsup_b@b", "supervised_a@b", "ablation_no_cfco@a"}
     assert all(result["steps"][r] == 2 for r in ("stage1", "selfsup_a", "supervised_a"))
     assert "## Ablations" in (out / "study.md").read_text()
+    assert "## Oracle read-out" in (out / "study.md").read_text()
+    assert set(result["oracle"]) == set(study.ORACLE_RUNS)
     from cleanpose_model.estimator import load_estimator
 
     est = load_estimator(out / "selfsup_demo.safetensors")
