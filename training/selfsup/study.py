@@ -268,7 +268,14 @@ def oracle_study(root: Path, ckpts: dict[str, Path]) -> dict:
     from cleanpose_model.families.selfsup import load_selfsup_net
     from cleanpose_training.selfsup import oracle
 
-    return {name: oracle.run(root, "test", load_selfsup_net(path).eval()) for name, path in ckpts.items()}
+    out = {}
+    for name, path in ckpts.items():
+        try:  # a diagnostic: its failure must not cost the study's results
+            out[name] = oracle.run(root, "test", load_selfsup_net(path).eval())
+        except Exception as e:
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"[study] oracle of {name} failed: {out[name]['error']}", flush=True)
+    return out
 
 
 def _row(name: str, m: dict, steps) -> str:
@@ -302,7 +309,8 @@ def tables(r: dict) -> str:
         lines += ["", "## Oracle read-out (style-a test): ground truth swapped in for the shape or the "
                   "correspondences", ""]  # fmt: skip
         for run, res in r["oracle"].items():
-            lines += [f"{run}:", "", table(res).rstrip("\n"), ""]
+            text = res["error"] if "error" in res else table(res).rstrip("\n")
+            lines += [f"{run}:", "", text, ""]
     return "\n".join(lines) + "\n"
 
 

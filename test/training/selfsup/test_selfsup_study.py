@@ -48,6 +48,12 @@ def test_tables_show_the_oracle_read_out_per_run():
     assert "Oracle" not in study.tables(_result(1.0))
 
 
+def test_a_failing_oracle_is_recorded_not_raised(tmp_path):
+    r = study.oracle_study(tmp_path, {"stage1": tmp_path / "missing.safetensors"})
+    assert "error" in r["stage1"]
+    assert r["stage1"]["error"] in study.tables(_result(1.0) | {"oracle": r})
+
+
 @pytest.mark.slow
 def test_study_script_smoke_end_to_end(tmp_path):
     """SMOKE=1 scripts/selfsup_study_gpu.sh: data -> 8 training runs -> 12 evaluations -> tables, JSON, the
