@@ -10,13 +10,14 @@ Per mode, what it binds (each form and kernel receives its precision here, as a 
   in ``ops/*.py``), and where oneDNN is in the build (forms/cpu.py) every linear layer with its weight
   packed once for oneDNN and DINOv2 as `CpuDinoV2` (fp32 products, GELU in the product); there is no CPU
   ``"fast"`` (bf16 leaves its pose budget: forms/cpu.py);
-- CUDA ``"exact"``: Triton for PointNet++'s furthest point sampling, ball query and three-NN (the same
-  picks as the torch references) and GAFA's neighbour choice; DINOv2 as `ExactDinoV2` (its products and
-  attention) and the attention core at float32 accuracy on tensor cores (3xTF32, "tf32x3":
-  ops/triton/linear.py); every other product in full fp32 (TF32 off);
+- CUDA ``"exact"``: the fast mode's forms and Triton kernels (below) with every product at float32
+  accuracy on tensor cores (three TF32 products, "tf32x3": ops/triton/linear.py), DINOv2 as `ExactDinoV2`
+  and the per-point layers left to torch as one 3xTF32 launch each; cuBLAS products in full fp32 (TF32 off);
 - CUDA ``"fast"``: DINOv2 in fp16 (forms/dinov2.py), TF32 products everywhere else and every Triton kernel
   in "tf32": PointNet++'s feature work, GAFA's MLP chains, the front-door gate, the NOCS tail, the RGB
-  gather, and the pose/size estimator's concatenated products;
+  gather, and the pose/size estimator's concatenated products; both CUDA modes run PointNet++'s furthest
+  point sampling, ball query and three-NN and GAFA's neighbour choice as Triton index kernels (the same
+  picks as the torch references);
 - ``cuda_graphs``: the forward replayed from CUDA graphs per batch bucket (graphs.py), ``compile``: the
   backbone and head through ``torch.compile`` before capture (then only PointNet++'s form is bound: the
   compiler fuses the rest).
@@ -39,7 +40,7 @@ from cleanpose_model.inference.forms.gafa import FusedGAFA
 from cleanpose_model.inference.forms.heads import FusedNOCSPredictor, FusedPoseSizeEstimator
 from cleanpose_model.inference.forms.net import InferenceNet
 from cleanpose_model.inference.forms.pointnet2_msg import FusedPointNet2
-from cleanpose_model.inference.forms.pointwise import fold_for_inference
+from cleanpose_model.inference.forms.pointwise import PointwiseLinear, fold_for_inference
 from cleanpose_model.inference.graphs import GraphedForward, tf32_products
 from cleanpose_model.net import CleanPoseNet
 from cleanpose_model.ops.triton import HAVE_TRITON
@@ -98,12 +99,16 @@ def bind_forms(net: CleanPoseNet, mode: InferenceMode, kernels: bool) -> Inferen
     """The inference copy of ``net`` for ``mode``; ``kernels``: Triton may run (a CUDA device, Triton
     installed). Parameters are shared with ``net``."""
     fast = mode.precision == "fast"
-    # the attention core, every mode: exact keeps fp32 accuracy by 3xTF32 (ops/triton/linear.py)
-    attention = ("tf32" if fast else "tf32x3") if kernels else None
-    fast_kernels = "tf32" if fast and kernels else None  # the kernels that run in the fast mode only
+    # The product precision of every Triton kernel: TF32 (fast) or float32 accuracy on tensor cores by three
+    # TF32 products (exact, "tf32x3": ops/triton/linear.py); None without kernels (torch forms).
+    precision = ("tf32" if fast else "tf32x3") if kernels else None
     folded = fold_for_inference(net.eval())
+    if precision == "tf32x3":  # the per-point layers left to torch run as one 3xTF32 launch each
+        for m in folded.modules():
+            if isinstance(m, PointwiseLinear):
+                m.use_kernel(precision)
     forms: dict[str, nn.Module] = {
-        "pts_extractor": FusedPointNet2(folded.pts_extractor, kernels, None if mode.compile else fast_kernels)
+        "pts_extractor": FusedPointNet2(folded.pts_extractor, kernels, None if mode.compile else precision)
     }
     vit = folded.rgb_extractor
     if fast:
@@ -118,22 +123,20 @@ def bind_forms(net: CleanPoseNet, mode: InferenceMode, kernels: bool) -> Inferen
     if mode.compile:  # the compiler does its own fusion of the rest
         return InferenceNet(_replace(folded, **forms))
     iakd = folded.IAKD
-    forms["IAKD"] = _replace(iakd, attn_layer=FusedAttnLayer(iakd.attn_layer, attention))
-    forms["GAFA"] = FusedGAFA(folded.GAFA, knn_kernel=kernels, precision=fast_kernels)
+    forms["IAKD"] = _replace(iakd, attn_layer=FusedAttnLayer(iakd.attn_layer, precision))
+    forms["GAFA"] = FusedGAFA(folded.GAFA, knn_kernel=kernels, precision=precision)
     if net.cfg.use_front_door:
-        forms["FD_Encoder"] = FusedFrontDoor(
-            folded.FD_Encoder, attention, gate_kernel=fast_kernels is not None
-        )
+        forms["FD_Encoder"] = FusedFrontDoor(folded.FD_Encoder, precision, gate_kernel=precision is not None)
     nocs = folded.nocs_predictor
-    if fast_kernels and FusedNOCSPredictor.supports(nocs):
-        forms["nocs_predictor"] = FusedNOCSPredictor(nocs, fast_kernels)
+    if precision and FusedNOCSPredictor.supports(nocs):
+        forms["nocs_predictor"] = FusedNOCSPredictor(nocs, precision)
     else:
         forms["nocs_predictor"] = _replace(
-            nocs, self_attn_layer=FusedSelfAttnLayer(nocs.self_attn_layer, attention)
+            nocs, self_attn_layer=FusedSelfAttnLayer(nocs.self_attn_layer, precision)
         )
-    if fast:
+    if precision:
         forms["estimator"] = FusedPoseSizeEstimator(folded.estimator)
-    return InferenceNet(_replace(folded, **forms), gather_kernel=fast_kernels is not None)
+    return InferenceNet(_replace(folded, **forms), gather_kernel=precision is not None)
 
 
 def bind_cpu_forms(net: CleanPoseNet) -> InferenceNet:

@@ -1,4 +1,4 @@
-"""A linear layer with an optional exact (erf) GELU on its output, in plain torch: the reference of
+"""A linear layer with an optional ReLU or exact (erf) GELU on its output, in plain torch: the reference of
 ``ops/triton/linear.py``."""
 
 from __future__ import annotations
@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 
 
-def linear_math(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False):
-    """x (M, K), weight (N, K), bias (N,) -> (M, N); ``gelu``: ``nn.GELU()`` (the erf form) applied."""
+def linear_math(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None
+) -> torch.Tensor:
+    """x (..., K), weight (N, K), bias (N,) -> (..., N); ``activation``: None, "relu" or "gelu"
+    (``nn.GELU()``, the erf form)."""
     y = F.linear(x, weight, bias)
-    return F.gelu(y) if gelu else y
+    if activation == "relu":
+        return F.relu(y)
+    return F.gelu(y) if activation == "gelu" else y

@@ -176,7 +176,7 @@ class ExactDinoV2(FastDinoV2):
         return linear_triton(x, weight, bias, precision="tf32x3")
 
     def _mlp_hidden(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        return linear_triton(x, self.fc1_weight[i], self.fc1_bias[i], gelu=True, precision="tf32x3")
+        return linear_triton(x, self.fc1_weight[i], self.fc1_bias[i], activation="gelu", precision="tf32x3")
 
     def _attend(self, qkv: torch.Tensor, b: int, n_tok: int) -> torch.Tensor:
         c = qkv.shape[1] // 3

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cleanpose_model.nn.pointnet2_msg import _ConvBnRelu2d
+from cleanpose_model.ops.triton.linear import linear_triton
 
 # Modules whose forward applies their children in their listed order, like a Sequential: a conv -> BN -> ReLU
 # run among their children folds into one product.
@@ -41,9 +42,27 @@ class PointwiseLinear(nn.Module):
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.relu = relu
+        # The exact mode on CUDA binds the 3xTF32 kernel here (`use_kernel`); None: torch's products.
+        self.precision: str | None = None
+
+    def use_kernel(self, precision: str) -> None:
+        """Run the product, bias and ReLU as one `ops/triton/linear.py` launch in ``precision``."""
+        self.precision = precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = x.movedim(1, -1)
+        if self.precision is not None:
+            # One launch, in either layout: the kernel reads x and writes y through their strides.
+            y = torch.empty(x.shape[0], self.weight.shape[0], *x.shape[2:], device=x.device)
+            linear_triton(
+                x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 2),
+                self.weight,
+                self.bias,
+                activation="relu" if self.relu else None,
+                precision=self.precision,
+                out=y.view(y.shape[0], y.shape[1], -1).transpose(1, 2),
+            )
+            return y
         if last.is_contiguous():
             # A transposed view of a channels-last tensor: apply the matrix in place of the transpose.
             y = F.linear(last, self.weight, self.bias).movedim(-1, 1)

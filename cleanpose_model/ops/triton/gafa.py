@@ -10,9 +10,10 @@ Each GAFA block runs two small MLPs over sets that only exist to be reduced:
 One program per keypoint keeps these sets on chip (the neighbour kernel stages its 256-wide layers
 in a per-program scratch row block, which stays in L2) and writes only the reduced rows.
 
-The inference builder uses them in the fast mode (``precision="tf32"``) only: in full fp32 the products run
-on the CUDA cores, one program per keypoint, measured far slower than cuBLAS (H100, GAFA at 6 objects:
-10.3 ms vs 1.4 ms), so the exact mode keeps the torch form. "ieee" serves the tests' tight checks.
+The inference builder binds them in "tf32" (the fast mode) and "tf32x3" (the exact mode: float32 accuracy
+from three TF32 tensor-core products, ops/triton/linear.py). In "ieee" the products run on the CUDA cores,
+one program per keypoint, measured far slower than cuBLAS (H100, GAFA at 6 objects: 10.3 ms vs 1.4 ms);
+it serves the tests' tight checks.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Linear layers whose float32 products run on tensor cores at fp32 accuracy (3xTF32), bias and GELU in
-the epilogue: the exact mode's products on CUDA.
+"""Linear layers whose float32 products run on tensor cores at fp32 accuracy (3xTF32), bias and ReLU / GELU
+in the epilogue, batched or not, any input and output strides: the exact mode's products on CUDA.
 
 A TF32 product keeps 10 of float32's 23 mantissa bits. Splitting each operand into a TF32 "big" part and
 the TF32 rounding of the remainder, a*b = a_big*b_big + a_big*b_small + a_small*b_big (the small*small
@@ -9,7 +9,7 @@ throughput of the CUDA-core FFMA kernels cuBLAS runs for float32 with TF32 off, 
 float32 rounding level, far inside the parity bound (1e-4). ``"ieee"`` (plain FFMA) and ``"tf32"`` are
 accepted for comparison.
 
-The reference is `ops/linear.py` (``F.linear`` + ``F.gelu``); the kernel computes the same function.
+The reference is `ops/linear.py` (``F.linear`` + the activation); the kernel computes the same function.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from cleanpose_model.ops.triton import HAVE_TRITON
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
+ACTIVATIONS = (None, "relu", "gelu")
 
 if HAVE_TRITON:
     import triton
@@ -33,13 +34,16 @@ if HAVE_TRITON:
         M,
         N,
         K,
+        sxb,
         sxm,
         sxk,
         swn,
         swk,
+        syb,
         sym,
+        syn,
         HAS_BIAS: tl.constexpr,
-        GELU: tl.constexpr,
+        ACTIVATION: tl.constexpr,
         PRECISION: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -49,6 +53,8 @@ if HAVE_TRITON:
         # Programs walk the output in groups of GROUP_M row blocks, so neighbouring programs share the
         # same weight columns while they are in L2.
         pid = tl.program_id(0)
+        x_ptr += tl.program_id(1) * sxb  # one matrix of a batch per grid row
+        y_ptr += tl.program_id(1) * syb
         n_m = tl.cdiv(M, BLOCK_M)
         n_n = tl.cdiv(N, BLOCK_N)
         per_group = GROUP_M * n_n
@@ -77,9 +83,13 @@ if HAVE_TRITON:
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         if HAS_BIAS:
             acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0)[None, :]
-        if GELU:
+        if ACTIVATION == "relu":
+            acc = tl.maximum(acc, 0.0)
+        elif ACTIVATION == "gelu":  # the erf form, as nn.GELU()
             acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-        tl.store(y_ptr + rows[:, None] * sym + cols[None, :], acc, mask=row_ok[:, None] & col_ok[None, :])
+        tl.store(
+            y_ptr + rows[:, None] * sym + cols[None, :] * syn, acc, mask=row_ok[:, None] & col_ok[None, :]
+        )
 
 
 # Tile shapes, largest first: the largest that still gives every SM a program (at robot batch sizes the
@@ -100,39 +110,52 @@ def linear_triton(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     *,
-    gelu: bool = False,
+    activation: str | None = None,
     precision: str = "tf32x3",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`ops.linear.linear_math` in one launch: x (M, K) float32, weight (N, K), bias (N,) or None ->
-    (M, N) float32. ``precision``: "tf32x3" (fp32 accuracy on tensor cores), "tf32" or "ieee"."""
+    """`ops.linear.linear_math` in one launch: x (M, K) or (B, M, K) float32 with any strides, weight
+    (N, K), bias (N,) or None -> (M, N) / (B, M, N) float32. ``activation``: None, "relu" or "gelu" (erf).
+    ``precision``: "tf32x3" (fp32 accuracy on tensor cores), "tf32" or "ieee". ``out``: where to write, any
+    strides (e.g. the transposed view of a channels-first tensor)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if x.dim() not in (2, 3) or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
         raise ValueError(
-            f"x (M, K) and weight (N, K) expected, got {tuple(x.shape)} and {tuple(weight.shape)}"
+            f"x (M, K) or (B, M, K) and weight (N, K) expected, got {tuple(x.shape)}, {tuple(weight.shape)}"
         )
     if x.dtype != torch.float32 or weight.dtype != torch.float32:
         raise ValueError(f"float32 operands expected, got {x.dtype} and {weight.dtype}")
-    m, k = x.shape
+    x3 = x if x.dim() == 3 else x.unsqueeze(0)
+    bsz, m, k = x3.shape
     n = weight.shape[0]
-    y = torch.empty(m, n, device=x.device, dtype=torch.float32)
-    bm, bn, warps = _tile(m, n, x.device)
-    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    if out is None:
+        out = torch.empty(*x.shape[:-1], n, device=x.device, dtype=torch.float32)
+    if out.shape != (*x.shape[:-1], n) or out.dtype != torch.float32:
+        raise ValueError(f"out must be float32 of shape {(*x.shape[:-1], n)}, got {tuple(out.shape)}")
+    y3 = out if out.dim() == 3 else out.unsqueeze(0)
+    bm, bn, warps = _tile(bsz * m, n, x.device)
+    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn), bsz)
     _linear_kernel[grid](
-        x,
+        x3,
         weight,
-        bias if bias is not None else y,  # never read without HAS_BIAS
-        y,
+        bias if bias is not None else y3,  # never read without HAS_BIAS
+        y3,
         m,
         n,
         k,
-        x.stride(0),
-        x.stride(1),
+        x3.stride(0),
+        x3.stride(1),
+        x3.stride(2),
         weight.stride(0),
         weight.stride(1),
-        y.stride(0),
+        y3.stride(0),
+        y3.stride(1),
+        y3.stride(2),
         HAS_BIAS=bias is not None,
-        GELU=gelu,
+        ACTIVATION=activation or "none",
         PRECISION=precision,
         BLOCK_M=bm,
         BLOCK_N=bn,
@@ -141,4 +164,4 @@ def linear_triton(
         num_warps=warps,
         num_stages=3,
     )
-    return y
+    return out

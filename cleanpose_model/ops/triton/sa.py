@@ -21,8 +21,8 @@ slice of the weights) and hands the remaining layers to cuBLAS (bias + ReLU in i
 
 Layout: the kernels read features through strides and write point-major (B, M, C) buffers, returned
 as (B, C, M) views, so the next level's neighbour gathers read contiguous rows. Products run in the
-caller's ``precision``: "tf32" (the fast mode, the only one the inference builder binds them in) or
-full fp32 "ieee" (the tests' tight checks).
+caller's ``precision``: "tf32" (the fast mode), "tf32x3" (the exact mode: float32 accuracy on tensor
+cores, see ops/triton/linear.py) or full fp32 "ieee" on the CUDA cores (the tests' tight checks).
 """
 
 from __future__ import annotations

@@ -111,3 +111,35 @@ def test_folded_network_keeps_parity_and_shares_weights(variant):
     report = parity.run_parity(variant, PARITY_DIR / f"{variant}_parity_v1.npz", net=folded, forward=forward)
     assert parity.failures(report) == []
     assert len(report) > 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last_view", "4d"])
+def test_pointwise_kernel_matches_torch_products(layout):
+    """``use_kernel("tf32x3")`` (the exact mode on CUDA, or Triton's interpreter): the same layer as its torch
+    products, at float32 accuracy, for every input layout the network hands it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ops"))
+    from triton_env import DEVICE, needs_triton
+
+    if needs_triton.args[0]:
+        pytest.skip(needs_triton.kwargs["reason"])
+    g = torch.Generator().manual_seed(3)
+    layer = PointwiseLinear(torch.randn(48, 32, generator=g) * 0.2, torch.randn(48, generator=g), relu=True)
+    layer = layer.to(DEVICE)
+    shape = {"channels_first": (2, 32, 300), "channels_last_view": (2, 300, 32), "4d": (2, 32, 64, 16)}[
+        layout
+    ]
+    x = torch.randn(*shape, generator=g).to(DEVICE)
+    if layout == "channels_last_view":
+        x = x.transpose(1, 2)  # (B, C, N) whose memory is (B, N, C)
+    with torch.no_grad():
+        ref = torch.relu(
+            torch.einsum("oc,bc...->bo...", layer.weight.double(), x.double())
+            + layer.bias.double().view(1, -1, *([1] * (x.dim() - 2)))
+        )
+        layer.use_kernel("tf32x3")
+        got = layer(x)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-5)
