@@ -29,6 +29,8 @@ from cleanpose_model.ops.knn import knn_indices
 
 # Rows of a pair-MLP chunk: its (rows, 256) fp32 output (1.5 MB) stays in a Zen 4 core's 2 MB L2.
 PAIR_CHUNK_ROWS = 1536
+# Neighbour rows (keypoint, neighbour) per chunk of the neighbour branch, for the same reason.
+NEIGHBOUR_CHUNK_ROWS = 1536
 
 
 def _linear_layers(seq: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -105,23 +107,28 @@ class CpuGAFABlock(nn.Module):
         """The neighbour branch: -> relu(sum_j a_j kf_j + kpt_feat) (B, K, C)."""
         bsz, n_kpt, c = kpt_feat.shape
         n, k = pts.shape[1], self.k
-        # Row indices of the neighbours in the flattened (B * N) point tables.
-        rows = (knn_idx + torch.arange(bsz).view(bsz, 1, 1) * n).reshape(-1)
-        proj = F.embedding(rows, self.n_feat(pts_rows))  # (B*K*k, C): feature half of fc_delta_1's layer
+        # Row indices of the neighbours in the flattened (B * N) point tables, one row of k per keypoint.
+        rows = (knn_idx + torch.arange(bsz).view(bsz, 1, 1) * n).view(bsz * n_kpt, k)
+        proj = self.n_feat(pts_rows)  # (B*N, C): the feature half of fc_delta_1's first layer, per point
         # fc_delta's first layer on (kpt - knn_xyz): per keypoint minus per point.
-        p1 = F.embedding(rows, pts.reshape(-1, 3) @ self.n_w1.t()).view(bsz, n_kpt, k, -1)
-        kq = torch.addmm(self.n_b1, kpt_3d.reshape(-1, 3), self.n_w1.t()).view(bsz, n_kpt, 1, -1)
-        h = torch.sub(kq, p1).relu_().view(bsz * n_kpt * k, -1)
-        h = self.n_l2(h)
-        kf = self.n_out(self.n_fold.add(h, proj).relu_()).view(bsz * n_kpt, k, c)
+        p1 = pts.reshape(-1, 3) @ self.n_w1.t()
+        kq = torch.addmm(self.n_b1, kpt_3d.reshape(-1, 3), self.n_w1.t()).unsqueeze(1)  # (B*K, 1, H)
         q = run_chain(self.fc_in, kpt_feat.reshape(-1, c))  # (B*K, C)
         # cosine similarity as torch computes it: each side divided by its norm (clamped at 1e-8)
-        qn = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min_(1e-8)
-        kn = torch.linalg.vector_norm(kf, dim=-1).clamp_min_(1e-8)
-        sim = torch.bmm(kf, qn.unsqueeze(-1)).squeeze(-1).div_(kn)  # (B*K, k)
-        attn = torch.softmax(sim / self.tau, dim=-1)
-        out = torch.bmm(attn.unsqueeze(1), kf).view(bsz, n_kpt, c)
-        return out.add_(kpt_feat).relu_()
+        qn = (q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min_(1e-8)).unsqueeze(-1)
+        out = torch.empty(bsz * n_kpt, c)
+        per = max(1, NEIGHBOUR_CHUNK_ROWS // k)  # keypoints per chunk: its rows stay in L2 through the chain
+        for r0 in range(0, bsz * n_kpt, per):
+            r1 = min(r0 + per, bsz * n_kpt)
+            idx = rows[r0:r1].reshape(-1)
+            h = torch.sub(kq[r0:r1], F.embedding(idx, p1).view(r1 - r0, k, -1)).relu_()
+            h = self.n_l2(h.view(idx.shape[0], -1))
+            kf = self.n_out(self.n_fold.add(h, F.embedding(idx, proj)).relu_()).view(r1 - r0, k, c)
+            kn = torch.linalg.vector_norm(kf, dim=-1).clamp_min_(1e-8)
+            sim = torch.bmm(kf, qn[r0:r1]).squeeze(-1).div_(kn)  # (chunk, k)
+            attn = torch.softmax(sim.div_(self.tau), dim=-1)
+            out[r0:r1] = torch.bmm(attn.unsqueeze(1), kf).squeeze(1)
+        return out.view(bsz, n_kpt, c).add_(kpt_feat).relu_()
 
     def pair_mean(self, kpt_3d: torch.Tensor) -> torch.Tensor:
         """mean_j relu(relu((x_i - x_j) W1^T + b1) W2^T + b2) -> (B, K, C) (the published rel_hidden)."""

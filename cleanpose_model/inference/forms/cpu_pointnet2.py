@@ -29,6 +29,10 @@ from cleanpose_model.inference.forms.pointnet2_msg import _folded_layers
 from cleanpose_model.nn.pointnet2_msg import FeaturePropagation, PointNet2MSG, SetAbstractionMSG
 from cleanpose_model.ops import pointnet2 as ops
 
+# Floats of the widest layer output per chunk of a set-abstraction level (1 MB): each chunk's rows stay in a
+# Zen 4 core's 2 MB L2 through the level's MLP and max-pool.
+CHUNK_FLOATS = 262144
+
 
 def sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a (B, M, 3), b (B, N, 3) -> (B, M, N): `ops.pairwise_sq_dist`'s values (same products and sums in
@@ -121,11 +125,18 @@ class CpuSetAbstraction:
         outs = []
         for idx, first, (wx, b), rest in zip(groups, self.first, self.centre, self.rest, strict=True):
             s, width = idx.shape[2], first.out_features
-            g = F.embedding(_offsets(idx, n), first(x)).view(bsz * m, s, width)
-            c = torch.addmm(b, centres, wx, alpha=-1.0).neg_()  # c W_x^T - b
-            h = g.sub_(c.unsqueeze(1)).relu_().view(-1, width)
-            h = run_chain(rest, h)
-            outs.append(h.view(bsz * m, s, -1).amax(dim=1))
+            proj = first(x)
+            c = torch.addmm(b, centres, wx, alpha=-1.0).neg_().unsqueeze(1)  # c W_x^T - b
+            offs = _offsets(idx, n).view(bsz * m, s)
+            widest = max([width] + [d.out_features for d in rest])
+            per = max(1, CHUNK_FLOATS // (widest * s))  # centres per chunk: the chain's rows stay in L2
+            out = torch.empty(bsz * m, rest[-1].out_features if rest else width)
+            for r0 in range(0, bsz * m, per):
+                r1 = min(r0 + per, bsz * m)
+                g = F.embedding(offs[r0:r1].reshape(-1), proj).view(r1 - r0, s, width)
+                h = run_chain(rest, g.sub_(c[r0:r1]).relu_().view(-1, width))
+                torch.amax(h.view(r1 - r0, s, -1), dim=1, out=out[r0:r1])
+            outs.append(out)
         return torch.cat(outs, dim=1)
 
 
