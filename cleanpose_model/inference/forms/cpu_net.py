@@ -33,6 +33,9 @@ from cleanpose_model.inference.forms.net import InferenceNet
 from cleanpose_model.net import CleanPoseNet, centre_points
 from cleanpose_model.nn.attention import AttnBlock, SelfAttnBlock
 
+# Memory length from which CpuAttnLayer makes keys and values per object and block.
+PER_OBJECT_MEMORY = 256
+
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     """`ops.attention.attention_math` through ``scaled_dot_product_attention``: q (B, L, C), k / v (B, S, C)
@@ -71,13 +74,13 @@ class _CpuBlock:
         h = self.ffn[0](norm(x).view(-1, c))
         return self.ffn[1].add(h, x.view(-1, c)).view(b, n, c)
 
-    def cross(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """`AttnBlock.forward` with the memory's keys and values given."""
+    def cross(self, query: torch.Tensor, attend) -> torch.Tensor:
+        """`AttnBlock.forward`; ``attend(q)``: the cross-attention core on the memory."""
         blk = self.blk
         b, n, c = query.shape
         query = query.contiguous()
         q = self.cross_q(blk.norm1(query).view(-1, c)).view(b, n, c)
-        att = sdpa_attention(q, k, v, blk.multihead_attn.num_heads)
+        att = attend(q)
         query = self.cross_out.add(att.view(-1, c), query.view(-1, c)).view(b, n, c)
         return self._ffn(self._self(query, blk.norm2), blk.norm3)
 
@@ -88,21 +91,43 @@ class _CpuBlock:
 
 
 class CpuAttnLayer(nn.Module):
-    """`FusedAttnLayer` (cross-attention to one memory) on packed products: forward(query, memory)."""
+    """`FusedAttnLayer` (cross-attention to one memory) on packed products: forward(query, memory).
+
+    A long memory (the keypoint detector's 1024 point features) has its keys and values made per object and
+    block just before the attention reads them (a 2 MB (1024, 512) table, still in L2; 1.25x the
+    one-product form at 6 objects); a short one (the front-door's queue sample) all at once."""
 
     def __init__(self, layer: FusedAttnLayer) -> None:
         super().__init__()
         self.attn_blocks = layer.attn_blocks  # shared (norms)
         self.blocks = [_CpuBlock(b) for b in layer.attn_blocks]
         self.kv = Dense(layer.kv_weight, layer.kv_bias)
+        c2 = layer.kv_weight.shape[0] // len(self.blocks)
+        self.kv_blocks = [
+            Dense(layer.kv_weight[i * c2 : (i + 1) * c2], layer.kv_bias[i * c2 : (i + 1) * c2])
+            for i in range(len(self.blocks))
+        ]
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         bsz, n, c = memory.shape
-        kv = self.kv(memory.reshape(-1, c)).view(bsz, n, -1)  # (B, S, 2C per block)
-        for i, blk in enumerate(self.blocks):
-            query = blk.cross(
-                query, kv[..., 2 * c * i : 2 * c * i + c], kv[..., 2 * c * i + c : 2 * c * (i + 1)]
-            )
+        heads = self.blocks[0].blk.multihead_attn.num_heads
+        if n < PER_OBJECT_MEMORY:
+            kv = self.kv(memory.reshape(-1, c)).view(bsz, n, -1)  # (B, S, 2C per block)
+            for i, blk in enumerate(self.blocks):
+                k, v = kv[..., 2 * c * i : 2 * c * i + c], kv[..., 2 * c * i + c : 2 * c * (i + 1)]
+                query = blk.cross(query, lambda q, k=k, v=v: sdpa_attention(q, k, v, heads))
+            return query
+        memory = memory.contiguous()
+
+        def per_object(q: torch.Tensor, dense: Dense) -> torch.Tensor:
+            out = torch.empty_like(q)
+            for b in range(bsz):
+                kv = dense(memory[b]).unsqueeze(0)  # (1, S, 2C)
+                out[b] = sdpa_attention(q[b : b + 1], kv[..., :c], kv[..., c:], heads)[0]
+            return out
+
+        for blk, dense in zip(self.blocks, self.kv_blocks, strict=True):
+            query = blk.cross(query, lambda q, dense=dense: per_object(q, dense))
         return query
 
 
