@@ -72,9 +72,12 @@ class FilteredPose:
 
 def y_alignment(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rotation vector of the smallest rotation taking unit vector a to unit vector b (none about a or b)."""
-    axis = np.cross(a, b)
-    s = float(np.linalg.norm(axis))
-    angle = math.atan2(s, float(np.dot(a, b)))
+    # the common case in Python floats (numpy's per-call overhead dominates on 3-vectors)
+    a0, a1, a2 = (float(v) for v in a)
+    b0, b1, b2 = (float(v) for v in b)
+    c0, c1, c2 = a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0
+    s = math.sqrt(c0 * c0 + c1 * c1 + c2 * c2)
+    angle = math.atan2(s, a0 * b0 + a1 * b1 + a2 * b2)
     if s < 1e-12:
         if angle < 1e-6:
             return np.zeros(3)
@@ -83,7 +86,8 @@ def y_alignment(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if np.linalg.norm(perp) < 1e-6:
             perp = np.cross(a, [0.0, 1.0, 0.0])
         return perp / np.linalg.norm(perp) * math.pi
-    return axis / s * angle
+    k = angle / s
+    return np.array([c0 * k, c1 * k, c2 * k])
 
 
 def rotation_error(r_pred: np.ndarray, r_meas: np.ndarray, symmetric: bool) -> np.ndarray:
@@ -100,15 +104,81 @@ def rotate(rotvec: np.ndarray, r: np.ndarray) -> np.ndarray:
     return Rotation.from_rotvec(rotvec).as_matrix() @ r
 
 
+# The filters' rotation maps as requests a filter's update yields (`PoseFilter._steps`), so that one frame's
+# updates of every track are served by ONE scipy call per map and round (`run_updates`): scipy's per-call
+# overhead (~20 us from_rotvec, ~150 us from_matrix with its orthogonality check and SVD) is paid per frame,
+# not per track. A stack gives the same numbers as its matrices one by one (test_filtering checks it).
+_EXP = "exp"  # (rotvec, R) -> rotate(rotvec, R)
+_LOG = "log"  # M -> Rotation.from_matrix(M).as_rotvec()
+
+
+def _rotation_error_steps(r_pred: np.ndarray, r_meas: np.ndarray, symmetric: bool):
+    """rotation_error as a step generator (the log map of a general rotation is yielded as a request)."""
+    if np.array_equal(r_pred, r_meas):
+        return np.zeros(3)
+    if symmetric:
+        return y_alignment(r_pred[:, 1], r_meas[:, 1])
+    return (yield (_LOG, r_meas @ r_pred.T))
+
+
+def _serve(kind: str, args: list) -> list:
+    """One batched scipy call for the requests `args` of one kind."""
+    if kind == _EXP:
+        mats = Rotation.from_rotvec(np.stack([a[0] for a in args])).as_matrix()
+        return [m @ a[1] for m, a in zip(mats, args)]
+    return list(Rotation.from_matrix(np.stack(args)).as_rotvec())
+
+
+def run_updates(steps: list) -> list:
+    """Runs step generators (`PoseFilter._steps`) side by side, each request kind of a round served by one
+    batched call; returns their results in order."""
+    out: list = [None] * len(steps)
+    pending: dict[int, tuple] = {}
+
+    def advance(i: int, value) -> None:
+        try:
+            pending[i] = steps[i].send(value)
+        except StopIteration as done:
+            out[i] = done.value
+
+    for i in range(len(steps)):
+        advance(i, None)
+    while pending:
+        requests, pending = pending, {}
+        for kind in (_EXP, _LOG):
+            ids = [i for i, (k, _) in requests.items() if k == kind]
+            if ids:
+                for i, value in zip(ids, _serve(kind, [requests[i][1] for i in ids])):
+                    advance(i, value)
+    return out
+
+
 class _ConstantVelocity:
     """Kalman filter of d independent axes with one model: state (value, rate), white-acceleration process
-    noise `q` (units/s^2), measurement noise `r` (units); the axes share one 2 x 2 covariance."""
+    noise `q` (units/s^2), measurement noise `r` (units); the axes share one 2 x 2 covariance, kept as four
+    Python floats (numpy's per-call overhead on 2 x 2 matrices was most of the filter's time)."""
 
     def __init__(self, x0: np.ndarray, q: float, r: float) -> None:
         self.x = np.asarray(x0, np.float64).copy()
         self.v = np.zeros_like(self.x)
         self.q, self.r2 = q, r * r
-        self.P = np.diag([self.r2, (10.0 * r) ** 2])  # velocity unknown at the start
+        # covariance [[p00, p01], [p10, p11]]; velocity unknown at the start
+        self.p00, self.p01, self.p10, self.p11 = self.r2, 0.0, 0.0, (10.0 * r) ** 2
+
+    @property
+    def P(self) -> np.ndarray:
+        return np.array([[self.p00, self.p01], [self.p10, self.p11]])
+
+    def propagate(self, dt: float) -> tuple[float, float, float, float]:
+        """F P F^T + Q over dt (F = [[1, dt], [0, 1]], Q the white-acceleration noise), not stored."""
+        q2 = self.q**2
+        a00, a01 = self.p00 + dt * self.p10, self.p01 + dt * self.p11  # F P
+        return (
+            a00 + a01 * dt + q2 * (dt**4 / 4),
+            a01 + q2 * (dt**3 / 2),
+            self.p10 + self.p11 * dt + q2 * (dt**3 / 2),
+            self.p11 + q2 * dt**2,
+        )
 
     def predict(self, dt: float) -> np.ndarray:
         """The predicted value after dt (the state is not changed until `correct`)."""
@@ -117,21 +187,22 @@ class _ConstantVelocity:
     def correct(self, dt: float, innovation: np.ndarray) -> np.ndarray:
         """Predict over dt and correct with `innovation` = measurement - prediction; returns the correction
         added to the predicted value (the caller applies it, e.g. on a rotation)."""
-        F = np.array([[1.0, dt], [0.0, 1.0]])
-        Q = self.q**2 * np.array([[dt**4 / 4, dt**3 / 2], [dt**3 / 2, dt**2]])
-        P = F @ self.P @ F.T + Q
-        k = P[:, 0] / (P[0, 0] + self.r2)
-        self.x = self.x + self.v * dt + k[0] * innovation
-        self.v = self.v + k[1] * innovation
-        self.P = (np.eye(2) - np.outer(k, [1.0, 0.0])) @ P
-        return k[0] * innovation
+        b00, b01, b10, b11 = self.propagate(dt)
+        s = b00 + self.r2
+        k0, k1 = b00 / s, b10 / s
+        self.x = self.x + self.v * dt + k0 * innovation
+        self.v = self.v + k1 * innovation
+        # (I - k [1, 0]) P
+        self.p00, self.p01 = (1.0 - k0) * b00, (1.0 - k0) * b01
+        self.p10, self.p11 = b10 - k1 * b00, b11 - k1 * b01
+        return k0 * innovation
 
     def restart(self, x0: np.ndarray) -> None:
         self.__init__(x0, self.q, math.sqrt(self.r2))
 
     @property
     def variance(self) -> float:
-        return float(self.P[0, 0])
+        return self.p00
 
 
 @dataclass
@@ -166,6 +237,10 @@ class PoseFilter:
         return stamp - self.stamp
 
     def update(self, translation, rotation, size, stamp: float | None = None) -> FilteredPose:
+        return run_updates([self._steps(translation, rotation, size, stamp)])[0]
+
+    def _steps(self, translation, rotation, size, stamp: float | None = None):
+        """`update` as a generator that yields its rotation maps as requests (run_updates serves them)."""
         cfg = self.config
         t = np.asarray(translation, np.float64)
         R = np.asarray(rotation, np.float64)
@@ -178,30 +253,30 @@ class PoseFilter:
             return self._output(False)
         dt = self._dt(stamp)
         self.stamp = stamp if stamp is not None else self.stamp
-        t_pred, R_pred = self._prediction(dt)
-        e_rot = rotation_error(R_pred, R, self.symmetric)
+        t_pred, R_pred = yield from self._prediction(dt)
+        e_rot = yield from _rotation_error_steps(R_pred, R, self.symmetric)
         if (
             np.linalg.norm(t - t_pred) > cfg.outlier_translation
             or math.degrees(np.linalg.norm(e_rot)) > cfg.outlier_rotation_deg
         ):
-            if self._accept_outlier(t, R, s):
+            if (yield from self._accept_outlier(t, R, s)):
                 self._start(t, R, s)
                 return self._output(False)
-            self._coast(dt)
+            self._coast(dt, t_pred, R_pred)
             return self._output(True)
         self.pending = []
         if cfg.mode == "light":
             g = cfg.light_gain
             self.translation = self.translation + g * (t - self.translation)
             self.size = self.size + g * (s - self.size)
-            self.rotation = rotate(g * e_rot, self.rotation)
+            self.rotation = yield (_EXP, (g * e_rot, self.rotation))
         else:
             self._t.correct(dt, t - t_pred)
             self.translation = self._t.x.copy()
             corr = self._r.correct(dt, e_rot)
             # The rotation state is R itself; the filter's value tracks the applied rotation vector, its rate
             # the angular velocity. Prediction applied the rate over dt, the correction adds k0 * e.
-            self.rotation = rotate(corr, R_pred)
+            self.rotation = yield (_EXP, (corr, R_pred))
             self._r.x = np.zeros(3)  # the value is re-based on the new rotation every frame
             if self.symmetric:
                 # no angular rate about the symmetry axis: the spin stays the one carried from the start
@@ -211,31 +286,32 @@ class PoseFilter:
             self.size = self._s.x.copy()
         return self._output(False)
 
-    def _prediction(self, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    def _prediction(self, dt: float):
+        """Step generator -> (predicted translation, predicted rotation)."""
         if self.config.mode == "full":
-            return self._t.predict(dt), rotate(self._r.v * dt, self.rotation)
+            return self._t.predict(dt), (yield (_EXP, (self._r.v * dt, self.rotation)))
         return self.translation, self.rotation
 
-    def _coast(self, dt: float) -> None:
-        """A held frame: move along the predicted motion (full) and grow the uncertainty."""
+    def _coast(self, dt: float, t_pred: np.ndarray, R_pred: np.ndarray) -> None:
+        """A held frame: move along the predicted motion (full: `_prediction(dt)`'s, made from the same state)
+        and grow the uncertainty."""
         if self.config.mode != "full":
             return
-        self.translation, self.rotation = self._prediction(dt)
+        self.translation, self.rotation = t_pred, R_pred
         for f in (self._t, self._r):
-            F = np.array([[1.0, dt], [0.0, 1.0]])
-            f.P = F @ f.P @ F.T + f.q**2 * np.array([[dt**4 / 4, dt**3 / 2], [dt**3 / 2, dt**2]])
+            f.p00, f.p01, f.p10, f.p11 = f.propagate(dt)
         self._t.x = self.translation.copy()
 
-    def _accept_outlier(self, t, R, s) -> bool:
-        """True when this outlier is the `outlier_frames`-th in a row and agrees with the held ones."""
+    def _accept_outlier(self, t, R, s):
+        """Step generator -> True when this outlier is the `outlier_frames`-th in a row and agrees with the
+        held ones."""
         cfg = self.config
         if self.pending:
             t0, R0, _ = self.pending[-1]
-            far = (
-                np.linalg.norm(t - t0) > cfg.outlier_translation
-                or math.degrees(np.linalg.norm(rotation_error(R0, R, self.symmetric)))
-                > cfg.outlier_rotation_deg
-            )
+            far = np.linalg.norm(t - t0) > cfg.outlier_translation
+            if not far:
+                e = yield from _rotation_error_steps(R0, R, self.symmetric)
+                far = math.degrees(np.linalg.norm(e)) > cfg.outlier_rotation_deg
             if far:
                 self.pending = []
         self.pending.append((t, R, s))
@@ -256,12 +332,11 @@ class PoseFilter:
             var_t = g / (2 - g) * cfg.translation_sigma**2
             var_r = g / (2 - g) * math.radians(cfg.rotation_sigma_deg) ** 2
         cov = np.zeros((6, 6))
-        cov[:3, :3] = np.eye(3) * var_t
-        rot = np.eye(3) * var_r
+        diag = np.arange(6)
+        cov[diag, diag] = (var_t, var_t, var_t, var_r, var_r, var_r)
         if self.symmetric:
             y = self.rotation[:, 1]
-            rot = rot + (UNOBSERVED_VARIANCE - var_r) * np.outer(y, y)
-        cov[3:, 3:] = rot
+            cov[3:, 3:] += (UNOBSERVED_VARIANCE - var_r) * np.outer(y, y)
         return cov
 
 
@@ -278,6 +353,30 @@ class TrackFilters:
         if f is None:
             f = self.filters[track_id] = PoseFilter(self.config, int(category) in self.symmetric_categories)
         return f.update(translation, rotation, size, stamp)
+
+    def update_many(self, items: list[tuple], stamp=None) -> list[FilteredPose]:
+        """`update` for one frame's (track_id, category, translation, rotation, size) items, in order, with
+        the rotation maps of all of them batched (run_updates); the same results as `update` one by one."""
+        out: list = [None] * len(items)
+        todo = list(range(len(items)))
+        while todo:  # a track id twice in one frame (not from Tracker): its later items in a later wave
+            seen, wave, later = set(), [], []
+            for i in todo:
+                (later if items[i][0] in seen else wave).append(i)
+                seen.add(items[i][0])
+            steps = []
+            for i in wave:
+                track_id, category, translation, rotation, size = items[i]
+                f = self.filters.get(track_id)
+                if f is None:
+                    f = self.filters[track_id] = PoseFilter(
+                        self.config, int(category) in self.symmetric_categories
+                    )
+                steps.append(f._steps(translation, rotation, size, stamp))
+            for i, fp in zip(wave, run_updates(steps)):
+                out[i] = fp
+            todo = later
+        return out
 
     def prune(self, live_ids) -> None:
         live = set(live_ids)
@@ -307,9 +406,11 @@ class PoseStream:
             for o, d in zip(objects, detector_ids)
         ]
         tracks = self.tracker.update(ms)
+        filtered = self.filters.update_many(
+            [(tr.id, tr.category, m.translation, m.rotation, m.size) for m, tr in zip(ms, tracks)], stamp
+        )
         out = []
-        for o, m, tr in zip(objects, ms, tracks):
-            fp = self.filters.update(tr.id, tr.category, m.translation, m.rotation, m.size, stamp)
+        for o, tr, fp in zip(objects, tracks, filtered):
             if tr.state == CONFIRMED:
                 out.append(
                     dataclasses.replace(

@@ -156,20 +156,24 @@ class Tracker:
         return out  # type: ignore[return-value]
 
     def _cost(self, ms: list[Measurement], ts: list[Track]) -> np.ndarray:
+        """(len(ms), len(ts)) costs, all pairs at once (numpy over pairs, the boxes once per object)."""
         cfg = self.config
-        cost = np.full((len(ms), len(ts)), _FORBIDDEN)
-        boxes_t = [aabb(t.translation, t.rotation, t.size) for t in ts]
-        for r, m in enumerate(ms):
-            box_m = aabb(m.translation, m.rotation, m.size)
-            for c, t in enumerate(ts):
-                d = float(np.linalg.norm(np.asarray(m.translation) - t.translation))
-                if d > cfg.max_distance:
-                    continue
-                iou = iou_3d(box_m, boxes_t[c])
-                if iou < cfg.min_iou:
-                    continue
-                cost[r, c] = (1.0 - iou) + d / cfg.max_distance
-        return cost
+        box_m = np.stack([aabb(m.translation, m.rotation, m.size) for m in ms])  # (r, 2, 3)
+        box_t = np.stack([aabb(t.translation, t.rotation, t.size) for t in ts])  # (c, 2, 3)
+        tm = np.stack([np.asarray(m.translation, np.float64) for m in ms])
+        tt = np.stack([t.translation for t in ts])
+        d = np.linalg.norm(tm[:, None, :] - tt[None, :, :], axis=-1)
+        # iou_3d over every pair
+        lo = np.maximum(box_m[:, None, 0], box_t[None, :, 0])
+        hi = np.minimum(box_m[:, None, 1], box_t[None, :, 1])
+        inter = np.clip(hi - lo, 0.0, None).prod(-1)
+        vol_m = (box_m[:, 1] - box_m[:, 0]).prod(-1)
+        vol_t = (box_t[:, 1] - box_t[:, 0]).prod(-1)
+        union = vol_m[:, None] + vol_t[None, :] - inter
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.where(union > 0, inter / union, 0.0)
+        allowed = (d <= cfg.max_distance) & (iou >= cfg.min_iou)
+        return np.where(allowed, (1.0 - iou) + d / cfg.max_distance, _FORBIDDEN)
 
     def _start(self, m: Measurement) -> Track:
         t = Track(
