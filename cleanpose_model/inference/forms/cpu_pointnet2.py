@@ -46,15 +46,45 @@ def sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.add_(t.mul_(t))
 
 
-def ball_query_sparse(d2: torch.Tensor, radii: list[float], nsamples: list[int]) -> list[torch.Tensor]:
-    """`ops.ball_query_from_sq_dist` for each (radius, nsample) on one table d2 (B, M, N) -> int64
-    (B, M, nsample) each: the same indices, from the positions inside the largest radius."""
-    bsz, m, n = d2.shape
-    flat = d2.view(-1)
+def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
+    """`ops.furthest_point_sample`: the same picks (the same distances, updates and first-maximum rule), with
+    the loop's buffers allocated once."""
+    bsz, n, _ = xyz.shape
+    order = ops.fps_tie_order(n, xyz.device)
+    pts = xyz.index_select(1, order).transpose(1, 2).contiguous()  # (B, 3, N) in tie-priority order
+    x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
+    mag = x * x + y * y + z * z
+    temp = torch.where(mag <= ops._FPS_ORIGIN_SKIP, torch.full_like(mag, -1.0), torch.full_like(mag, 1e10))
+    picks = torch.zeros(bsz, npoint, dtype=torch.int64)
+    diff, d = torch.empty_like(pts), torch.empty_like(mag)
+    old = torch.zeros(bsz, 1, 1, dtype=torch.int64)
+    for i in range(1, npoint):
+        torch.sub(pts, torch.gather(pts, 2, old.expand(bsz, 3, 1)), out=diff)
+        diff.mul_(diff)
+        torch.add(diff[:, 0], diff[:, 1], out=d)
+        torch.minimum(temp, d.add_(diff[:, 2]), out=temp)
+        pick = torch.argmax(temp, dim=1)
+        picks[:, i] = pick
+        old = pick.view(bsz, 1, 1)
+    return order[picks]
+
+
+def ball_query_sparse(
+    new_xyz: torch.Tensor, xyz: torch.Tensor, radii: list[float], nsamples: list[int]
+) -> list[torch.Tensor]:
+    """`ops.ball_query_multi` -> int64 (B, M, nsample) per (radius, nsample): the same indices, from the
+    positions inside the largest radius (one object's (M, N) distance table at a time, in L2)."""
+    bsz, m, _ = new_xyz.shape
+    n = xyz.shape[1]
     limits = [float(np.float32(r) * np.float32(r)) for r in radii]  # rounded as the reference
     widest = max(limits)
-    cand = torch.nonzero(flat < widest).squeeze(1)  # ascending: row-major (centre, point) order
-    cand_d = flat.index_select(0, cand)
+    cands, dists = [], []
+    for b in range(bsz):
+        flat = sq_dist(new_xyz[b : b + 1], xyz[b : b + 1]).view(-1)
+        c = torch.nonzero(flat < widest).squeeze(1)  # ascending: row-major (centre, point) order
+        dists.append(flat.index_select(0, c))
+        cands.append(c + b * m * n)
+    cand, cand_d = torch.cat(cands), torch.cat(dists)
     rows_all = bsz * m
     out = []
     for limit, ns in zip(limits, nsamples, strict=True):
@@ -73,16 +103,24 @@ def ball_query_sparse(d2: torch.Tensor, radii: list[float], nsamples: list[int])
 
 
 def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`ops.three_nn`: (squared distances (B, N, 3), int64 indices (B, N, 3)), the same picks."""
-    d = sq_dist(unknown, known)
+    """`ops.three_nn`: (squared distances (B, N, 3), int64 indices (B, N, 3)), the same picks (one object's
+    table at a time, updated in place)."""
     dists, idxs = [], []
-    for j in range(3):
-        i = torch.argmin(d, dim=-1, keepdim=True)
-        dists.append(torch.gather(d, -1, i))
-        idxs.append(i)
-        if j < 2:
-            d.scatter_(-1, i, float("inf"))
-    return torch.cat(dists, dim=-1), torch.cat(idxs, dim=-1)
+    for b in range(unknown.shape[0]):
+        d = sq_dist(unknown[b : b + 1], known[b : b + 1])
+        for j in range(3):
+            i = torch.argmin(d, dim=-1, keepdim=True)
+            dists.append(torch.gather(d, -1, i))
+            idxs.append(i)
+            if j < 2:
+                d.scatter_(-1, i, float("inf"))
+    bsz = unknown.shape[0]
+    return _stack3(dists, bsz), _stack3(idxs, bsz)
+
+
+def _stack3(parts: list[torch.Tensor], bsz: int) -> torch.Tensor:
+    """3 (1, N, 1) parts per object, objects in order -> (B, N, 3)."""
+    return torch.cat([torch.cat(parts[3 * b : 3 * b + 3], dim=-1) for b in range(bsz)], dim=0)
 
 
 def _layers(mlp: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -102,7 +140,7 @@ class CpuSetAbstraction:
     """One MSG level's feature work on rows (see module doc); weights a snapshot of the folded level."""
 
     def __init__(self, sa: SetAbstractionMSG) -> None:
-        self.sa = sa  # centres (FPS) as the reference
+        self.sa = sa  # npoint, radii, nsamples
         per_radius = [_layers(m) for m in sa.mlps]
         firsts = [ls[0] for ls in per_radius]
         self.first = [Dense(w, None) for w, _ in firsts]  # [x, f] W^T per point
@@ -110,7 +148,7 @@ class CpuSetAbstraction:
         self.rest = [[Dense(w, b, relu=True) for w, b in ls[1:]] for ls in per_radius]
 
     def neighbours(self, xyz: torch.Tensor, new_xyz: torch.Tensor) -> list[torch.Tensor]:
-        return ball_query_sparse(sq_dist(new_xyz, xyz), self.sa.radii, self.sa.nsamples)
+        return ball_query_sparse(new_xyz, xyz, self.sa.radii, self.sa.nsamples)
 
     def aggregate(
         self, xyz: torch.Tensor, new_xyz: torch.Tensor, groups: list[torch.Tensor], rows: torch.Tensor | None
@@ -185,7 +223,7 @@ class CpuPointNet2(nn.Module):
         l_xyz = [xyz]
         l_rows: list[torch.Tensor | None] = [None]
         for sa in self.sa:
-            new_xyz = sa.sa.centres(l_xyz[-1])
+            new_xyz = ops.gather_points(l_xyz[-1], furthest_point_sample(l_xyz[-1], sa.sa.npoint))
             groups = sa.neighbours(l_xyz[-1], new_xyz)
             l_rows.append(sa.aggregate(l_xyz[-1], new_xyz, groups, l_rows[-1]))
             l_xyz.append(new_xyz)

@@ -9,7 +9,13 @@ import torch
 
 from cleanpose_model.config import ModelConfig
 from cleanpose_model.inference.forms.cpu import have_onednn
-from cleanpose_model.inference.forms.cpu_pointnet2 import CpuPointNet2, ball_query_sparse, sq_dist, three_nn
+from cleanpose_model.inference.forms.cpu_pointnet2 import (
+    CpuPointNet2,
+    ball_query_sparse,
+    furthest_point_sample,
+    sq_dist,
+    three_nn,
+)
 from cleanpose_model.inference.forms.pointwise import fold_for_inference
 from cleanpose_model.nn.pointnet2_msg import PointNet2MSG
 from cleanpose_model.ops import pointnet2 as ops
@@ -27,10 +33,12 @@ def _cloud(bsz: int, n: int, seed: int) -> torch.Tensor:
 
 def test_geometry_equals_the_reference_bit_for_bit():
     xyz = _cloud(3, 700, 0)
+    xyz[1, :5] = 0.0  # points at the origin: never picked
+    assert torch.equal(furthest_point_sample(xyz, 200), ops.furthest_point_sample(xyz, 200))
     centres = ops.sample_centres(xyz, 200)
     torch.testing.assert_close(sq_dist(centres, xyz), ops.pairwise_sq_dist(centres, xyz), rtol=0, atol=0)
     for radii, ns in [([0.01, 0.02], [16, 32]), ([0.04, 0.08], [16, 32]), ([0.3, 0.1], [64, 8])]:
-        got = ball_query_sparse(sq_dist(centres, xyz), radii, ns)
+        got = ball_query_sparse(centres, xyz, radii, ns)
         ref = ops.ball_query_multi(centres, xyz, radii, ns)
         for g, r in zip(got, ref, strict=True):
             assert torch.equal(g, r)
