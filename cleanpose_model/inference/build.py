@@ -7,9 +7,10 @@ Per mode, what it binds (each form and kernel receives its precision here, as a 
   of the transformer stacks, GAFA, front-door encoder and PointNet++ (forms/*.py), in the layout of
   forms/net.py;
 - CPU (``"exact"``): their torch paths (the attention core, neighbour choice and PointNet++ index work as
-  in ``ops/*.py``), and where oneDNN is in the build (forms/cpu.py) every linear layer with its weight
-  packed once for oneDNN and DINOv2 as `CpuDinoV2` (fp32 products, GELU in the product); there is no CPU
-  ``"fast"`` (bf16 leaves its pose budget: forms/cpu.py);
+  in ``ops/*.py``), and where oneDNN is in the build the CPU form (forms/cpu_net.py): the head on
+  point-major rows, every product packed once for oneDNN, DINOv2 as `CpuDinoV2`, PointNet++ / GAFA /
+  the keypoint detector as forms/cpu_pointnet2.py, cpu_gafa.py, cpu_net.py (the same picks bit for bit,
+  fp32 products); there is no CPU ``"fast"`` (bf16 leaves its pose budget: forms/cpu.py);
 - CUDA ``"exact"``: the fast mode's forms and Triton kernels (below) with every product at float32
   accuracy on tensor cores (three TF32 products, "tf32x3": ops/triton/linear.py), DINOv2 as `ExactDinoV2`
   and the per-point layers left to torch as one 3xTF32 launch each; cuBLAS products in full fp32 (TF32 off);
