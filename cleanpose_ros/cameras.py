@@ -101,6 +101,10 @@ class CameraSlots:
             self._last_put[index] = time.monotonic()
             self.cv.notify_all()
 
+    def wait_s(self) -> float:
+        """camera_wait now (a run-time parameter)."""
+        return self._wait()
+
     def clear(self) -> None:
         with self.cv:
             self._slots = {}
@@ -108,20 +112,23 @@ class CameraSlots:
     def __bool__(self) -> bool:
         return bool(self._slots)
 
-    def _missing_live(self, now: float) -> list[int]:
-        """Cameras with no set waiting that delivered one within stale() s: worth waiting for."""
+    def _missing_live(self, now: float, taken=()) -> list[int]:
+        """Cameras with no set waiting (and none `taken` in this cycle) that delivered one within stale() s:
+        worth waiting for."""
         cut = now - self._stale()
-        return [i for i, t in self._last_put.items() if i not in self._slots and t >= cut]
+        return [i for i, t in self._last_put.items() if i not in self._slots and i not in taken and t >= cut]
 
-    def take(self, stop: threading.Event) -> dict[int, tuple] | None:
-        """Block until a set is waiting, then wait up to wait() s for the missing live cameras; returns every
-        filled slot (camera index -> item) and empties them, or None when `stop` is set."""
+    def take(self, stop: threading.Event, gather: bool = True) -> dict[int, tuple] | None:
+        """Block until a set is waiting, then (`gather`) wait up to wait() s for the missing live cameras;
+        returns every filled slot (camera index -> item) and empties them, or None when `stop` is set.
+        gather=False: the sets waiting now, at once (the worker prepares them while it gathers the other
+        cameras' sets with `take_more`)."""
         with self.cv:
             while not self._slots and not stop.is_set():
                 self.cv.wait(0.5)
             if stop.is_set():
                 return None
-            if self.n > 1:
+            if self.n > 1 and gather:
                 deadline = time.monotonic() + self._wait()
                 while not stop.is_set():
                     now = time.monotonic()
@@ -132,3 +139,20 @@ class CameraSlots:
                     return None
             items, self._slots = self._slots, {}
             return items  # empty when deactivation emptied the slots meanwhile
+
+    def take_more(self, taken, deadline: float, stop: threading.Event) -> dict[int, tuple] | None:
+        """The cycle's next sets: the waiting sets of cameras not in `taken` (emptied), as soon as there is
+        one; waits (until the monotonic `deadline`) only while a live camera not in `taken` has none. {}: the
+        cycle is complete (every live camera taken, or the deadline passed); None: `stop` is set or inputs
+        are no longer accepted (deactivation: the cycle is dropped, as `take` returns nothing then). A camera
+        in `taken` whose slot fills meanwhile keeps that set for the next cycle."""
+        with self.cv:
+            while not stop.is_set() and self.accepting:
+                new = {i: self._slots.pop(i) for i in [i for i in self._slots if i not in taken]}
+                if new:
+                    return new
+                now = time.monotonic()
+                if now >= deadline or not self._missing_live(now, taken):
+                    return {}
+                self.cv.wait(deadline - now)
+            return None

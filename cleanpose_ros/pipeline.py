@@ -88,6 +88,8 @@ class PreparedFrame:
     kept: np.ndarray  # indices into idx of the objects with enough points (the batch's rows)
     category: np.ndarray
     num_points: np.ndarray
+    # the batch is the CUDA input builder's static buffers (the next prepare overwrites them): `own` copies
+    shared: bool = False
 
 
 class FrameUploader:
@@ -245,7 +247,7 @@ class FramePipeline:
     def prepare(self, rgb: np.ndarray, depth_m: np.ndarray, K: np.ndarray, det, own_copy: bool = False):
         """One frame up to its per-object inputs (PreparedFrame). `own_copy`: the inputs must outlive the next
         frame's prepare (several frames in one forward): the CUDA builder's outputs are its static buffers,
-        which the next frame overwrites, so they are copied."""
+        which the next frame overwrites, so they are copied (now, or later by `own` when known only then)."""
         t0 = time.perf_counter()
         if hasattr(det, "format") and hasattr(det, "detections"):  # a raw cleanpose_msgs/InstanceSegmentation
             from cleanpose_ros.detections import parse_instance_segmentation
@@ -259,8 +261,9 @@ class FramePipeline:
         else:
             masks, boxes = det.masks[idx], det.boxes[idx]
         batch, kept, category, num_points = self.build_inputs(rgb, depth, K, masks, boxes, cats)
-        if own_copy and len(kept) and self._builder is not None:
-            batch = type(batch)(**{f.name: getattr(batch, f.name).clone() for f in fields(batch)})
+        shared = bool(len(kept)) and self._builder is not None
+        if own_copy and shared:
+            batch, shared = _clone_batch(batch), False
         res.skipped_few_points = len(idx) - len(kept)
         if res.skipped_few_points:
             kept_set = {int(k) for k in kept}
@@ -270,7 +273,14 @@ class FramePipeline:
         tm["select"] = (ts - t0) * 1e3
         tm["build_inputs"] = (t1 - ts) * 1e3
         tm["preprocess"] = (t1 - t0) * 1e3
-        return PreparedFrame(det, idx, res, batch, kept, category, num_points)
+        return PreparedFrame(det, idx, res, batch, kept, category, num_points, shared)
+
+    @staticmethod
+    def own(prepared: PreparedFrame) -> None:
+        """Make `prepared`'s inputs its own before another frame is prepared (prepare's own_copy, after the
+        fact: a cycle learns only then that a second camera's set joins the forward)."""
+        if prepared.shared:
+            prepared.batch, prepared.shared = _clone_batch(prepared.batch), False
 
     def forward(self, frames: list[PreparedFrame]) -> list[FrameResult]:
         """The objects of every prepared frame in ONE batched forward (estimator.predict called once, or not
@@ -328,3 +338,7 @@ class FramePipeline:
             start += len(f.kept)
             tm["results"] = (time.perf_counter() - t3) * 1e3
         return [f.res for f in frames]
+
+
+def _clone_batch(batch):
+    return type(batch)(**{f.name: getattr(batch, f.name).clone() for f in fields(batch)})

@@ -4,11 +4,16 @@ each cycle.
 The executor thread only synchronizes inputs and puts the newest set of a camera in that camera's slot
 (cameras.CameraSlots); a set that arrives while the slot is still full replaces it and counts as that
 camera's drop, so latency never builds up behind a slow model and memory stays bounded. The worker thread
-takes the waiting set of every camera at once (one cycle) and runs the frame path, one straight line:
+gathers one set of every live camera (one cycle) and runs the frame path, one straight line:
 
     per camera: messages -> numpy (conversions) -> detections -> per-object inputs (FramePipeline.prepare)
     all cameras: ONE batched forward (FramePipeline.forward)
     per camera: poses -> [target frame] -> tracking + filter -> publish (the camera's Outputs)
+
+With several cameras a set is prepared as soon as the worker has it: the cycle starts with the sets waiting,
+prepares them, and takes each other live camera's set when it arrives (CameraSlots.take_more, up to
+camera_wait after the cycle's start), so the wait for the last camera overlaps the others' preparation; the
+forward runs once every live camera's set is prepared (or camera_wait has passed).
 """
 
 from __future__ import annotations
@@ -143,7 +148,7 @@ class FrameWorker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            items = self._slots.take(self._stop)
+            items = self._slots.take(self._stop, gather=self._slots.n == 1)
             if items is None:
                 return
             if not items:
@@ -151,11 +156,11 @@ class FrameWorker:
             with self._cv:
                 self._busy = True
             try:
-                if len(items) == 1:
+                if self._slots.n == 1:
                     ((index, item),) = items.items()
                     self.process(*item, index)
                 else:
-                    self.process_cycle(items)
+                    self.gather_cycle(items)  # adds the sets it takes to `items`
             except Exception as e:  # one bad cycle must never end the worker
                 kind = "out_of_memory" if type(e).__name__ == "OutOfMemoryError" else "error"
                 if kind == "out_of_memory":
@@ -202,7 +207,30 @@ class FrameWorker:
         pipeline = self.node.pipeline
         if pipeline is None:
             return
-        frames = []
+        self._forward(pipeline, self._prepare_sets(pipeline, items, [], several=len(items) > 1))
+
+    def gather_cycle(self, items: dict[int, tuple]) -> None:
+        """One cycle of a several-camera node, started with the sets in `items` (taken without waiting):
+        those are prepared at once, then each further live camera's set as soon as it arrives
+        (CameraSlots.take_more: until every live camera has one in the cycle, or camera_wait after the
+        cycle's start); then ONE forward. `items` grows by the sets taken (the caller counts them all when
+        the cycle fails)."""
+        pipeline = self.node.pipeline
+        if pipeline is None:
+            return
+        deadline = time.monotonic() + self._slots.wait_s()
+        frames = self._prepare_sets(pipeline, items, [], several=True)
+        while (more := self._slots.take_more(items.keys(), deadline, self._stop)) is not None:
+            if not more:
+                self._forward(pipeline, frames)
+                return
+            items.update(more)
+            frames = self._prepare_sets(pipeline, more, frames, several=True)
+
+    def _prepare_sets(self, pipeline, items: dict[int, tuple], frames: list, several: bool) -> list:
+        """`frames` (the cycle's prepared sets) + the sets of `items` that prepared; with `several`, a set
+        that fails unexpectedly is counted and logged and the others go on (one set alone: raised)."""
+        frames = list(frames)
         for index, (image, depth_msg, det_msg, t_arrival, wall_ns) in items.items():
             cam = self.camera(index)
             f = _Frame(
@@ -213,10 +241,12 @@ class FrameWorker:
                 StageClock(),
                 _pre_stages(image.header.stamp, t_arrival, wall_ns),
             )
+            for g in frames:  # their inputs must outlive this prepare (the CUDA builder's buffers)
+                pipeline.own(g.prepared)
             try:
-                ok = self._prepare(f, depth_msg, own_copy=len(items) > 1)
+                ok = self._prepare(f, depth_msg, own_copy=False)
             except Exception as e:  # this camera's set only: the others still go through
-                if len(items) == 1:
+                if not several:
                     raise
                 kind = "out_of_memory" if type(e).__name__ == "OutOfMemoryError" else "error"
                 cam.stats.on_skip(kind)
@@ -224,6 +254,10 @@ class FrameWorker:
                 ok = False
             if ok:
                 frames.append(f)
+        return frames
+
+    def _forward(self, pipeline, frames: list) -> None:
+        """ONE forward for the cycle's prepared sets, then each camera's tracking and outputs."""
         if not frames:
             return
         results = pipeline.forward([f.prepared for f in frames])

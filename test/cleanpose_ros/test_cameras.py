@@ -191,6 +191,94 @@ def test_slots_wait_for_a_live_camera_but_not_for_a_stale_one():
     assert time.monotonic() - t0 < 0.2  # not waited for (camera_wait is 1 s)
 
 
+def test_slots_take_more_gathers_the_other_live_cameras_one_by_one():
+    """take(gather=False) hands over what waits now; take_more gives each other live camera's set as soon as
+    it arrives, keeps a taken camera's newer set for the next cycle, stops waiting at the deadline or when
+    every live camera is in the cycle, and abandons the cycle (None) when inputs stop."""
+    slots, _ = _slots(3, 1.0, stale=0.3)
+    slots.accepting = True
+    stop = threading.Event()
+    for i in range(3):
+        slots.put(i, (f"c{i}_0",))
+    slots.take(stop)  # all three cameras are live now
+    slots.put(0, ("c0_1",))
+    t0 = time.monotonic()
+    assert slots.take(stop, gather=False) == {0: ("c0_1",)}  # not waited for cameras 1 and 2
+    assert time.monotonic() - t0 < 0.2
+    deadline = time.monotonic() + 1.0
+    threading.Timer(0.1, lambda: (slots.put(0, ("c0_2",)), slots.put(2, ("c2_1",)))).start()
+    assert slots.take_more({0}, deadline, stop) == {2: ("c2_1",)}  # camera 0's newer set stays
+    threading.Timer(0.1, lambda: slots.put(1, ("c1_1",))).start()
+    assert slots.take_more({0, 2}, deadline, stop) == {1: ("c1_1",)}
+    t0 = time.monotonic()
+    assert slots.take_more({0, 1, 2}, deadline, stop) == {}  # every live camera is in: no wait
+    assert time.monotonic() - t0 < 0.2
+    assert slots.take(stop, gather=False) == {0: ("c0_2",)}  # the next cycle
+    assert slots.take_more({0}, time.monotonic() + 0.1, stop) == {}  # the deadline: cameras 1, 2 missed it
+    time.sleep(0.35)  # cameras 1 and 2 are stale now
+    slots.put(0, ("c0_3",))
+    slots.take(stop, gather=False)
+    t0 = time.monotonic()
+    assert slots.take_more({0}, time.monotonic() + 1.0, stop) == {}  # stale cameras are not waited for
+    assert time.monotonic() - t0 < 0.2
+    slots.put(1, ("c1_2",))
+    slots.take(stop, gather=False)
+    threading.Timer(0.1, lambda: setattr(slots, "accepting", False)).start()
+    threading.Timer(0.12, lambda: slots.put(1, ("late",))).start()  # wakes the waiting take_more
+    assert slots.take_more({1}, time.monotonic() + 1.0, stop) is None  # inputs stopped: cycle dropped
+
+
+def test_worker_prepares_a_camera_set_while_it_waits_for_the_other(pipeline, frames):
+    """The worker's own loop: camera a's set is prepared at once, camera b's (40 ms later) joins the same
+    cycle: ONE forward for both, and camera a's set did not wait in the mailbox for camera b's."""
+    from cleanpose_ros.worker import FrameWorker
+
+    node, _ = _node(pipeline, ["cam_a", "cam_b"], camera_wait=2.0)
+    w = FrameWorker(node)
+    try:
+        for cam, fr in zip(node.cameras, frames):
+            cam.camera_info = H.info_msg(fr.K, fr.rgb.shape[1], fr.rgb.shape[0])
+        calls = []
+        predict = pipeline.estimator.predict
+
+        def counting(batch):
+            calls.append(len(batch))
+            return predict(batch)
+
+        pipeline.estimator.predict = counting
+        stages = []
+        a, b = node.cameras
+        a.stats.on_stages = stages.append  # camera a's stage times per frame
+        try:
+            w.accept(True)
+
+            def wait_processed(k):
+                deadline = time.monotonic() + 60
+                while not (a.stats.processed == b.stats.processed == k):
+                    assert time.monotonic() < deadline, (a.stats.processed, b.stats.processed)
+                    time.sleep(0.01)
+                w.wait_idle()
+
+            # both sets waiting at once: one cycle, and both cameras are live from then on
+            w.put(*_set(frames[0], 10**18)[:3], camera=0)
+            w.put(*_set(frames[1], 10**18)[:3], camera=1)
+            wait_processed(1)
+            calls.clear()
+            stages.clear()
+            w.put(*_set(frames[0], 10**18 + 33_000_000)[:3], camera=0)
+            time.sleep(0.04)
+            w.put(*_set(frames[1], 10**18 + 33_000_000)[:3], camera=1)
+            wait_processed(2)
+        finally:
+            pipeline.estimator.predict = predict
+        assert calls == [sum(len(fr.category_ids) for fr in frames)], calls  # ONE forward for both cameras
+        assert (a.stats.dropped, b.stats.dropped) == (0, 0)
+        # camera a's set went to the worker at once (its queue stage), not after camera b's arrival (40 ms)
+        assert len(stages) == 1 and stages[0]["queue"] < 30.0, stages
+    finally:
+        w.stop()
+
+
 def test_marker_text_carries_the_track_and_trails_follow_it():
     from std_msgs.msg import Header
     from visualization_msgs.msg import Marker
