@@ -33,12 +33,20 @@ class IAKD(nn.Module):
         bsz = feats.shape[0]
         feats_t = feats.transpose(1, 2)
         query = self.attn_layer(self.kpt_query.unsqueeze(0).expand(bsz, -1, -1), feats_t)
-        sim = torch.bmm(query, feats)
-        denom = query.norm(dim=2, keepdim=True) * feats.norm(dim=1, keepdim=True) + 1e-7
-        heatmap = torch.softmax(sim / denom / self.temperature, dim=2)
-        return {
-            "kpt_query": query,
-            "heatmap": heatmap,
-            "kpt_3d": torch.bmm(heatmap, pts),
-            "kpt_feature": torch.bmm(heatmap, feats_t),
-        }
+        return keypoints_from_queries(query, feats, pts, self.temperature)
+
+
+def keypoints_from_queries(
+    query: torch.Tensor, feats: torch.Tensor, pts: torch.Tensor, temperature: float
+) -> dict[str, torch.Tensor]:
+    """IAKD's read-out: refined queries (B, K, C), point features (B, C, N) (any layout) and points
+    (B, N, 3) -> the queries, the heatmap (B, K, N), keypoints (B, K, 3) and their features (B, K, C)."""
+    sim = torch.bmm(query, feats)
+    denom = query.norm(dim=2, keepdim=True) * feats.norm(dim=1, keepdim=True) + 1e-7
+    heatmap = torch.softmax(sim / denom / temperature, dim=2)
+    return {
+        "kpt_query": query,
+        "heatmap": heatmap,
+        "kpt_3d": torch.bmm(heatmap, pts),
+        "kpt_feature": torch.bmm(heatmap, feats.transpose(1, 2)),
+    }

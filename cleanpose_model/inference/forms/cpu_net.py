@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cleanpose_model.geometry import ortho6d_to_matrix
 from cleanpose_model.inference.forms.attention import FusedAttnLayer
 from cleanpose_model.inference.forms.cpu import CpuDinoV2, pack_linears
 from cleanpose_model.inference.forms.cpu_gafa import CpuGAFA, Dense
@@ -32,6 +31,7 @@ from cleanpose_model.inference.forms.heads import FusedPoseSizeEstimator, folded
 from cleanpose_model.inference.forms.net import InferenceNet
 from cleanpose_model.net import CleanPoseNet, centre_points
 from cleanpose_model.nn.attention import AttnBlock, SelfAttnBlock
+from cleanpose_model.nn.keypoints import keypoints_from_queries
 
 # Memory length from which CpuAttnLayer makes keys and values per object and block.
 PER_OBJECT_MEMORY = 256
@@ -193,42 +193,20 @@ class CpuIAKD(nn.Module):
     def forward(self, feats_t: torch.Tensor, pts: torch.Tensor) -> dict[str, torch.Tensor]:
         bsz = feats_t.shape[0]
         query = self.attn_layer(self.kpt_query.unsqueeze(0).expand(bsz, -1, -1), feats_t)
-        feats = feats_t.transpose(1, 2)
-        sim = torch.bmm(query, feats)
-        denom = query.norm(dim=2, keepdim=True) * feats.norm(dim=1, keepdim=True) + 1e-7
-        heatmap = torch.softmax(sim / denom / self.temperature, dim=2)
-        return {
-            "kpt_query": query,
-            "heatmap": heatmap,
-            "kpt_3d": torch.bmm(heatmap, pts),
-            "kpt_feature": torch.bmm(heatmap, feats_t),
-        }
+        return keypoints_from_queries(query, feats_t.transpose(1, 2), pts, self.temperature)
 
 
 class CpuInferenceNet(InferenceNet):
     """`InferenceNet` whose head hands point-major rows to the CPU forms (`cpu_inference_net` builds it)."""
 
     def head(self, pts, choose, category, queue_feats, tokens, pts_local) -> dict[str, torch.Tensor]:
-        net = self.net
         pts_c, centroid = centre_points(pts)
         rgb_local = self.rgb_features(tokens[:, 1:], choose.long())
         feats_t = torch.cat([pts_local.transpose(1, 2), rgb_local.transpose(1, 2)], dim=2)  # (B, N, C)
-        kp = net.IAKD(feats_t, pts_c)
-        kpt_3d = kp["kpt_3d"]
-        kpt_feat = net.GAFA(kp["kpt_feature"], kpt_3d, feats_t.view(-1, feats_t.shape[-1]), pts_c)
-        if self.cfg.use_front_door:
-            kpt_feat = net.FD_Encoder(kpt_feat, queue_feats)
-        kpt_nocs = net.nocs_predictor(kpt_feat, category.reshape(-1).long())
-        r6, t, s = net.estimator(kpt_3d, kpt_nocs, kpt_feat)
-        c = centroid.squeeze(1)
-        return {
-            "pred_rotation": ortho6d_to_matrix(r6),
-            "pred_translation": t + c,
-            "pred_size": s,
-            "pred_kpt_3d": kpt_3d + centroid,
-            "kpt_nocs": kpt_nocs,
-            "centroid": c,
-        }
+        # the CPU forms read point-major rows: IAKD (B, N, C), GAFA (B * N, C)
+        return self.decode(
+            feats_t, feats_t.view(-1, feats_t.shape[-1]), pts_c, centroid, category, queue_feats
+        )
 
 
 def cpu_inference_net(inner: CleanPoseNet) -> CpuInferenceNet:

@@ -43,12 +43,19 @@ class InferenceNet(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Everything after the backbones: ``tokens`` = rgb_extractor(rgb), ``pts_local`` = pts_extractor of
         the centred points."""
-        net = self.net
         pts_c, centroid = centre_points(pts)
         feats = torch.cat([pts_local, self.rgb_features(tokens[:, 1:], choose.long())], dim=1)
-        kp = net.IAKD(feats, pts_c)
+        return self.decode(feats, feats.transpose(1, 2), pts_c, centroid, category, queue_feats)
+
+    def decode(
+        self, iakd_feats, gafa_feats, pts_c, centroid, category, queue_feats
+    ) -> dict[str, torch.Tensor]:
+        """Keypoints, their aggregation, the front door, NOCS and the pose from the point features (in
+        the layouts the bound IAKD and GAFA forms read) and the centred points."""
+        net = self.net
+        kp = net.IAKD(iakd_feats, pts_c)
         kpt_3d = kp["kpt_3d"]
-        kpt_feat = net.GAFA(kp["kpt_feature"], kpt_3d, feats.transpose(1, 2), pts_c)
+        kpt_feat = net.GAFA(kp["kpt_feature"], kpt_3d, gafa_feats, pts_c)
         if self.cfg.use_front_door:
             kpt_feat = net.FD_Encoder(kpt_feat, queue_feats)
         kpt_nocs = net.nocs_predictor(kpt_feat, category.reshape(-1).long())
