@@ -197,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="dds part: the node's camera_wait (s; default: the parameter's default)",
     )
+    ap.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="dds part: the node process's sys.setswitchinterval (s; Python's default 0.005): how long a "
+        "thread waiting for the GIL (the executor taking a camera's messages, the worker) may wait for the "
+        "thread running Python code",
+    )
     # quick: 6 frames per row, enough for the DDS part's 30 Hz pacing to matter
     args = harness.finish_args(ap.parse_args(argv), objects=[6], quick_objects=[3], quick_iterations=6)
     if args.quick:

@@ -97,6 +97,8 @@ def serve(kind: str, args) -> int:
         args, input_reliability="reliable", diagnostics_period=0.5, cameras=cams, **extra
     )
     node = CleanPoseNode(NODE_NAME, parameter_overrides=params)
+    if getattr(args, "switch_interval", None) is not None:
+        sys.setswitchinterval(args.switch_interval)
     if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
         return 1
     if kind == "stub":
@@ -161,6 +163,8 @@ def start_node(kind: str, args, log: Path):
     cmd += ["--cameras", str(getattr(args, "cameras", 1))]
     if getattr(args, "camera_wait", None) is not None:
         cmd += ["--camera-wait", str(args.camera_wait)]
+    if getattr(args, "switch_interval", None) is not None:
+        cmd += ["--switch-interval", str(args.switch_interval)]
     if args.checkpoint:
         cmd += ["--checkpoint", str(args.checkpoint)]
     return NodeProcess(cmd, log, cwd=REPO)
@@ -319,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--cameras", type=int, default=1)
     ap.add_argument("--camera-wait", type=float, default=None)
+    ap.add_argument("--switch-interval", type=float, default=None)
     args = ap.parse_args(argv)
     from cleanpose_tools.replay import prefer_large_data_transport
 
