@@ -12,8 +12,8 @@ gathers one set of every live camera (one cycle) and runs the frame path, one st
 
 With several cameras a set is prepared as soon as the worker has it: the cycle starts with the sets waiting,
 prepares them, and takes each other live camera's set when it arrives (CameraSlots.take_more, up to
-camera_wait after the cycle's start), so the wait for the last camera overlaps the others' preparation; the
-forward runs once every live camera's set is prepared (or camera_wait has passed).
+camera_wait after that first preparation), so the wait for the last camera overlaps the others' preparation;
+the forward runs once every live camera's set is prepared (or camera_wait has passed).
 """
 
 from __future__ import annotations
@@ -212,14 +212,15 @@ class FrameWorker:
     def gather_cycle(self, items: dict[int, tuple]) -> None:
         """One cycle of a several-camera node, started with the sets in `items` (taken without waiting):
         those are prepared at once, then each further live camera's set as soon as it arrives
-        (CameraSlots.take_more: until every live camera has one in the cycle, or camera_wait after the
-        cycle's start); then ONE forward. `items` grows by the sets taken (the caller counts them all when
-        the cycle fails)."""
+        (CameraSlots.take_more: until every live camera has one in the cycle, or camera_wait after the first
+        sets were prepared: the worker never waits idle longer than camera_wait, and a set arriving during
+        the preparation still joins); then ONE forward. `items` grows by the sets taken (the caller counts
+        them all when the cycle fails)."""
         pipeline = self.node.pipeline
         if pipeline is None:
             return
-        deadline = time.monotonic() + self._slots.wait_s()
         frames = self._prepare_sets(pipeline, items, [], several=True)
+        deadline = time.monotonic() + self._slots.wait_s()
         while (more := self._slots.take_more(items.keys(), deadline, self._stop)) is not None:
             if not more:
                 self._forward(pipeline, frames)

@@ -233,7 +233,8 @@ def test_worker_prepares_a_camera_set_while_it_waits_for_the_other(pipeline, fra
     cycle: ONE forward for both, and camera a's set did not wait in the mailbox for camera b's."""
     from cleanpose_ros.worker import FrameWorker
 
-    node, _ = _node(pipeline, ["cam_a", "cam_b"], camera_wait=2.0)
+    # stale_timeout: the CPU forwards of the first round must not make camera b stale for the second
+    node, _ = _node(pipeline, ["cam_a", "cam_b"], camera_wait=2.0, stale_timeout=60.0)
     w = FrameWorker(node)
     try:
         for cam, fr in zip(node.cameras, frames):
@@ -259,7 +260,7 @@ def test_worker_prepares_a_camera_set_while_it_waits_for_the_other(pipeline, fra
                     time.sleep(0.01)
                 w.wait_idle()
 
-            # both sets waiting at once: one cycle, and both cameras are live from then on
+            # both cameras' first sets (one cycle or two): both cameras are live from then on
             w.put(*_set(frames[0], 10**18)[:3], camera=0)
             w.put(*_set(frames[1], 10**18)[:3], camera=1)
             wait_processed(1)
