@@ -17,12 +17,17 @@ def _inputs(cfg, b=2, seed=0):
     return rgb, choose, pts, torch.tensor([0, 4])
 
 
-def test_correspondence_terms_send_no_gradient_into_the_shape_code():
+def _trained_forward():
+    """A seeded tiny network in training mode, its outputs on seeded inputs, and the observed points."""
     torch.manual_seed(0)
     cfg = load_selfsup_config("selfsup_tiny")
     net = SelfSupNet(cfg).train()
     rgb, choose, pts, cat = _inputs(cfg)
-    out = net(rgb, choose, cat)
+    return cfg, net, net(rgb, choose, cat), pts
+
+
+def test_correspondence_terms_send_no_gradient_into_the_shape_code():
+    cfg, net, out, pts = _trained_forward()
     from cleanpose_model.selfsup.correspondence import cycle_loss
 
     l_pix, l_pt = cycle_loss(out["s_pix"], out["corr_pts"], pts, cfg.tau)
@@ -36,10 +41,6 @@ def test_correspondence_terms_send_no_gradient_into_the_shape_code():
 
 
 def test_stage1_chamfer_still_reaches_the_encoder():
-    torch.manual_seed(0)
-    cfg = load_selfsup_config("selfsup_tiny")
-    net = SelfSupNet(cfg).train()
-    rgb, choose, _, cat = _inputs(cfg)
-    out = net(rgb, choose, cat)
+    _, net, out, _ = _trained_forward()
     out["shape"].pow(2).sum().backward()
     assert net.to_code.weight.grad.abs().sum() > 0
