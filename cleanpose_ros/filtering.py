@@ -237,6 +237,9 @@ class PoseFilter:
         return stamp - self.stamp
 
     def update(self, translation, rotation, size, stamp: float | None = None) -> FilteredPose:
+        if self.config.mode == "none":
+            t, R, s = (np.asarray(v, np.float64) for v in (translation, rotation, size))
+            return FilteredPose(t, R, s, None)
         return run_updates([self._steps(translation, rotation, size, stamp)])[0]
 
     def _steps(self, translation, rotation, size, stamp: float | None = None):
@@ -357,6 +360,8 @@ class TrackFilters:
     def update_many(self, items: list[tuple], stamp=None) -> list[FilteredPose]:
         """`update` for one frame's (track_id, category, translation, rotation, size) items, in order, with
         the rotation maps of all of them batched (run_updates); the same results as `update` one by one."""
+        if self.config.mode == "none":  # the measurement as it is: nothing to batch
+            return [self.update(*it, stamp=stamp) for it in items]
         out: list = [None] * len(items)
         todo = list(range(len(items)))
         while todo:  # a track id twice in one frame (not from Tracker): its later items in a later wave

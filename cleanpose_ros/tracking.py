@@ -130,16 +130,19 @@ class Tracker:
                 out[i] = self._start(m)
             else:
                 rest.append(i)
-        # 2. Hungarian assignment per category
+        # 2. Hungarian assignment per category, on the rows / columns of its category in one cost table of
+        # every remaining measurement against every free track without a detector id (one numpy pass)
+        free_cols = [k for k in sorted(free) if self.tracks[k].detector_id is None]
+        table = None
+        if rest and free_cols:
+            table = self._cost([measurements[i] for i in rest], [self.tracks[k] for k in free_cols])
         for cat in sorted({int(measurements[i].category) for i in rest}):
-            rows = [i for i in rest if int(measurements[i].category) == cat]
-            cols = [
-                k
-                for k in sorted(free)
-                if self.tracks[k].category == cat and self.tracks[k].detector_id is None
-            ]
+            ri = [r for r, i in enumerate(rest) if int(measurements[i].category) == cat]
+            rows = [rest[r] for r in ri]
+            ci = [c for c, k in enumerate(free_cols) if self.tracks[k].category == cat]
+            cols = [free_cols[c] for c in ci]
             if cols:
-                cost = self._cost([measurements[i] for i in rows], [self.tracks[k] for k in cols])
+                cost = table[np.ix_(ri, ci)]
                 for r, c in zip(*linear_sum_assignment(cost)):
                     if cost[r, c] < _FORBIDDEN:
                         free.discard(cols[c])
