@@ -15,7 +15,9 @@
 #   suite, e.g. "--parts dds --nodes model --device cuda --cameras 2 --objects 6 --rates 30 --iterations 300")
 #   instead of cleanpose-bench; OUT_DIR/node/node.json + the printed table. GPU_BENCH_SUITE (default node)
 #   names another suite for those flags, e.g. GPU_BENCH_SUITE=codecs GPU_BENCH_NODE="--device cuda --rates 30"
-#   (compressed vs raw inputs over DDS) -> OUT_DIR/codecs/codecs.json.
+#   (compressed vs raw inputs over DDS) -> OUT_DIR/codecs/codecs.json. Several runs in one set-up: separate
+#   them with ';;' and name a run's suite as a prefix, e.g. GPU_BENCH_NODE="--cameras 2 ... ;; codecs: --device
+#   cuda ..." -> OUT_DIR/node-1, OUT_DIR/codecs-2.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mode="${1:-}"
@@ -115,8 +117,21 @@ run() {
     export PYTHONUNBUFFERED=1
     echo "[gpu_bench] ROS ready ($((SECONDS - t0)) s)"
     if [ -n "${GPU_BENCH_NODE:-}" ]; then
-        # shellcheck disable=SC2086  # the suite's flags, word-split on purpose
-        (cd "$REPO" && "$py" -m benchmarks "${GPU_BENCH_SUITE:-node}" $GPU_BENCH_NODE --out "$out/${GPU_BENCH_SUITE:-node}")
+        # Several runs share one set-up: GPU_BENCH_NODE holds runs separated by ';;', each "[SUITE:] FLAGS";
+        # run i writes OUT_DIR/SUITE (one run) or OUT_DIR/SUITE-i. A failed run is reported, the next still runs.
+        local runs=() spec suite flags i=0 dir
+        IFS=$'\n' read -r -d '' -a runs < <(printf '%s\0' "${GPU_BENCH_NODE//;;/$'\n'}") || true
+        for spec in "${runs[@]}"; do
+            [ -z "${spec// /}" ] && continue
+            i=$((i + 1))
+            suite="${GPU_BENCH_SUITE:-node}" flags="$spec"
+            if [[ "$spec" =~ ^[[:space:]]*([a-z_]+):(.*)$ ]]; then suite="${BASH_REMATCH[1]}" flags="${BASH_REMATCH[2]}"; fi
+            dir="$out/$suite"
+            [ "${#runs[@]}" -gt 1 ] && dir="$out/$suite-$i"
+            echo "[gpu_bench] run $i: $suite $flags ($((SECONDS - t0)) s)"
+            # shellcheck disable=SC2086  # the suite's flags, word-split on purpose
+            (cd "$REPO" && "$py" -m benchmarks "$suite" $flags --out "$dir") || echo "[gpu_bench] run $i failed"
+        done
         echo "[gpu_bench] done in $((SECONDS - t0)) s"
         return
     fi

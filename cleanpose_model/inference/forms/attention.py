@@ -11,7 +11,8 @@ arithmetic. The forms below compute the published formula with:
 - the key/value projections of a stack's shared memory for all of its blocks as one product: the memory
   (IAKD's 1024 point features, the front-door's queue sample) is the same input to every block, so the
   blocks' K/V weights are concatenated once;
-- the FFN's first layer with its bias and ReLU in the product's epilogue (`torch._addmm_activation`).
+- the FFN's first layer with its bias and ReLU in the product's epilogue (`torch._addmm_activation`);
+- with "tf32x3" (the exact mode on CUDA) every product as one 3xTF32 kernel launch (`ops/triton/linear.py`).
 
 They share the published layers' blocks (only the concatenated K/V weight is new).
 """
@@ -25,6 +26,7 @@ from torch import nn
 from cleanpose_model.nn.attention import AttnBlock, AttnLayer, SelfAttnBlock, SelfAttnLayer
 from cleanpose_model.ops.attention import attention_math
 from cleanpose_model.ops.triton.attention import attention_triton
+from cleanpose_model.ops.triton.linear import linear_triton
 
 PRECISIONS = (None, "ieee", "tf32", "tf32x3")
 
@@ -38,33 +40,52 @@ def attention_core(precision: str | None):
     return lambda q, k, v, heads: attention_triton(q, k, v, heads, precision)
 
 
-def _ffn(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+def linear_product(precision: str | None):
+    """The linear layer ``(x, weight, bias, relu=False) -> y`` a form built with ``precision`` runs: the
+    3xTF32 kernel for "tf32x3" (the exact mode on CUDA: float32 accuracy on tensor cores), else torch's
+    product (TF32 in the fast mode's graphs, fp32 on the CPU), the ReLU in its epilogue."""
+    if precision == "tf32x3":
+
+        def kernel(x, weight, bias, relu=False):
+            return linear_triton(x, weight, bias, activation="relu" if relu else None, precision=precision)
+
+        return kernel
+
+    def torch_linear(x, weight, bias, relu=False):
+        if not relu:
+            return F.linear(x, weight, bias)
+        flat = x.reshape(-1, x.shape[-1])
+        return torch._addmm_activation(bias, flat, weight.t()).view(*x.shape[:-1], -1)
+
+    return torch_linear
+
+
+def _ffn(linear, ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     first, last = ffn[0], ffn[3]
-    flat = x.reshape(-1, x.shape[-1])
-    hidden = torch._addmm_activation(first.bias, flat, first.weight.t()).view(*x.shape[:-1], -1)
-    return F.linear(hidden, last.weight, last.bias)
+    return linear(linear(x, first.weight, first.bias, relu=True), last.weight, last.bias)
 
 
-def _self_attention(attend, mha: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+def _self_attention(attend, linear, mha: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
     c = x.shape[-1]
-    qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
-    return mha.out_proj(attend(qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :], mha.num_heads))
+    qkv = linear(x, mha.in_proj_weight, mha.in_proj_bias)
+    out = attend(qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :], mha.num_heads)
+    return linear(out, mha.out_proj.weight, mha.out_proj.bias)
 
 
 def _cross_block(
-    attend, blk: AttnBlock, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    attend, linear, blk: AttnBlock, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> torch.Tensor:
     mha = blk.multihead_attn
     c = query.shape[-1]
-    q = F.linear(blk.norm1(query), mha.in_proj_weight[:c], mha.in_proj_bias[:c])
-    query = query + mha.out_proj(attend(q, k, v, mha.num_heads))
-    query = query + _self_attention(attend, blk.self_attn, blk.norm2(query))
-    return query + _ffn(blk.ffn, blk.norm3(query))
+    q = linear(blk.norm1(query), mha.in_proj_weight[:c], mha.in_proj_bias[:c])
+    query = query + linear(attend(q, k, v, mha.num_heads), mha.out_proj.weight, mha.out_proj.bias)
+    query = query + _self_attention(attend, linear, blk.self_attn, blk.norm2(query))
+    return query + _ffn(linear, blk.ffn, blk.norm3(query))
 
 
-def _self_block(attend, blk: SelfAttnBlock, query: torch.Tensor) -> torch.Tensor:
-    query = query + _self_attention(attend, blk.self_attn, blk.norm1(query))
-    return query + _ffn(blk.ffn, blk.norm2(query))
+def _self_block(attend, linear, blk: SelfAttnBlock, query: torch.Tensor) -> torch.Tensor:
+    query = query + _self_attention(attend, linear, blk.self_attn, blk.norm1(query))
+    return query + _ffn(linear, blk.ffn, blk.norm2(query))
 
 
 class _FusedLayer(nn.Module):
@@ -75,6 +96,7 @@ class _FusedLayer(nn.Module):
         self.attn_blocks = layer.attn_blocks  # shared
         self.precision = precision
         self._attend = attention_core(precision)
+        self._linear = linear_product(precision)
 
 
 class FusedAttnLayer(_FusedLayer):
@@ -90,11 +112,11 @@ class FusedAttnLayer(_FusedLayer):
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         c = query.shape[-1]
-        kv = F.linear(memory, self.kv_weight, self.kv_bias)  # (B, S, 2C per block)
+        kv = self._linear(memory, self.kv_weight, self.kv_bias)  # (B, S, 2C per block)
         for i, blk in enumerate(self.attn_blocks):
             k = kv[..., 2 * c * i : 2 * c * i + c]
             v = kv[..., 2 * c * i + c : 2 * c * (i + 1)]
-            query = _cross_block(self._attend, blk, query, k, v)
+            query = _cross_block(self._attend, self._linear, blk, query, k, v)
         return query
 
 
@@ -103,5 +125,5 @@ class FusedSelfAttnLayer(_FusedLayer):
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         for blk in self.attn_blocks:
-            query = _self_block(self._attend, blk, query)
+            query = _self_block(self._attend, self._linear, blk, query)
         return query

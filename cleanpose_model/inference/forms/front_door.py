@@ -7,10 +7,9 @@ kernel (`ops/triton/head_tails.py`)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cleanpose_model.inference.forms.attention import FusedAttnLayer, FusedSelfAttnLayer
+from cleanpose_model.inference.forms.attention import FusedAttnLayer, FusedSelfAttnLayer, linear_product
 from cleanpose_model.nn.front_door import FrontDoorEncoder
 from cleanpose_model.ops.head_tails import front_door_gate_torch
 from cleanpose_model.ops.triton.head_tails import front_door_gate_triton, gate_supported
@@ -23,6 +22,7 @@ class FusedFrontDoor(nn.Module):
         self.self_attn_layer = FusedSelfAttnLayer(fd.self_attn_layer, precision)
         self.cross_attn_layer = FusedAttnLayer(fd.cross_attn_layer, precision)
         self.gate_kernel = gate_kernel
+        self._linear = linear_product(precision)
         w = torch.cat([fd.mlp_local.weight, fd.mlp_global.weight])
         b = torch.cat([fd.mlp_local.bias, fd.mlp_global.bias])
         self.register_buffer("in_weight", w.detach().clone(), persistent=False)
@@ -37,7 +37,7 @@ class FusedFrontDoor(nn.Module):
     def forward(self, local_feat: torch.Tensor, global_feat: torch.Tensor) -> torch.Tensor:
         fd = self.fd
         c = local_feat.shape[-1]
-        both = F.linear(local_feat, self.in_weight, self.in_bias)
+        both = self._linear(local_feat, self.in_weight, self.in_bias)
         loc, glob = both[..., :c], both[..., c:]
         if local_feat.is_cuda:
             main = torch.cuda.current_stream(local_feat.device)

@@ -10,9 +10,9 @@ inference module (a few hundred KB).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from cleanpose_model.inference.forms.attention import linear_product
 from cleanpose_model.nn.gafa import GAFA, GAFABlock
 from cleanpose_model.ops import gafa as ref
 from cleanpose_model.ops.knn import knn_indices
@@ -32,6 +32,7 @@ class FusedGAFABlock(nn.Module):
         self.knn_kernel = knn_kernel
         # The neighbour kernel takes power-of-two neighbour counts >= 16 (the published 16 and 32).
         self.precision = precision
+        self._linear = linear_product(precision)
         self.neighbour_precision = precision if kernels.neighbours_supported(self.k) else None
         lin, last = blk.fc_delta_1[0], blk.fc_delta[4]
         c = last.weight.shape[0]
@@ -76,7 +77,7 @@ class FusedGAFABlock(nn.Module):
         knn_xyz = torch.gather(pts, 1, flat.unsqueeze(-1).expand(-1, -1, 3)).view(bsz, n_kpt, self.k, 3)
         q = blk.fc_in(kpt_feat.transpose(1, 2)).transpose(1, 2)
         # The feature half of fc_delta_1's first layer on every point once, gathered per neighbour inside.
-        proj = F.linear(pts_feat, self.w_feat)
+        proj = self._linear(pts_feat, self.w_feat, None)
         args = (kpt_3d, knn_xyz, knn_idx, proj, q, kpt_feat, self._neighbour_weights(), self.tau)
         if self.neighbour_precision is None:
             kpt_feat = ref.neighbour_aggregate_torch(*args)

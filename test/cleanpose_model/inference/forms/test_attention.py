@@ -55,3 +55,29 @@ def test_attention_core_per_precision():
     assert attention_core("ieee") is not attention_math
     with pytest.raises(ValueError, match="precision"):
         attention_core("fp32")
+
+
+@pytest.mark.gpu
+def test_exact_kernel_forms_match_the_layers_at_float32_accuracy():
+    """ "tf32x3" (the exact mode on CUDA, or Triton's interpreter): every product and the attention core as
+    kernels, against the published layers in float64."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ops"))
+    from triton_env import DEVICE, needs_triton
+
+    if needs_triton.args[0]:
+        pytest.skip(needs_triton.kwargs["reason"])
+    torch.manual_seed(0)
+    cross, self_layer = AttnLayer(2, 256, 4, 256).eval(), SelfAttnLayer(2, 256, 4, 256).eval()
+    q, mem = _rand(2, 96, 256, seed=6), _rand(2, 120, 256, seed=7)
+    with torch.no_grad():
+        ref_cross = cross.double()(q.double(), mem.double())
+        ref_self = self_layer.double()(q.double())
+        cross.float().to(DEVICE)
+        self_layer.float().to(DEVICE)
+        got_cross = FusedAttnLayer(cross, "tf32x3")(q.to(DEVICE), mem.to(DEVICE))
+        got_self = FusedSelfAttnLayer(self_layer, "tf32x3")(q.to(DEVICE))
+    torch.testing.assert_close(got_cross.double().cpu(), ref_cross, rtol=0, atol=5e-5)
+    torch.testing.assert_close(got_self.double().cpu(), ref_self, rtol=0, atol=5e-5)
