@@ -67,6 +67,22 @@ def _set(fr, ns):
     return img, dep, det, time.monotonic(), None
 
 
+def _count_forwards(node, pipeline, frames):
+    """Each camera's CameraInfo set from its frame, and the estimator's predict wrapped to record each
+    forward's object count: (the list it appends to, the original predict to restore)."""
+    for cam, fr in zip(node.cameras, frames):
+        cam.camera_info = H.info_msg(fr.K, fr.rgb.shape[1], fr.rgb.shape[0])
+    calls = []
+    predict = pipeline.estimator.predict
+
+    def counting(batch):
+        calls.append(len(batch))
+        return predict(batch)
+
+    pipeline.estimator.predict = counting
+    return calls, predict
+
+
 def test_names_of_a_camera():
     assert (input_topic("", "image"), output_topic("", "poses"), tag("")) == ("image", "~/poses", "")
     assert input_topic("/robot/cam_left/", "depth") == "/robot/cam_left/depth"
@@ -85,16 +101,7 @@ def test_two_cameras_share_one_forward_and_get_their_own_poses(pipeline, frames)
     node, _ = _node(pipeline, ["cam_a", "cam_b"])
     w = FrameWorker(node)
     try:
-        for cam, fr in zip(node.cameras, frames):
-            cam.camera_info = H.info_msg(fr.K, fr.rgb.shape[1], fr.rgb.shape[0])
-        calls = []
-        predict = pipeline.estimator.predict
-
-        def counting(batch):
-            calls.append(len(batch))
-            return predict(batch)
-
-        pipeline.estimator.predict = counting
+        calls, predict = _count_forwards(node, pipeline, frames)
         try:
             w.process_cycle({0: _set(frames[0], 10**18), 1: _set(frames[1], 10**18 + 1)})
             batched_calls = list(calls)
@@ -237,16 +244,7 @@ def test_worker_prepares_a_camera_set_while_it_waits_for_the_other(pipeline, fra
     node, _ = _node(pipeline, ["cam_a", "cam_b"], camera_wait=2.0, stale_timeout=60.0)
     w = FrameWorker(node)
     try:
-        for cam, fr in zip(node.cameras, frames):
-            cam.camera_info = H.info_msg(fr.K, fr.rgb.shape[1], fr.rgb.shape[0])
-        calls = []
-        predict = pipeline.estimator.predict
-
-        def counting(batch):
-            calls.append(len(batch))
-            return predict(batch)
-
-        pipeline.estimator.predict = counting
+        calls, predict = _count_forwards(node, pipeline, frames)
         stages = []
         a, b = node.cameras
         a.stats.on_stages = stages.append  # camera a's stage times per frame
