@@ -486,6 +486,10 @@ class Replayer:
 
     def close(self) -> None:
         self._executor.shutdown(timeout_sec=1.0)
+        # Wait for the spin thread to leave its wait set before the node goes: destroyed while that thread
+        # still holds the entities, they are finalised on its handle exit, where rclpy can block holding the
+        # GIL (a bench process hung 15 min that way, its main thread starved in Popen.wait).
+        self._spin.join(timeout=10.0)
         self.node.destroy_node()
         if self._owns_context:
             self.context.try_shutdown()

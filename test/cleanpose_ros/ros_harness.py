@@ -319,6 +319,9 @@ class Client:
 
     def close(self) -> None:
         self.executor.shutdown()
+        self._thread.join(
+            timeout=10.0
+        )  # out of its wait set before the node goes (cleanpose_tools/replay.py)
         self.node.destroy_node()
         self.ctx.try_shutdown()
 

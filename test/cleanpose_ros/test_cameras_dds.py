@@ -59,7 +59,8 @@ class _Client:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._add(self.diag, m), rel)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
-        threading.Thread(target=self.executor.spin, daemon=True).start()
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
 
     def _add(self, lst, m):
         with self.lock:
@@ -92,6 +93,9 @@ class _Client:
 
     def close(self):
         self.executor.shutdown()
+        self._thread.join(
+            timeout=10.0
+        )  # out of its wait set before the node goes (cleanpose_tools/replay.py)
         self.node.destroy_node()
         self.ctx.try_shutdown()
 
