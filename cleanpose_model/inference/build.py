@@ -7,10 +7,10 @@ Per mode, what it binds (each form and kernel receives its precision here, as a 
   of the transformer stacks, GAFA, front-door encoder and PointNet++ (forms/*.py), in the layout of
   forms/net.py;
 - CPU (``"exact"``): their torch paths (the attention core, neighbour choice and PointNet++ index work as
-  in ``ops/*.py``), and where oneDNN is in the build the CPU form (forms/cpu_net.py): the head on
-  point-major rows, every product packed once for oneDNN, DINOv2 as `CpuDinoV2`, PointNet++ / GAFA /
-  the keypoint detector as forms/cpu_pointnet2.py, cpu_gafa.py, cpu_net.py (the same picks bit for bit,
-  fp32 products); there is no CPU ``"fast"`` (bf16 leaves its pose budget: forms/cpu.py);
+  in ``ops/*.py``), and where oneDNN is in the build (forms/cpu.py) every linear layer with its weight
+  packed once for oneDNN and DINOv2 as `CpuDinoV2` (fp32 products, GELU in the product); there is no CPU
+  ``"fast"`` (bf16 leaves its pose budget: forms/cpu.py). The point-major CPU forms (forms/cpu_net.py) are
+  not bound yet: see `bind_cpu_forms`;
 - CUDA ``"exact"``: the fast mode's forms and Triton kernels (below) with every product at float32
   accuracy on tensor cores (three TF32 products, "tf32x3": ops/triton/linear.py), DINOv2 as `ExactDinoV2`
   and the per-point layers left to torch as one 3xTF32 launch each; cuBLAS products in full fp32 (TF32 off);
@@ -33,8 +33,7 @@ import torch
 from torch import nn
 
 from cleanpose_model.inference.forms.attention import FusedAttnLayer, FusedSelfAttnLayer
-from cleanpose_model.inference.forms.cpu import have_onednn
-from cleanpose_model.inference.forms.cpu_net import cpu_inference_net
+from cleanpose_model.inference.forms.cpu import CpuDinoV2, have_onednn, pack_linears
 from cleanpose_model.inference.forms.dinov2 import AutocastBackbone, ExactDinoV2, FastDinoV2
 from cleanpose_model.inference.forms.front_door import FusedFrontDoor
 from cleanpose_model.inference.forms.gafa import FusedGAFA
@@ -141,10 +140,15 @@ def bind_forms(net: CleanPoseNet, mode: InferenceMode, kernels: bool) -> Inferen
 
 
 def bind_cpu_forms(net: CleanPoseNet) -> InferenceNet:
-    """The CPU (exact) inference copy of ``net``: the exact torch forms, then the CPU forms on point-major
-    rows with oneDNN products (forms/cpu_net.py: DINOv2 as `CpuDinoV2`, PointNet++, the keypoint detector,
-    GAFA, the transformer stacks). Parameters shared with ``net``, whose modules are untouched."""
-    return cpu_inference_net(bind_forms(net, InferenceMode("exact"), kernels=False).net)
+    """The CPU (exact) inference copy of ``net``: the exact torch forms, then DINOv2 as `CpuDinoV2` and
+    every other linear layer packed for oneDNN (forms/cpu.py). Parameters shared with ``net``, whose
+    modules are untouched.
+
+    The point-major CPU forms (forms/cpu_net.py, cpu_pointnet2.py, cpu_gafa.py: 1.55x at 6 objects, one
+    thread) are not bound: with them the node left the last frame of a 40-frame burst unanswered for 60 s in
+    test/cleanpose_ros/test_faults_dds.py (passes with this binding); to be found before they are bound."""
+    inner = bind_forms(net, InferenceMode("exact"), kernels=False).net
+    return InferenceNet(pack_linears(_replace(inner, rgb_extractor=CpuDinoV2(inner.rgb_extractor))))
 
 
 def build_inference(

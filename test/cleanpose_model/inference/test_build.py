@@ -16,16 +16,8 @@ from triton_env import needs_triton
 from cleanpose_model import parity
 from cleanpose_model.inference import DEFAULT_BUCKETS, InferenceMode, build_inference
 from cleanpose_model.inference.build import EagerInference, bind_forms
+from cleanpose_model.inference.forms.attention import FusedAttnLayer, FusedSelfAttnLayer
 from cleanpose_model.inference.forms.cpu import CpuDinoV2
-from cleanpose_model.inference.forms.cpu_gafa import CpuGAFA
-from cleanpose_model.inference.forms.cpu_net import (
-    CpuAttnLayer,
-    CpuIAKD,
-    CpuInferenceNet,
-    CpuNOCSPredictor,
-    CpuSelfAttnLayer,
-)
-from cleanpose_model.inference.forms.cpu_pointnet2 import CpuPointNet2
 from cleanpose_model.inference.forms.dinov2 import AutocastBackbone, ExactDinoV2, FastDinoV2
 from cleanpose_model.inference.forms.front_door import FusedFrontDoor
 from cleanpose_model.inference.forms.gafa import FusedGAFA
@@ -33,6 +25,7 @@ from cleanpose_model.inference.forms.heads import FusedNOCSPredictor, FusedPoseS
 from cleanpose_model.inference.forms.pointnet2_msg import FusedPointNet2
 from cleanpose_model.inference.forms.pointwise import PointwiseLinear
 from cleanpose_model.inference.graphs import GraphedForward
+from cleanpose_model.nn.heads import NOCSPredictor, PoseSizeEstimator
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -90,19 +83,18 @@ def test_cpu_exact_binds_the_torch_forms_and_leaves_the_reference_untouched(net)
     fwd = build_inference(net, InferenceMode("exact"))
     assert isinstance(fwd, EagerInference) and not fwd.tf32
     copy = fwd.model.net
-    # the CPU forms (forms/cpu*.py): the head on point-major rows, every product packed for oneDNN
-    assert isinstance(fwd.model, CpuInferenceNet)
+    # oneDNN forms (forms/cpu.py): DINOv2 and every other linear layer with packed weights
     assert isinstance(copy.rgb_extractor, CpuDinoV2)
     rest = [m for name, m in copy.named_children() if name != "rgb_extractor"]
     assert not any(type(m) is torch.nn.Linear for r in rest for m in r.modules())
     assert any(type(m) is torch.nn.Linear for m in net.IAKD.modules())
-    assert isinstance(copy.IAKD, CpuIAKD) and isinstance(copy.GAFA, CpuGAFA)
+    assert isinstance(copy.IAKD.attn_layer, FusedAttnLayer) and copy.IAKD.attn_layer.precision is None
     assert isinstance(copy.FD_Encoder, FusedFrontDoor) and not copy.FD_Encoder.gate_kernel
-    assert isinstance(copy.FD_Encoder.self_attn_layer, CpuSelfAttnLayer)
-    assert isinstance(copy.FD_Encoder.cross_attn_layer, CpuAttnLayer)
-    assert isinstance(copy.nocs_predictor, CpuNOCSPredictor)
-    assert isinstance(copy.estimator, FusedPoseSizeEstimator)
-    assert isinstance(copy.pts_extractor, CpuPointNet2)
+    assert isinstance(copy.nocs_predictor, NOCSPredictor)
+    assert isinstance(copy.nocs_predictor.self_attn_layer, FusedSelfAttnLayer)
+    assert isinstance(copy.estimator, PoseSizeEstimator)
+    assert isinstance(copy.pts_extractor, FusedPointNet2)
+    assert not copy.pts_extractor.SA_modules[0].geometry_kernels
     assert isinstance(copy.feature_mlp[0], PointwiseLinear) and not fwd.model.gather_kernel
     # weights shared, the reference's modules as they were
     assert copy.IAKD.kpt_query is net.IAKD.kpt_query
