@@ -318,12 +318,7 @@ class Client:
         return self.call(GetState, f"/{self.node_name}/get_state", GetState.Request()).current_state.label
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self._thread.join(
-            timeout=10.0
-        )  # out of its wait set before the node goes (cleanpose_tools/replay.py)
-        self.node.destroy_node()
-        self.ctx.try_shutdown()
+        close_client(self)
 
 
 @contextlib.contextmanager
@@ -339,3 +334,12 @@ def running_graph(params: dict, domain: int, log: Path, connect_timeout: float =
     finally:
         client.close()
         node.stop()
+
+
+def close_client(client) -> None:
+    """Tear down a test client (its executor, spin thread, node and context). The spin thread is joined
+    before the node goes, so it is out of its wait set (see cleanpose_tools/replay.py `Replayer.close`)."""
+    client.executor.shutdown()
+    client._thread.join(timeout=10.0)
+    client.node.destroy_node()
+    client.ctx.try_shutdown()

@@ -92,12 +92,7 @@ class _Client:
         return None
 
     def close(self):
-        self.executor.shutdown()
-        self._thread.join(
-            timeout=10.0
-        )  # out of its wait set before the node goes (cleanpose_tools/replay.py)
-        self.node.destroy_node()
-        self.ctx.try_shutdown()
+        H.close_client(self)
 
 
 def _wait(pred, timeout, what, node):
